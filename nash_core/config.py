@@ -1,0 +1,440 @@
+"""One typed schema for every nash-pipeline config (YAML), with ``--set`` overrides.
+
+Every section rejects unknown keys, checks ranges, and cross-checks fields that depend on each
+other. ``load_config`` returns a validated :class:`NashConfig` or raises :class:`ConfigError`
+listing *every* problem as ``field.path: message``.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A config could not be read or validated. ``problems`` holds one line per bad field."""
+
+    def __init__(self, source: str, problems: list[str]):
+        self.source = source
+        self.problems = problems
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"invalid config {source}: {len(problems)} problem(s)\n{lines}")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# --------------------------------------------------------------------------- experiment / tracking
+class ExperimentConfig(_Section):
+    name: str = Field(..., min_length=1, description="Config name; shown in MLflow and Prefect.")
+    mlflow_experiment: str | None = Field(
+        None, description="MLflow experiment; default 'nash/<base model>/<dataset>'.")
+    tracking_uri: str | None = Field(
+        None, description="MLflow tracking URI; default MLFLOW_TRACKING_URI or SQLite in the workdir.")
+    seed: int = Field(0, ge=0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    torch_threads: int | None = Field(None, ge=1, description="torch.set_num_threads; default torch's.")
+    task_runner: Literal["threads", "sequential", "dask", "ray"] = "threads"
+    max_concurrent_arms: int = Field(1, ge=1, description="Arms trained at the same time.")
+    dask_address: str | None = Field(None, description="Existing Dask scheduler; default a local cluster.")
+    dask_workers: int = Field(2, ge=1)
+
+
+# --------------------------------------------------------------------------- data
+class DemoCorpusConfig(_Section):
+    num_dialogues: int = Field(20000, ge=100)
+    seed: int = Field(0, ge=0)
+
+
+class SplitFractions(_Section):
+    train: float = Field(0.8, gt=0, lt=1)
+    validation: float = Field(0.1, gt=0, lt=1)
+    test: float = Field(0.1, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _sum(self):
+        total = self.train + self.validation + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"train + validation + test must sum to 1 (got {total:g})")
+        return self
+
+
+class DataConfig(_Section):
+    kind: Literal["demo", "hub", "local"] = Field(
+        ..., description="demo: built-in offline corpus; hub: a Hugging Face dataset; local: files.")
+    name: str | None = Field(None, description="Hub dataset id (kind=hub), e.g. 'knkarthick/samsum'.")
+    config_name: str | None = Field(None, description="Hub dataset config, e.g. '3.0.0'.")
+    revision: str | None = None
+    files: dict[Literal["train", "validation", "test", "all"], str] | None = Field(
+        None, description="Local files by split (jsonl/json/csv/parquet); 'all' + split_fractions.")
+    splits: dict[Literal["train", "validation", "test"], str] = Field(
+        default_factory=lambda: {"train": "train", "validation": "validation", "test": "test"},
+        description="Names of the splits in the dataset.")
+    split_fractions: SplitFractions | None = Field(
+        None, description="Split one 'all' file / the train split into train/validation/test.")
+    source_column: str | None = Field(None, description="Column holding the input text.")
+    target_column: str | None = Field(None, description="Column holding the reference summary.")
+    source_prefix: str = Field("", description="Prepended to every source, e.g. 'summarize: '.")
+    max_source_length: int = Field(512, ge=8)
+    max_target_length: int = Field(128, ge=4)
+    max_samples: dict[Literal["train", "validation", "test"], int] = Field(
+        default_factory=dict, description="Cap on examples per split.")
+    demo: DemoCorpusConfig = Field(default_factory=DemoCorpusConfig)
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.kind == "hub" and not self.name:
+            raise ValueError("data.name is required when data.kind is 'hub'")
+        if self.kind == "local" and not self.files:
+            raise ValueError("data.files is required when data.kind is 'local'")
+        if self.kind != "demo":
+            missing = [c for c in ("source_column", "target_column") if not getattr(self, c)]
+            if missing:
+                raise ValueError(
+                    f"missing dataset column mapping: set data.{' and data.'.join(missing)} "
+                    "(the columns holding the input text and the summary)")
+        if self.files and "all" in self.files and self.split_fractions is None:
+            self.split_fractions = SplitFractions()
+        for split, n in self.max_samples.items():
+            if n < 1:
+                raise ValueError(f"data.max_samples.{split} must be >= 1 (got {n})")
+        return self
+
+
+# --------------------------------------------------------------------------- model
+class DemoModelConfig(_Section):
+    d_model: int = Field(256, ge=8)
+    d_ff: int = Field(1024, ge=8)
+    d_kv: int = Field(64, ge=4)
+    num_heads: int = Field(4, ge=1)
+    encoder_layers: int = Field(4, ge=1)
+    decoder_layers: int = Field(6, ge=1)
+    feed_forward_proj: Literal["relu", "gated-gelu"] = "relu"
+    vocab_size: int = Field(1000, ge=50, description="Upper bound; word-level vocab of the corpus.")
+
+
+class ModelConfig(_Section):
+    base: str = Field(..., description="'demo', a hub id (t5-base) or a local save_pretrained dir.")
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit).")
+    trust_remote_code: bool = False
+    attn_implementation: Literal["sdpa", "eager"] = "sdpa"
+    demo: DemoModelConfig = Field(default_factory=DemoModelConfig)
+
+
+# --------------------------------------------------------------------------- training
+class TrainConfig(_Section):
+    max_steps: int | None = Field(None, ge=1, description="Optimizer steps; or use epochs.")
+    epochs: float | None = Field(None, gt=0)
+    max_time_s: float | None = Field(None, gt=0, description="Stop after this many seconds.")
+    batch_size: int = Field(16, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    lr: float = Field(3e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_steps: int = Field(0, ge=0)
+    max_grad_norm: float | None = Field(1.0, gt=0)
+    eval_every: int = Field(200, ge=1)
+    eval_examples: int = Field(200, ge=1, description="Validation examples per evaluation.")
+    checkpoint_every: int = Field(200, ge=1)
+    log_every: int = Field(10, ge=1)
+    max_bad_steps: int = Field(3, ge=1, description="Consecutive NaN/inf losses before stopping.")
+    bf16: bool = Field(True, description="bf16 autocast on CUDA (CPU always trains in fp32).")
+    freeze_embeddings: bool = False
+
+    @model_validator(mode="after")
+    def _length(self):
+        if self.max_steps is None and self.epochs is None:
+            raise ValueError("set max_steps or epochs")
+        return self
+
+
+class DistillConfig(_Section):
+    task_weight: float = Field(1.0, ge=0)
+    kd_weight: float = Field(0.5, ge=0, description="Prediction-layer KL weight.")
+    temperature: float = Field(2.0, gt=0)
+    layer_weight: float = Field(0.001, ge=0, description="Hidden-state distillation weight.")
+
+
+class TeacherConfig(_Section):
+    path: str | None = Field(None, description="Use this fine-tuned teacher instead of training one.")
+    train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=3, lr=3e-4))
+
+
+Method = Literal["nash", "cofi", "sft"]
+
+
+class ArmConfig(_Section):
+    method: Method
+    decoder_layers: int | None = Field(
+        None, ge=1, description="k decoder layers kept (nash, sft); cofi prunes layers by masks.")
+    layer_selection: Literal["uniform", "low", "high", "custom"] = "uniform"
+    custom_layers: list[int] | None = None
+    targets: list[float] = Field(default_factory=list, description="Increasing sparsity targets.")
+    name: str | None = None
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.method in ("nash", "sft") and self.decoder_layers is None:
+            raise ValueError(f"decoder_layers is required for method '{self.method}'")
+        if self.layer_selection == "custom":
+            if not self.custom_layers:
+                raise ValueError("custom_layers is required when layer_selection is 'custom'")
+            if self.decoder_layers is not None and len(self.custom_layers) != self.decoder_layers:
+                raise ValueError("custom_layers must list exactly decoder_layers indices")
+            if sorted(set(self.custom_layers)) != self.custom_layers or min(self.custom_layers) < 0:
+                raise ValueError("custom_layers must be distinct, increasing and >= 0")
+        if self.method in ("nash", "cofi") and not self.targets:
+            raise ValueError(f"targets must list at least one sparsity target for '{self.method}'")
+        if self.method == "sft" and self.targets:
+            raise ValueError("sft prunes no encoder units: leave targets empty")
+        for i, t in enumerate(self.targets):
+            if not 0.0 <= t < 1.0:
+                raise ValueError(f"targets[{i}] = {t} is outside [0, 1)")
+        if any(b <= a for a, b in zip(self.targets, self.targets[1:])):
+            raise ValueError(f"targets must be strictly increasing (got {self.targets})")
+        return self
+
+    @property
+    def label(self) -> str:
+        if self.name:
+            return self.name
+        k = f"-k{self.decoder_layers}" if self.decoder_layers is not None else ""
+        return f"{self.method}{k}"
+
+
+class PruneStageConfig(_Section):
+    train: TrainConfig = Field(default_factory=lambda: TrainConfig(max_steps=1000, lr=3e-5))
+    mask_lr: float = Field(0.01, gt=0)
+    lagrangian_lr: float = Field(0.01, gt=0, description="Multipliers are trained by ascent.")
+    target_warmup_steps: int = Field(
+        500, ge=0, description="Steps over which the target ramps from the previous one.")
+    sparsity_epsilon: float = Field(
+        0.02, ge=0, description="Best checkpoint only within this distance of the target.")
+    head_mask_init: float = 10.0
+    ffn_mask_init: float = 0.0
+    distill: DistillConfig = Field(default_factory=DistillConfig)
+
+
+class PruningConfig(_Section):
+    arms: list[ArmConfig] = Field(..., description="Method x decoder layers to try.")
+    stage: PruneStageConfig = Field(default_factory=PruneStageConfig)
+
+    @model_validator(mode="after")
+    def _check(self):
+        if not self.arms:
+            raise ValueError("arms is empty: list at least one arm (method, decoder_layers, targets)")
+        labels = [a.label for a in self.arms]
+        dup = sorted({x for x in labels if labels.count(x) > 1})
+        if dup:
+            raise ValueError(f"arm labels must be unique; repeated: {dup} (set arms[i].name)")
+        return self
+
+
+class FinetuneConfig(_Section):
+    enabled: bool = True
+    train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=1, lr=3e-5))
+    distill: DistillConfig = Field(
+        default_factory=lambda: DistillConfig(kd_weight=0.5, layer_weight=0.0))
+
+
+# --------------------------------------------------------------------------- evaluation
+class EvaluationConfig(_Section):
+    num_beams: int = Field(1, ge=1)
+    max_new_tokens: int = Field(64, ge=1)
+    min_new_tokens: int = Field(0, ge=0)
+    length_penalty: float = 1.0
+    no_repeat_ngram_size: int = Field(0, ge=0)
+    batch_size: int = Field(32, ge=1)
+    num_examples: int | None = Field(None, ge=1, description="Test examples; default the whole split.")
+    bootstrap_samples: int = Field(1000, ge=10)
+    confidence: float = Field(0.95, gt=0, lt=1)
+    exact_match: bool = True
+    predictions_sample: int = Field(50, ge=0)
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.min_new_tokens > self.max_new_tokens:
+            raise ValueError("min_new_tokens must be <= max_new_tokens")
+        return self
+
+
+class BenchmarkConfig(_Section):
+    enabled: bool = True
+    batch_sizes: list[int] = Field(default_factory=lambda: [1, 8])
+    num_inputs: int = Field(16, ge=1, description="Fixed test inputs used for timing.")
+    warmup: int = Field(2, ge=0)
+    repeats: int = Field(10, ge=1)
+    fixed_new_tokens: int | None = Field(64, ge=1, description="Also time this fixed length.")
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    price_per_hour: float = Field(0.0, ge=0, description="Hardware price (USD/h) for cost metrics.")
+    hardware_name: str | None = None
+    quantize_int8: bool = Field(False, description="Also benchmark an int8 dynamic-quantised champion.")
+
+    @model_validator(mode="after")
+    def _check(self):
+        if not self.batch_sizes or any(b < 1 for b in self.batch_sizes):
+            raise ValueError("batch_sizes must be a non-empty list of integers >= 1")
+        return self
+
+
+class SelectionConfig(_Section):
+    min_retention: float = Field(0.95, gt=0, le=1.5, description="ROUGE-L student / teacher.")
+    max_drop: float = Field(
+        0.02, ge=0, description="Reject if the CI low end of (candidate - teacher) ROUGE-L < -max_drop.")
+    latency_metric: str = "latency_p50_ms"
+    batch_size: int = Field(1, ge=1, description="Batch size whose latency ranks candidates.")
+
+
+class RegistryConfig(_Section):
+    enabled: bool = True
+    model_name: str | None = Field(None, description="Registered model; default '<experiment name>'.")
+    alias: str = "champion"
+
+
+class NashConfig(_Section):
+    experiment: ExperimentConfig
+    data: DataConfig
+    model: ModelConfig
+    teacher: TeacherConfig = Field(default_factory=TeacherConfig)
+    pruning: PruningConfig
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    benchmark: BenchmarkConfig = Field(default_factory=BenchmarkConfig)
+    selection: SelectionConfig = Field(default_factory=SelectionConfig)
+    registry: RegistryConfig = Field(default_factory=RegistryConfig)
+
+    @model_validator(mode="after")
+    def _cross(self):
+        if self.model.base == "demo":
+            if self.data.kind != "demo":
+                raise ValueError("model.base 'demo' builds its tokenizer from the demo corpus: "
+                                 "set data.kind: demo")
+            check_decoder_layers(self, self.model.demo.decoder_layers)
+        if self.benchmark.enabled and self.selection.batch_size not in self.benchmark.batch_sizes:
+            raise ValueError(f"selection.batch_size {self.selection.batch_size} is not in "
+                             f"benchmark.batch_sizes {self.benchmark.batch_sizes}")
+        return self
+
+    # ------------------------------------------------------------------ helpers
+    def experiment_name(self) -> str:
+        if self.experiment.mlflow_experiment:
+            return self.experiment.mlflow_experiment
+        data = self.data.name or ("demo-dialogues" if self.data.kind == "demo" else "local")
+        base = self.model.base if self.model.base == "demo" else Path(self.model.base).name
+        return f"nash/{base}/{data.split('/')[-1]}"
+
+    def registered_model_name(self) -> str:
+        return self.registry.model_name or f"nash-{self.experiment.name}"
+
+    def section_hash(self, *paths: str) -> str:
+        """Stable hash of some sections (``'pruning.stage'``, ``'data'``...), for cache keys."""
+        dump = self.model_dump(mode="json")
+        picked = {}
+        for p in paths:
+            node: Any = dump
+            for part in p.split("."):
+                node = node[int(part)] if isinstance(node, list) else node[part]
+            picked[p] = node
+        blob = json.dumps(picked, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def check_decoder_layers(cfg: NashConfig, num_decoder_layers: int) -> None:
+    """Cross-check arms against the base model's decoder depth once it is known."""
+    problems = []
+    for i, arm in enumerate(cfg.pruning.arms):
+        if arm.decoder_layers is not None and arm.decoder_layers > num_decoder_layers:
+            problems.append(
+                f"pruning.arms.{i}.decoder_layers: keeps {arm.decoder_layers} decoder layers but "
+                f"the base model has {num_decoder_layers}")
+        if arm.custom_layers and max(arm.custom_layers) >= num_decoder_layers:
+            problems.append(
+                f"pruning.arms.{i}.custom_layers: index {max(arm.custom_layers)} does not exist "
+                f"(the base model has {num_decoder_layers} decoder layers)")
+    if problems:
+        raise ValueError("; ".join(problems))
+
+
+# --------------------------------------------------------------------------- loading
+def _parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise ValueError(f"--set {item!r}: expected key.path=value")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ValueError(f"--set {item!r}: empty key")
+    value = yaml.safe_load(raw) if raw.strip() else ""
+    return key.split("."), value
+
+
+def apply_overrides(data: dict, overrides: list[str] | None) -> dict:
+    """Apply ``key.path=value`` overrides (value parsed as YAML) to a raw config dict."""
+    data = copy.deepcopy(data)
+    for item in overrides or []:
+        parts, value = _parse_override(item)
+        node: Any = data
+        for i, part in enumerate(parts[:-1]):
+            if isinstance(node, list):
+                idx = int(part)
+                node = node[idx]
+                continue
+            if part not in node or node[part] is None:
+                node[part] = {}
+            node = node[part]
+        last = parts[-1]
+        if isinstance(node, list):
+            node[int(last)] = value
+        elif isinstance(node, dict):
+            node[last] = value
+        else:
+            raise ValueError(f"--set {item!r}: {'.'.join(parts[:-1])} is not a section")
+    return data
+
+
+def _format_errors(err: ValidationError) -> list[str]:
+    out = []
+    for e in err.errors():
+        loc = ".".join(str(x) for x in e["loc"])
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling; see configs/demo.yaml for every key)"
+        out.append(f"{loc}: {msg}" if loc else msg)
+    return out
+
+
+def validate_config(raw: Any, source: str = "<config>") -> NashConfig:
+    if not isinstance(raw, dict):
+        raise ConfigError(source, ["the file must hold a YAML mapping (sections experiment, data, ...)"])
+    try:
+        return NashConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(source, _format_errors(err)) from None
+
+
+def load_raw(path: str | Path) -> dict:
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(str(p), [f"file not found: {p}"]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(str(p), [f"cannot read {p}: {exc}"]) from None
+    try:
+        return yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(str(p), [f"not valid YAML: {exc}"]) from None
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> NashConfig:
+    raw = load_raw(path)
+    try:
+        raw = apply_overrides(raw, overrides)
+    except (ValueError, IndexError, KeyError, TypeError) as exc:
+        raise ConfigError(str(path), [str(exc)]) from None
+    return validate_config(raw, str(path))
