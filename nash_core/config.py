@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class ConfigError(ValueError):
@@ -193,12 +193,17 @@ class ArmConfig(_Section):
             raise ValueError(f"targets must list at least one sparsity target for '{self.method}'")
         if self.method == "sft" and self.targets:
             raise ValueError("sft prunes no encoder units: leave targets empty")
-        for i, t in enumerate(self.targets):
-            if not 0.0 <= t < 1.0:
-                raise ValueError(f"targets[{i}] = {t} is outside [0, 1)")
-        if any(b <= a for a, b in zip(self.targets, self.targets[1:])):
-            raise ValueError(f"targets must be strictly increasing (got {self.targets})")
         return self
+
+    @field_validator("targets")
+    @classmethod
+    def _targets(cls, targets: list[float]) -> list[float]:
+        for i, t in enumerate(targets):
+            if not 0.0 <= t < 1.0:
+                raise ValueError(f"sparsity target {t} (item {i}) is outside [0, 1)")
+        if any(b <= a for a, b in zip(targets, targets[1:])):
+            raise ValueError(f"targets must be strictly increasing (got {targets})")
+        return targets
 
     @property
     def label(self) -> str:
@@ -315,7 +320,6 @@ class NashConfig(_Section):
             if self.data.kind != "demo":
                 raise ValueError("model.base 'demo' builds its tokenizer from the demo corpus: "
                                  "set data.kind: demo")
-            check_decoder_layers(self, self.model.demo.decoder_layers)
         if self.benchmark.enabled and self.selection.batch_size not in self.benchmark.batch_sizes:
             raise ValueError(f"selection.batch_size {self.selection.batch_size} is not in "
                              f"benchmark.batch_sizes {self.benchmark.batch_sizes}")
@@ -345,20 +349,43 @@ class NashConfig(_Section):
         return hashlib.sha256(blob).hexdigest()[:16]
 
 
+def decoder_layer_problems(arms: list[dict], num_decoder_layers: int) -> list[str]:
+    """Arms that keep more decoder layers than the base model has (raw dicts or ArmConfigs)."""
+    problems = []
+    for i, arm in enumerate(arms):
+        arm = arm.model_dump() if isinstance(arm, BaseModel) else arm
+        if not isinstance(arm, dict):
+            continue
+        k, custom = arm.get("decoder_layers"), arm.get("custom_layers")
+        if isinstance(k, int) and k > num_decoder_layers:
+            problems.append(
+                f"pruning.arms.{i}.decoder_layers: keeps {k} decoder layers but "
+                f"the base model has {num_decoder_layers}")
+        if isinstance(custom, list) and custom and all(isinstance(c, int) for c in custom) \
+                and max(custom) >= num_decoder_layers:
+            problems.append(
+                f"pruning.arms.{i}.custom_layers: index {max(custom)} does not exist "
+                f"(the base model has {num_decoder_layers} decoder layers)")
+    return problems
+
+
 def check_decoder_layers(cfg: NashConfig, num_decoder_layers: int) -> None:
     """Cross-check arms against the base model's decoder depth once it is known."""
-    problems = []
-    for i, arm in enumerate(cfg.pruning.arms):
-        if arm.decoder_layers is not None and arm.decoder_layers > num_decoder_layers:
-            problems.append(
-                f"pruning.arms.{i}.decoder_layers: keeps {arm.decoder_layers} decoder layers but "
-                f"the base model has {num_decoder_layers}")
-        if arm.custom_layers and max(arm.custom_layers) >= num_decoder_layers:
-            problems.append(
-                f"pruning.arms.{i}.custom_layers: index {max(arm.custom_layers)} does not exist "
-                f"(the base model has {num_decoder_layers} decoder layers)")
+    problems = decoder_layer_problems(cfg.pruning.arms, num_decoder_layers)
     if problems:
-        raise ValueError("; ".join(problems))
+        raise ConfigError("config", problems)
+
+
+def _raw_depth_problems(raw: dict) -> list[str]:
+    """Depth check on the raw dict, so it is reported even when other fields are invalid."""
+    try:
+        model, arms = raw.get("model") or {}, (raw.get("pruning") or {}).get("arms") or []
+        if model.get("base") != "demo" or not isinstance(arms, list):
+            return []
+        depth = (model.get("demo") or {}).get("decoder_layers", DemoModelConfig().decoder_layers)
+        return decoder_layer_problems(arms, depth) if isinstance(depth, int) else []
+    except AttributeError:
+        return []
 
 
 # --------------------------------------------------------------------------- loading
@@ -411,10 +438,15 @@ def _format_errors(err: ValidationError) -> list[str]:
 def validate_config(raw: Any, source: str = "<config>") -> NashConfig:
     if not isinstance(raw, dict):
         raise ConfigError(source, ["the file must hold a YAML mapping (sections experiment, data, ...)"])
+    problems = _raw_depth_problems(raw)
     try:
-        return NashConfig.model_validate(raw)
+        cfg = NashConfig.model_validate(raw)
     except ValidationError as err:
-        raise ConfigError(source, _format_errors(err)) from None
+        problems = _format_errors(err) + problems
+        cfg = None
+    if problems:
+        raise ConfigError(source, problems)
+    return cfg
 
 
 def load_raw(path: str | Path) -> dict:

@@ -1,0 +1,215 @@
+"""The ``nash`` command line.
+
+    nash validate CONFIG [--set key.path=value ...]
+    nash run CONFIG [--set ...] [--workdir DIR]
+    nash benchmark MODEL_DIR [MODEL_DIR ...] [--batch-sizes 1,8] [--new-tokens N] [--json FILE]
+    nash ui [--workdir DIR] [--port 5000]
+
+Exit codes: 0 success, 2 bad input (config, data, model; every problem is listed, nothing is
+trained or tracked), 1 an unexpected failure (traceback), 130 interrupted.
+Heavy imports (torch, prefect, mlflow) happen only in the subcommands that need them, so
+``nash validate`` answers in about a second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+EXIT_BAD_INPUT = 2
+
+
+def default_workdir() -> Path:
+    return Path(os.environ.get("NASH_HOME", ".nash"))
+
+
+def _quiet_env(workdir: Path | None = None) -> None:
+    """Offline-friendly defaults, set before prefect/mlflow are imported."""
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    if workdir is not None and "PREFECT_HOME" not in os.environ and "PREFECT_API_URL" not in os.environ:
+        os.environ["PREFECT_HOME"] = str((workdir / "prefect").resolve())
+
+
+def _err(msg: str) -> None:
+    print(f"nash: error: {msg}", file=sys.stderr)
+
+
+def _load(args) -> "NashConfig":  # noqa: F821
+    from nash_core.config import load_config
+
+    return load_config(args.config, args.set)
+
+
+def preflight(cfg) -> None:
+    """Cheap checks that need more than the schema: files exist, a local base model's depth.
+
+    Raises ConfigError listing every problem; runs before any expensive work.
+    """
+    from nash_core.config import ConfigError, check_decoder_layers
+
+    problems: list[str] = []
+    if cfg.data.kind == "local":
+        for split, f in (cfg.data.files or {}).items():
+            p = Path(f)
+            if not p.is_file():
+                problems.append(f"data.files.{split}: file not found: {p}")
+            elif not os.access(p, os.R_OK):
+                problems.append(f"data.files.{split}: file is not readable: {p}")
+    for field, value in (("teacher.path", cfg.teacher.path), ("model.base", cfg.model.base)):
+        if value and _looks_local(value) and not Path(value).expanduser().is_dir():
+            problems.append(f"{field}: directory not found: {value}")
+    base = Path(cfg.model.base)
+    if cfg.model.base != "demo" and base.is_dir():
+        import json
+
+        cfg_file = base / "config.json"
+        if not cfg_file.is_file():
+            problems.append(f"model.base: {base} has no config.json (expected a save_pretrained dir)")
+        else:
+            try:
+                mc = json.loads(cfg_file.read_text())
+                n = mc.get("num_decoder_layers") or mc.get("decoder_layers") or mc.get("num_layers")
+                if n:
+                    check_decoder_layers(cfg, int(n))
+            except ValueError as exc:
+                problems.append(f"{exc}")
+    if problems:
+        raise ConfigError("config", problems)
+
+
+def _looks_local(ref: str) -> bool:
+    """A model reference that can only be a local path (hub ids never start like this)."""
+    return ref.startswith(("/", "./", "../", "~")) or ref in (".", "..")
+
+
+# --------------------------------------------------------------------------- subcommands
+def cmd_validate(args) -> int:
+    cfg = _load(args)
+    preflight(cfg)
+    arms = ", ".join(a.label for a in cfg.pruning.arms)
+    print(f"{args.config}: OK  (experiment '{cfg.experiment.name}', base {cfg.model.base}, "
+          f"data {cfg.data.kind}{':' + cfg.data.name if cfg.data.name else ''}, arms: {arms})")
+    return 0
+
+
+def cmd_run(args) -> int:
+    cfg = _load(args)  # validate before anything is created or imported
+    preflight(cfg)
+    workdir = Path(args.workdir) if args.workdir else default_workdir()
+    workdir.mkdir(parents=True, exist_ok=True)
+    _quiet_env(workdir)
+    from flows.sweep import run_sweep
+
+    result = run_sweep(str(args.config), list(args.set or []), str(workdir))
+    if isinstance(result, dict):
+        champ = result.get("champion")
+        if champ:
+            print(f"champion: {champ}")
+        if result.get("tracking_uri"):
+            print(f"results: MLflow store {result['tracking_uri']} (open it with `nash ui"
+                  f"{' --workdir ' + str(workdir) if args.workdir else ''}`)")
+    return 0
+
+
+def cmd_benchmark(args) -> int:
+    from nash_core.benchmark import cli_main
+
+    return cli_main(args.rest)
+
+
+def tracking_uri_for(workdir: Path) -> str:
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env:
+        return env
+    return f"sqlite:///{(workdir / 'mlflow.db').resolve()}"
+
+
+def cmd_ui(args) -> int:
+    import shutil
+    import subprocess
+
+    workdir = Path(args.workdir) if args.workdir else default_workdir()
+    uri = tracking_uri_for(workdir)
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
+        _err(f"no MLflow store at {uri.removeprefix('sqlite:///')}: run `make demo` or "
+             f"`nash run CONFIG` first (or pass --workdir)")
+        return EXIT_BAD_INPUT
+    mlflow_bin = shutil.which("mlflow") or str(Path(sys.executable).with_name("mlflow"))
+    cmd = [mlflow_bin, "ui", "--backend-store-uri", uri, "--host", args.host, "--port", str(args.port)]
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: binding to {args.host} exposes every run, model and artifact to anyone "
+              "who can reach this port; MLflow's UI has no authentication.", file=sys.stderr)
+    _quiet_env()
+    print(f"MLflow UI on http://{args.host}:{args.port}  (store {uri}; Ctrl-C to stop)")
+    try:
+        return subprocess.call(cmd)
+    except KeyboardInterrupt:
+        return 0
+
+
+# --------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="nash",
+        description="NASH compression sweeps for encoder-decoder models (T5, Flan-T5, mT5, BART).",
+        epilog="Results go to MLflow (SQLite in the workdir unless MLFLOW_TRACKING_URI or "
+               "experiment.tracking_uri says otherwise). Docs: README.md.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add_config_args(sp):
+        sp.add_argument("config", help="YAML config (see configs/)")
+        sp.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
+                        help="override a config value, e.g. --set pruning.arms.0.targets=[0.2,0.4] "
+                             "(value parsed as YAML; repeatable; validated like the file)")
+
+    v = sub.add_parser("validate", help="check a config; exit 2 listing every problem")
+    add_config_args(v)
+    v.set_defaults(func=cmd_validate)
+
+    r = sub.add_parser("run", help="run the sweep flow of a config (data, teacher, arms, "
+                                   "evaluation, benchmark, selection, registry)")
+    add_config_args(r)
+    r.add_argument("--workdir", help="where models, caches and the default MLflow store go "
+                                     "(default $NASH_HOME or ./.nash)")
+    r.set_defaults(func=cmd_run)
+
+    b = sub.add_parser("benchmark", add_help=False,
+                       help="time generate() of model dirs (first = baseline); "
+                            "`nash benchmark --help` for options")
+    b.add_argument("rest", nargs=argparse.REMAINDER)
+    b.set_defaults(func=cmd_benchmark)
+
+    u = sub.add_parser("ui", help="open the MLflow UI on the workdir's store")
+    u.add_argument("--workdir", help="default $NASH_HOME or ./.nash")
+    u.add_argument("--host", default="127.0.0.1",
+                   help="bind address (default 127.0.0.1; anything else exposes the UI)")
+    u.add_argument("--port", type=int, default=5000)
+    u.set_defaults(func=cmd_ui)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from nash_core.errors import NashError
+    from nash_core.config import ConfigError
+
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as exc:
+        _err(str(exc))
+        return EXIT_BAD_INPUT
+    except NashError as exc:
+        _err(str(exc))
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        _err("interrupted; finished steps are checkpointed, run the same command to resume")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
