@@ -1,0 +1,69 @@
+"""Champion policy and Pareto frontier on hand-made candidate tables."""
+
+import pandas as pd
+import pytest
+
+from nash_core.config import SelectionConfig
+from nash_core.selection import choose_champion, latency_column, pareto_frontier
+
+LAT = "latency_p50_ms_bs1"
+
+
+def table(*rows):
+    cols = ["label", "method", "rougeL", "rougeL_retention", "rougeL_delta_ci_low", LAT, "run_id"]
+    return pd.DataFrame([dict(zip(cols, r)) for r in rows])
+
+
+TEACHER = ("teacher", "teacher", 0.80, 1.0, 0.0, 100.0, "t")
+
+
+def test_latency_column_names_the_batch_size():
+    assert latency_column(SelectionConfig(batch_size=8)) == "latency_p50_ms_bs8"
+
+
+def test_pareto_frontier_drops_dominated_and_missing():
+    df = table(TEACHER,
+               ("a", "nash", 0.78, 0.975, -0.01, 40.0, "a"),
+               ("b", "nash", 0.70, 0.875, -0.1, 50.0, "b"),    # dominated by a
+               ("c", "sft", 0.60, 0.75, -0.2, 20.0, "c"),
+               ("d", "cofi", float("nan"), None, None, 10.0, "d"),
+               ("e", "nash", 0.78, 0.975, -0.01, 40.0, "e"))  # ties a: neither dominates
+    on = pareto_frontier(df, "rougeL", LAT)
+    assert dict(zip(df["label"], on)) == {"teacher": True, "a": True, "b": False, "c": True,
+                                          "d": False, "e": True}
+
+
+def test_fastest_qualifier_wins_with_reason():
+    df = table(TEACHER,
+               ("slow-good", "nash", 0.80, 1.0, 0.0, 60.0, "r1"),
+               ("fast-good", "nash", 0.77, 0.9625, -0.015, 30.0, "r2"),
+               ("fastest-bad", "sft", 0.60, 0.75, -0.2, 10.0, "r3"),
+               ("ci-bad", "cofi", 0.79, 0.99, -0.05, 20.0, "r4"))
+    d = choose_champion(df, SelectionConfig(min_retention=0.95, max_drop=0.02))
+    assert (d.label, d.run_id, d.is_teacher) == ("fast-good", "r2", False)
+    assert d.qualified == ["slow-good", "fast-good"]
+    assert "3.33x" in d.reason
+    assert "rougeL_retention 0.75 < 0.95" in d.rejected["fastest-bad"]
+    assert "rougeL_delta_ci_low -0.05 < -0.02" in d.rejected["ci-bad"]
+    assert "slower" in d.rejected["slow-good"]
+    assert "champion: fast-good (run r2)" in d.as_text()
+
+
+def test_teacher_when_none_qualifies_or_none_is_faster():
+    bad = table(TEACHER, ("x", "nash", 0.5, 0.625, -0.3, 10.0, "x"))
+    d = choose_champion(bad, SelectionConfig())
+    assert d.is_teacher and d.label == "teacher" and d.run_id == "t"
+    assert "no candidate qualifies" in d.reason
+
+    slow = table(TEACHER, ("y", "nash", 0.8, 1.0, 0.0, 120.0, "y"))
+    d = choose_champion(slow, SelectionConfig())
+    assert d.is_teacher and "is faster than the teacher" in d.reason and d.qualified == ["y"]
+    assert "not faster" in d.rejected["y"]
+
+
+def test_missing_metric_disqualifies_and_missing_column_is_named():
+    df = table(TEACHER, ("z", "nash", 0.8, 1.0, None, 5.0, "z"))
+    d = choose_champion(df, SelectionConfig())
+    assert d.is_teacher and "missing" in d.rejected["z"]
+    with pytest.raises(KeyError, match="latency_p50_ms_bs1"):
+        choose_champion(df.drop(columns=[LAT]), SelectionConfig())
