@@ -118,6 +118,7 @@ class DemoModelConfig(_Section):
     decoder_layers: int = Field(6, ge=1)
     feed_forward_proj: Literal["relu", "gated-gelu"] = "relu"
     vocab_size: int = Field(1000, ge=50, description="Upper bound; word-level vocab of the corpus.")
+    dropout_rate: float = Field(0.1, ge=0, lt=1)
 
 
 class ModelConfig(_Section):
