@@ -1,0 +1,233 @@
+"""Hard-concrete L0 masks on heads, FFN units and whole sub-layers (method.md section 2).
+
+The masks live OUTSIDE the model (so ``save_pretrained`` never sees them) and act on unmodified
+Hugging Face modules through removable hooks:
+
+- head gates: a forward pre-hook on the attention output projection (``o`` / ``out_proj``)
+  views its input as (..., heads, head_dim) and scales each head; works with eager and SDPA
+  because it runs after the attention kernel;
+- FFN unit gates: a forward pre-hook on ``wo`` / ``fc2`` scales each intermediate unit;
+- whole-sub-layer gates (CoFi): a forward hook scales the output of that same projection.
+
+Training mode (taken from the hooked module, i.e. from ``model.train()``) uses a stochastic
+sample; the uniform noise is drawn once per optimizer step (:meth:`MaskSet.resample`) and the
+gate is recomputed from it at every forward, so every micro-batch of an accumulated step sees the
+same sample while gradients still reach ``log_alpha``. Eval mode uses the deterministic mask.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+from nash_core.adapters import Adapter, AttnKind, Stack, get_adapter
+from nash_core.errors import ModelError
+
+BETA = 2.0 / 3.0
+GAMMA, ZETA = -0.1, 1.1
+LOG_ALPHA_MIN, LOG_ALPHA_MAX = math.log(0.01), math.log(100.0)
+INIT_STD = 0.01
+_EPS = 1e-6
+_SURVIVOR_SHARPNESS = 0.8  # reference: survivors keep sigmoid(log_alpha / beta * 0.8)
+
+Target = Literal["heads", "units", "layer"]
+
+
+@dataclass(frozen=True)
+class GroupSpec:
+    """One mask group: a gate per unit for each of some layers of one kind of sub-layer.
+
+    ``sublayer`` is "self" / "cross" (attention) or "ffn"; ``target`` says whether the gates
+    act on heads, FFN units, or the whole sub-layer (one unit per row). ``layers[r]`` is the
+    layer index of row r; ``min_keep[r]`` units of that row always survive the deterministic mask.
+    """
+
+    stack: Stack
+    sublayer: Literal["self", "cross", "ffn"]
+    target: Target
+    layers: tuple[int, ...]
+    units: int
+    min_keep: tuple[int, ...]
+    init_mean: float
+
+    @property
+    def name(self) -> str:
+        return f"{self.stack}_{self.sublayer}_{self.target}"
+
+
+class HardConcrete(nn.Module):
+    """log_alpha (rows x units) with the per-step noise that defines the current sample."""
+
+    def __init__(self, spec: GroupSpec):
+        super().__init__()
+        self.spec = spec
+        shape = (len(spec.layers), spec.units)
+        self.log_alpha = nn.Parameter(torch.normal(spec.init_mean, INIT_STD, shape))
+        self.register_buffer("noise", torch.full(shape, 0.5))
+        self.resample()
+
+    def resample(self) -> None:
+        with torch.no_grad():
+            self.noise.uniform_(_EPS, 1 - _EPS)
+
+    def clamp_(self) -> None:
+        with torch.no_grad():
+            self.log_alpha.clamp_(LOG_ALPHA_MIN, LOG_ALPHA_MAX)
+
+    def prob_nonzero(self) -> torch.Tensor:
+        """P(gate != 0) per unit, differentiable in log_alpha."""
+        return torch.sigmoid(self.log_alpha - BETA * math.log(-GAMMA / ZETA))
+
+    def sample(self, row: int) -> torch.Tensor:
+        u = self.noise[row]
+        s = torch.sigmoid((torch.log(u) - torch.log1p(-u) + self.log_alpha[row]) / BETA)
+        return (s * (ZETA - GAMMA) + GAMMA).clamp(0.0, 1.0)
+
+    @torch.no_grad()
+    def deterministic(self) -> torch.Tensor:
+        """Eval mask: per row, the n0 = round(N - sum p) lowest-log_alpha units are zeroed.
+
+        Survivors keep the reference's soft value; materialisation folds it into the weights.
+        """
+        la = self.log_alpha.detach()
+        soft = torch.sigmoid(la / BETA * _SURVIVOR_SHARPNESS)
+        n = la.shape[1]
+        n_zero = torch.round(n - self.prob_nonzero().detach().sum(dim=1)).long()
+        out = soft.clone()
+        for row in range(la.shape[0]):
+            k = min(int(n_zero[row]), n - self.spec.min_keep[row])
+            if k > 0:
+                out[row, torch.argsort(la[row])[:k]] = 0.0
+        return out
+
+    def gate(self, row: int, training: bool) -> torch.Tensor:
+        if training:
+            return self.sample(row)
+        # the eval mask changes only when log_alpha does (optimizer step, clamp, load): cache it
+        key = (self.log_alpha._version, self.log_alpha.device)
+        if getattr(self, "_eval_key", None) != key:
+            self._eval_mask, self._eval_key = self.deterministic(), key
+        return self._eval_mask[row]
+
+
+class MaskSet(nn.Module):
+    """All mask groups of one student plus the hooks that apply them."""
+
+    def __init__(self, specs: list[GroupSpec]):
+        super().__init__()
+        self.groups = nn.ModuleDict({s.name: HardConcrete(s) for s in specs})
+        self._handles: list = []
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.groups
+
+    @property
+    def specs(self) -> list[GroupSpec]:
+        return [g.spec for g in self.groups.values()]
+
+    def resample(self) -> None:
+        for g in self.groups.values():
+            g.resample()
+
+    def clamp_(self) -> None:
+        for g in self.groups.values():
+            g.clamp_()
+
+    def probs(self) -> dict[str, torch.Tensor]:
+        return {name: g.prob_nonzero() for name, g in self.groups.items()}
+
+    def deterministic(self) -> dict[str, torch.Tensor]:
+        return {name: g.deterministic() for name, g in self.groups.items()}
+
+    # ------------------------------------------------------------------ hooks
+    def attach(self, model: nn.Module) -> "MaskSet":
+        """Register the gating hooks on ``model`` (call :meth:`detach` to remove them)."""
+        self.detach()
+        adapter = get_adapter(model)
+        for group in self.groups.values():
+            spec = group.spec
+            for row, layer in enumerate(spec.layers):
+                proj, head_dim = _output_projection(adapter, model, spec, layer)
+                if spec.target == "layer":
+                    self._handles.append(proj.register_forward_hook(_scale_output(group, row)))
+                else:
+                    self._handles.append(proj.register_forward_pre_hook(_scale_input(group, row, head_dim)))
+        return self
+
+    def detach(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+
+def _output_projection(adapter: Adapter, model: nn.Module, spec: GroupSpec, layer: int):
+    """The projection a group's gates act on, and the head size when gating heads."""
+    module = adapter.layers(model, spec.stack)[layer]
+    if spec.sublayer == "ffn":
+        return adapter.ffn(module, spec.stack, layer).output, 1
+    ref = adapter.attention(module, spec.stack, layer, spec.sublayer)
+    return ref.o, ref.head_dim
+
+
+def _scale_input(group: HardConcrete, row: int, unit_size: int):
+    def hook(module, args):
+        x = args[0]
+        z = group.gate(row, module.training).to(x.dtype)
+        if unit_size > 1:
+            z = z.repeat_interleave(unit_size)
+        return (x * z, *args[1:])
+    return hook
+
+
+def _scale_output(group: HardConcrete, row: int):
+    def hook(module, args, output):
+        return output * group.gate(row, module.training).to(output.dtype)
+    return hook
+
+
+# ---------------------------------------------------------------------- plans
+def plan_groups(model: nn.Module, *, stacks: tuple[Stack, ...] = ("encoder",), heads: bool = True,
+                ffn_units: bool = True, sublayers: bool = False, cross: bool = False,
+                head_init: float = 10.0, ffn_init: float = 0.0) -> list[GroupSpec]:
+    """The mask groups for the chosen stacks.
+
+    NASH: encoder heads + encoder FFN units. CoFi: heads, FFN units and whole sub-layers in both
+    stacks, including decoder cross-attention. Sub-layers that must stay alive (see
+    :meth:`Adapter.needs_self_attention`) keep >= 1 head and get no whole-sub-layer gate.
+    """
+    adapter = get_adapter(model)
+    specs: list[GroupSpec] = []
+    for stack in stacks:
+        n_layers = len(adapter.layers(model, stack))
+        kinds: list[AttnKind] = ["self", "cross"] if (cross and stack == "decoder") else ["self"]
+        for kind in kinds:
+            refs = adapter.attentions(model, stack, kind)
+            needed = [kind == "self" and adapter.needs_self_attention(stack, i) for i in range(n_layers)]
+            if heads:
+                _uniform(refs, "num_heads")
+                specs.append(GroupSpec(stack, kind, "heads", tuple(range(n_layers)), refs[0].num_heads,
+                                       tuple(int(n) for n in needed), head_init))
+            if sublayers:
+                rows = tuple(i for i in range(n_layers) if not needed[i])
+                if rows:
+                    specs.append(GroupSpec(stack, kind, "layer", rows, 1, (0,) * len(rows), head_init))
+        if ffn_units or sublayers:
+            refs = adapter.ffns(model, stack)
+            _uniform(refs, "units")
+            rows = tuple(range(n_layers))
+            if ffn_units:
+                specs.append(GroupSpec(stack, "ffn", "units", rows, refs[0].units, (0,) * n_layers, ffn_init))
+            if sublayers:
+                specs.append(GroupSpec(stack, "ffn", "layer", rows, 1, (0,) * n_layers, head_init))
+    return specs
+
+
+def _uniform(refs: list, attr: str) -> None:
+    values = {getattr(r, attr) for r in refs}
+    if len(values) != 1:
+        raise ModelError(f"cannot attach masks: layers differ in {attr} ({sorted(values)}); "
+                         "masks are trained on an unpruned (teacher-shaped) student")

@@ -1,0 +1,226 @@
+"""Exact size accounting and the Lagrangian sparsity constraint (method.md section 3).
+
+Sizes are read from the modules (via the adapter), never assumed: a head costs its q/k/v rows,
+its o columns and its q/k/v biases, whatever d_kv is; a gated FFN unit costs three d_model
+vectors. Parameters that belong to a sub-layer as a whole (BART's output biases) count as long
+as the sub-layer survives. The same accounting applied to a materialised model (no masks) gives
+its real prunable parameter count, which must equal the deterministic masks' expected size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from nash_core.adapters import Stack, get_adapter
+from nash_core.io import atomic_write_json
+from nash_core.masks import GroupSpec, MaskSet
+
+STACKS: tuple[Stack, ...] = ("encoder", "decoder")
+
+
+@dataclass(frozen=True)
+class Sublayer:
+    """One prunable sub-layer: ``units`` units of ``per_unit`` parameters plus ``fixed`` ones."""
+
+    stack: Stack
+    kind: str  # "self", "cross" or "ffn"
+    layer: int
+    units: int
+    per_unit: int
+    fixed: int
+
+    @property
+    def size(self) -> int:
+        return self.units * self.per_unit + self.fixed
+
+
+def sublayers(model: nn.Module) -> list[Sublayer]:
+    """Every attention and FFN sub-layer that still exists in ``model``, with its unit costs."""
+    adapter = get_adapter(model)
+    found = []
+    for stack in STACKS:
+        for i, layer in enumerate(adapter.layers(model, stack)):
+            for kind in ("self", "cross"):
+                ref = adapter.attention(layer, stack, i, kind)
+                if ref is not None:
+                    found.append(Sublayer(stack, kind, i, ref.num_heads, ref.params_per_head, ref.fixed_params))
+            ffn = adapter.ffn(layer, stack, i)
+            if ffn is not None:
+                found.append(Sublayer(stack, "ffn", i, ffn.units, ffn.params_per_unit, ffn.fixed_params))
+    return found
+
+
+def count_prunable(model: nn.Module, stacks: tuple[Stack, ...] = STACKS) -> int:
+    """Real number of prunable parameters (attention + FFN projections) in the given stacks."""
+    return sum(s.size for s in sublayers(model) if s.stack in stacks)
+
+
+class SizeModel:
+    """Expected size of the student under its masks, differentiable in the masks' log_alpha."""
+
+    def __init__(self, model: nn.Module, masks: MaskSet):
+        self.entries = sublayers(model)
+        self.rows: dict[tuple[str, str, int], tuple[str, int]] = {}
+        for spec in masks.specs:
+            for row, layer in enumerate(spec.layers):
+                self.rows[(spec.stack, f"{spec.sublayer}:{spec.target}", layer)] = (spec.name, row)
+
+    def prunable(self, stacks: tuple[Stack, ...]) -> int:
+        return sum(e.size for e in self.entries if e.stack in stacks)
+
+    def size(self, values: dict[str, torch.Tensor], stacks: tuple[Stack, ...]) -> torch.Tensor:
+        """Sum over sub-layers of gate(sub-layer) * (sum of unit gates * per_unit + fixed).
+
+        ``values`` maps group names to per-unit P(nonzero) (expected size) or to 0/1 indicators
+        of the deterministic mask (the materialised size).
+        """
+        total = torch.zeros(())
+        for e in self.entries:
+            if e.stack not in stacks:
+                continue
+            unit_target = "heads" if e.kind in ("self", "cross") else "units"
+            units = self._lookup(values, e, unit_target)
+            kept_units = units.sum() if units is not None else torch.tensor(float(e.units))
+            gate = self._lookup(values, e, "layer")
+            sub = kept_units * e.per_unit + e.fixed
+            total = total.to(sub.device) + (sub * gate[0] if gate is not None else sub)
+        return total
+
+    def sparsity(self, values: dict[str, torch.Tensor], stacks: tuple[Stack, ...]) -> torch.Tensor:
+        return 1.0 - self.size(values, stacks) / self.prunable(stacks)
+
+    def _lookup(self, values, e: Sublayer, target: str):
+        hit = self.rows.get((e.stack, f"{e.kind}:{target}", e.layer))
+        return None if hit is None else values[hit[0]][hit[1]]
+
+
+def hard_values(masks: MaskSet) -> dict[str, torch.Tensor]:
+    """0/1 survival indicators of the deterministic masks (what materialisation keeps)."""
+    return {name: (z > 0).float() for name, z in masks.deterministic().items()}
+
+
+# ---------------------------------------------------------------------- Lagrangian
+def ramp(step: int, start: float, end: float, warmup_steps: int) -> float:
+    """Target at ``step``: linear from ``start`` to ``end`` over ``warmup_steps``, then ``end``."""
+    if warmup_steps <= 0 or step >= warmup_steps:
+        return end
+    return start + (end - start) * step / warmup_steps
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """A sparsity target over some stacks (NASH: the encoder; CoFi: the whole model)."""
+
+    name: str
+    stacks: tuple[Stack, ...]
+    start: float
+    end: float
+
+
+class Lagrangian(nn.Module):
+    """l1 * (s - t) + l2 * (s - t)^2 with its own (l1, l2) per constraint, both starting at 0.
+
+    The multipliers are trained by gradient ASCENT (their optimizer group has maximize=True):
+    the violation then grows the penalty until the masks meet the target.
+    """
+
+    def __init__(self, names: list[str]):
+        super().__init__()
+        self.l1 = nn.ParameterDict({n: nn.Parameter(torch.zeros(())) for n in names})
+        self.l2 = nn.ParameterDict({n: nn.Parameter(torch.zeros(())) for n in names})
+
+    def forward(self, name: str, s: torch.Tensor, t: float) -> torch.Tensor:
+        gap = s - t
+        return self.l1[name] * gap + self.l2[name] * gap * gap
+
+
+class SparsityHook:
+    """TrainHook: trains the masks and multipliers and keeps only on-target best checkpoints."""
+
+    def __init__(self, model: nn.Module, masks: MaskSet, constraints: list[Constraint], *,
+                 warmup_steps: int, mask_lr: float, lagrangian_lr: float, epsilon: float):
+        self.masks = masks
+        self.sizes = SizeModel(model, masks)
+        self.constraints = constraints
+        self.lagrangian = Lagrangian([c.name for c in constraints]).to(next(masks.parameters()).device)
+        self.warmup_steps = warmup_steps
+        self.mask_lr, self.lagrangian_lr, self.epsilon = mask_lr, lagrangian_lr, epsilon
+        self.step = 0
+
+    def param_groups(self, model: nn.Module) -> list[dict]:
+        return [
+            {"params": list(self.masks.parameters()), "lr": self.mask_lr, "weight_decay": 0.0,
+             "name": "masks"},
+            {"params": list(self.lagrangian.parameters()), "lr": self.lagrangian_lr, "weight_decay": 0.0,
+             "maximize": True, "name": "lagrangian"},
+        ]
+
+    def extra_loss(self, model, batch, outputs, step: int):
+        self.step = step
+        probs = self.masks.probs()
+        loss = torch.zeros((), device=next(self.masks.parameters()).device)
+        metrics = {}
+        for c in self.constraints:
+            s = self.sizes.sparsity(probs, c.stacks)
+            t = ramp(step, c.start, c.end, self.warmup_steps)
+            loss = loss + self.lagrangian(c.name, s, t)
+            metrics.update({f"sparsity_expected_{c.name}": float(s), f"sparsity_target_{c.name}": t,
+                            f"lambda1_{c.name}": float(self.lagrangian.l1[c.name]),
+                            f"lambda2_{c.name}": float(self.lagrangian.l2[c.name])})
+        metrics["lagrangian_loss"] = float(loss)
+        return loss, metrics
+
+    def after_step(self, step: int) -> None:
+        self.step = step
+        self.masks.clamp_()
+        self.masks.resample()
+
+    def eval_metrics(self) -> dict:
+        with torch.no_grad():
+            probs, hard = self.masks.probs(), hard_values(self.masks)
+            out = {}
+            for c in self.constraints:
+                out[f"sparsity_expected_{c.name}"] = float(self.sizes.sparsity(probs, c.stacks))
+                out[f"sparsity_hard_{c.name}"] = float(self.sizes.sparsity(hard, c.stacks))
+                out[f"sparsity_target_{c.name}"] = c.end
+            return out
+
+    def is_eligible(self, metrics: dict) -> bool:
+        """Only checkpoints whose expected sparsity is within epsilon of the FINAL target."""
+        return all(abs(metrics[f"sparsity_expected_{c.name}"] - c.end) <= self.epsilon
+                   for c in self.constraints)
+
+    def state_dict(self) -> dict:
+        return {"masks": self.masks.state_dict(), "lagrangian": self.lagrangian.state_dict(),
+                "step": self.step}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.masks.load_state_dict(state["masks"])
+        self.lagrangian.load_state_dict(state["lagrangian"])
+        self.step = state["step"]
+
+    def save_best(self, out_dir: str | Path) -> None:
+        save_pruning_state(out_dir, self.masks, self.lagrangian, self.eval_metrics())
+
+
+MASKS_FILE = "nash_masks.pt"
+
+
+def save_pruning_state(out_dir: str | Path, masks: MaskSet, lagrangian: Lagrangian, metrics: dict) -> None:
+    """Masks (specs + log_alpha), multipliers and the sparsity they give, next to the weights."""
+    out = Path(out_dir)
+    torch.save({"specs": [asdict(s) for s in masks.specs], "masks": masks.state_dict(),
+                "lagrangian": lagrangian.state_dict()}, out / MASKS_FILE)
+    atomic_write_json(out / "nash_sparsity.json", metrics)
+
+
+def load_pruning_state(stage_dir: str | Path) -> dict:
+    """The dict written by :func:`save_pruning_state` (specs as GroupSpec objects)."""
+    state = torch.load(Path(stage_dir) / MASKS_FILE, map_location="cpu", weights_only=True)
+    state["specs"] = [GroupSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in s.items()})
+                      for s in state["specs"]]
+    return state
