@@ -1,0 +1,139 @@
+"""Sweep report pictures and tables: trade-off table, Pareto plot, per-layer mask heatmap.
+
+Pure pandas + matplotlib (Agg backend, no display needed); the flow logs the files to MLflow.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from nash_core.io import atomic_write_text  # noqa: E402
+
+#: Columns of the trade-off table, in order; missing ones are left out.
+TABLE_COLUMNS = [
+    "label", "method", "decoder_layers", "target_sparsity", "stage", "encoder_sparsity",
+    "params_total", "rougeL", "rouge1", "rouge2", "rougeLsum", "rougeL_retention",
+    "rougeL_delta_ci_low", "rougeL_delta_ci_high", "latency_p50_ms", "latency_p90_ms",
+    "speedup", "tokens_per_s", "peak_mem_mb", "cost_per_1k_requests", "pareto", "champion",
+]
+
+
+def tradeoff_table(df: pd.DataFrame, latency: str, frontier: pd.Series,
+                   champion: str) -> pd.DataFrame:
+    """One row per candidate, fastest first, with ``pareto`` and ``champion`` flags."""
+    out = df.copy()
+    out["pareto"] = frontier.reindex(out.index).fillna(False).astype(bool)
+    out["champion"] = out["label"] == champion
+    cols = [c for c in TABLE_COLUMNS if c in out.columns]
+    if latency not in cols:  # the ranking latency goes first among the speed columns
+        speed = next(c for c in ("latency_p50_ms", "speedup", "pareto") if c in cols)
+        cols.insert(cols.index(speed), latency)
+    return out.sort_values(latency, na_position="last")[cols].reset_index(drop=True)
+
+
+def _cell(v) -> str:
+    if isinstance(v, bool):
+        return "yes" if v else ""
+    if isinstance(v, float):
+        if math.isnan(v):
+            return ""
+        return f"{v:.4g}"
+    return str(v)
+
+
+def to_markdown(table: pd.DataFrame) -> str:
+    """GitHub-flavoured markdown (no tabulate dependency)."""
+    head = "| " + " | ".join(table.columns) + " |"
+    sep = "|" + "|".join("---" for _ in table.columns) + "|"
+    rows = ["| " + " | ".join(_cell(v) for v in row) + " |"
+            for row in table.itertuples(index=False)]
+    return "\n".join([head, sep, *rows]) + "\n"
+
+
+def write_tradeoff(table: pd.DataFrame, out_dir: str | Path) -> tuple[Path, Path]:
+    """Write ``tradeoff.csv`` and ``tradeoff.md`` into ``out_dir``; return both paths."""
+    out_dir = Path(out_dir)
+    csv = atomic_write_text(out_dir / "tradeoff.csv", table.to_csv(index=False))
+    md = atomic_write_text(out_dir / "tradeoff.md", to_markdown(table))
+    return csv, md
+
+
+def _save(fig, path: str | Path) -> Path:
+    """Write the figure atomically (a reader never sees half a PNG) and free it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+def pareto_plot(df: pd.DataFrame, quality: str, latency: str, frontier: pd.Series,
+                champion: str, path: str | Path, title: str = "") -> Path:
+    """Quality vs latency, every candidate labelled, the frontier drawn, the champion starred."""
+    data = df.assign(_q=pd.to_numeric(df[quality], errors="coerce"),
+                     _t=pd.to_numeric(df[latency], errors="coerce")).dropna(subset=["_q", "_t"])
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    for method, group in data.groupby("method", sort=True):
+        ax.scatter(group["_t"], group["_q"], label=method, s=40, zorder=3)
+    for _, row in data.iterrows():
+        ax.annotate(str(row["label"]), (row["_t"], row["_q"]), textcoords="offset points",
+                    xytext=(5, 4), fontsize=7)
+    front = data[frontier.reindex(data.index).fillna(False).astype(bool)].sort_values("_t")
+    if len(front):
+        ax.step(front["_t"], front["_q"], where="post", color="grey", ls="--", lw=1,
+                label="Pareto frontier", zorder=2)
+    champ = data[data["label"] == champion]
+    if len(champ):
+        ax.scatter(champ["_t"], champ["_q"], marker="*", s=320, facecolors="none",
+                   edgecolors="red", linewidths=1.5, label=f"champion: {champion}", zorder=4)
+    ax.set_xlabel(f"{latency} (lower is better)")
+    ax.set_ylabel(f"{quality} (higher is better)")
+    ax.set_title(title or f"{quality} vs {latency}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    return _save(fig, path)
+
+
+def mask_heatmap(shapes: dict, num_heads: int, d_ff: int, path: str | Path,
+                 title: str = "") -> Path:
+    """What survived pruning in each encoder layer: a head grid and the FFN width kept.
+
+    ``shapes`` is ``config.json["nash"]["shapes"]`` of a pruned export: per encoder layer the
+    kept head indices of ``self`` (``None``: the attention sub-layer was dropped) and the kept
+    FFN unit count ``ffn`` (``None``: dropped). ``num_heads`` / ``d_ff`` are the unpruned sizes.
+    """
+    import numpy as np
+
+    layers = shapes["encoder"]
+    heads = np.zeros((len(layers), num_heads))
+    ffn = np.zeros((len(layers), 1))
+    for i, spec in enumerate(layers):
+        for h in spec.get("self") or []:
+            heads[i, h] = 1.0
+        ffn[i, 0] = (spec.get("ffn") or 0) / d_ff
+    fig, (ax_h, ax_f) = plt.subplots(1, 2, figsize=(2.0 + 0.5 * num_heads, 1.2 + 0.45 * len(layers)),
+                                     dpi=110, gridspec_kw={"width_ratios": [num_heads, 1.6]})
+    ax_h.imshow(heads, cmap="Greens", vmin=0, vmax=1, aspect="auto")
+    ax_h.set_xticks(range(num_heads))
+    ax_h.set_yticks(range(len(layers)))
+    ax_h.set_xlabel("head")
+    ax_h.set_ylabel("encoder layer")
+    ax_h.set_title(f"heads kept {int(heads.sum())}/{heads.size}", fontsize=8)
+    ax_f.imshow(ffn, cmap="Blues", vmin=0, vmax=1, aspect="auto")
+    for i, spec in enumerate(layers):
+        ax_f.text(0, i, f"{spec.get('ffn') or 0}/{d_ff}", ha="center", va="center", fontsize=7)
+    ax_f.set_xticks([])
+    ax_f.set_yticks(range(len(layers)))
+    ax_f.set_title("FFN units kept", fontsize=8)
+    fig.suptitle(title or "encoder units kept", fontsize=9)
+    return _save(fig, path)
