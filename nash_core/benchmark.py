@@ -1,0 +1,481 @@
+"""Hardware benchmark of seq2seq models: end-to-end ``generate`` latency, throughput, memory, cost.
+
+Protocol (method.md section 6): the same fixed inputs for every model, warm-up calls
+discarded, the device synchronised before every clock read, repeated; median / p90 / mean / min
+per batch size. Two modes: ``natural`` decodes with the evaluation protocol (what users get);
+``fixed`` forces exactly N new tokens so architectures are compared at equal output length.
+All models run in ONE process with their calls interleaved (A B A B ...), so slow drift of a
+shared machine (thermal, other processes) hits every model alike; speedup = baseline median /
+model median, the baseline being the first model (the teacher).
+
+The timing core (:func:`timed_rounds`, :func:`latency_stats`, :func:`benchmark_loaded`) takes
+an injectable clock and synchroniser, so tests drive it with a fake model whose latency is
+known exactly instead of asserting on wall-clock time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import psutil
+import torch
+from tqdm.auto import tqdm
+
+from nash_core.config import BenchmarkConfig, EvaluationConfig
+from nash_core.errors import DataError, ModelError, NashError
+from nash_core.evaluate import fresh_cache, generated_lengths, generation_config_for
+from nash_core.io import atomic_write_json
+from nash_core.runtime import pick_device, progress_disabled
+
+Clock = Callable[[], float]
+MODES = ("natural", "fixed")
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+# --------------------------------------------------------------------------- timing core
+def device_sync(device: torch.device | str) -> Callable[[], None]:
+    """What must run before each clock read so queued GPU work is included (no-op on CPU)."""
+    if torch.device(device).type == "cuda":
+        return torch.cuda.synchronize
+    return lambda: None
+
+
+def timed_rounds(fns: Sequence[Callable[[], Any]], warmup: int, repeats: int,
+                 clock: Clock = time.perf_counter, sync: Callable[[], None] = lambda: None,
+                 desc: str = "timing") -> tuple[list[list[float]], list[Any]]:
+    """Call ``fns`` interleaved, round after round: f0 f1 ... f0 f1 ...
+
+    The first ``warmup`` rounds are run and discarded. Each call is bracketed by
+    sync-then-clock on both sides. Returns (seconds per fn per kept round, last result per fn).
+    """
+    times: list[list[float]] = [[] for _ in fns]
+    last: list[Any] = [None] * len(fns)
+    for r in tqdm(range(warmup + repeats), desc=desc, unit="round", leave=False,
+                  disable=progress_disabled()):
+        for i, fn in enumerate(fns):
+            sync()
+            t0 = clock()
+            last[i] = fn()
+            sync()
+            t1 = clock()
+            if r >= warmup:
+                times[i].append(t1 - t0)
+    return times, last
+
+
+def latency_stats(seconds: Sequence[float]) -> dict[str, float]:
+    """median / p90 / mean / min / max / std in milliseconds (p90 by linear interpolation)."""
+    ms = np.asarray(seconds, dtype=np.float64) * 1000.0
+    return {"median_ms": float(np.median(ms)), "p90_ms": float(np.percentile(ms, 90)),
+            "mean_ms": float(ms.mean()), "min_ms": float(ms.min()), "max_ms": float(ms.max()),
+            "std_ms": float(ms.std()), "n": int(ms.size)}
+
+
+def peak_memory(fn: Callable[[], Any], device: torch.device | str,
+                interval_s: float = 0.001) -> dict[str, float | None]:
+    """Peak memory of one call of ``fn`` above what was in use before it.
+
+    CPU: resident set size sampled every ``interval_s`` by a thread (psutil), so a spike shorter
+    than the interval can be missed. CUDA: ``max_memory_allocated`` (exact, torch allocations).
+    """
+    proc = psutil.Process()
+    before = proc.memory_info().rss
+    peak = [before]
+    stop = threading.Event()
+
+    def sample():
+        while not stop.is_set():
+            peak[0] = max(peak[0], proc.memory_info().rss)
+            stop.wait(interval_s)
+
+    cuda = torch.device(device).type == "cuda"
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        cuda_before = torch.cuda.memory_allocated()
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        fn()
+        if cuda:
+            torch.cuda.synchronize()
+    finally:
+        stop.set()
+        thread.join()
+    peak[0] = max(peak[0], proc.memory_info().rss)
+    out: dict[str, float | None] = {"peak_rss_delta_mb": (peak[0] - before) / 2**20,
+                                    "cuda_peak_allocated_mb": None, "cuda_peak_delta_mb": None}
+    if cuda:
+        top = torch.cuda.max_memory_allocated()
+        out["cuda_peak_allocated_mb"] = top / 2**20
+        out["cuda_peak_delta_mb"] = (top - cuda_before) / 2**20
+    return out
+
+
+# --------------------------------------------------------------------------- models and inputs
+@dataclass
+class Candidate:
+    """A loaded model to benchmark. ``info``: static facts (params, sizes, dtype, attention)."""
+
+    name: str
+    model: Any
+    info: dict = field(default_factory=dict)
+
+
+def model_facts(model, model_dir: str | Path | None = None) -> dict:
+    """Parameter count, in-memory weight size, on-disk size, dtype, attention, depths."""
+    seen, params, nbytes = set(), 0, 0
+    for module in model.modules():
+        weight_fn = getattr(module, "weight", None)
+        if callable(weight_fn) and not isinstance(weight_fn, torch.Tensor):  # quantised Linear
+            w = weight_fn()
+            params, nbytes = params + w.numel(), nbytes + w.numel() * w.element_size()
+            bias = module.bias()
+            if bias is not None:
+                params, nbytes = params + bias.numel(), nbytes + bias.numel() * bias.element_size()
+        for t in list(module.parameters(recurse=False)) + list(module.buffers(recurse=False)):
+            if t.data_ptr() in seen:
+                continue
+            seen.add(t.data_ptr())
+            if isinstance(t, torch.nn.Parameter):
+                params += t.numel()
+            nbytes += t.numel() * t.element_size()
+    cfg = getattr(model, "config", None)
+    disk = None
+    if model_dir is not None:
+        disk = sum(f.stat().st_size for f in Path(model_dir).rglob("*") if f.is_file()) / 2**20
+    first = next(iter(model.parameters()), None)
+    return {
+        "params": params, "weights_mb": nbytes / 2**20, "disk_mb": disk,
+        "dtype": str(first.dtype).removeprefix("torch.") if first is not None else None,
+        "attn_implementation": getattr(cfg, "_attn_implementation", None),
+        "model_type": getattr(cfg, "model_type", None),
+        "encoder_layers": getattr(cfg, "num_layers", getattr(cfg, "encoder_layers", None)),
+        "decoder_layers": getattr(cfg, "num_decoder_layers", getattr(cfg, "decoder_layers", None)),
+    }
+
+
+def random_inputs(num_inputs: int, source_length: int, vocab_size: int, seed: int = 0) -> list[list[int]]:
+    """Token-id rows for architecture benchmarks without text; ids 4.. skip the special ids."""
+    rng = np.random.default_rng(seed)
+    return rng.integers(4, vocab_size, size=(num_inputs, source_length)).tolist()
+
+
+def make_batch(rows: Sequence[Sequence[int]], batch_size: int, pad_id: int,
+               device: torch.device | str) -> dict[str, torch.Tensor]:
+    """The first ``batch_size`` rows (cycled when there are fewer), right-padded."""
+    picked = [list(rows[i % len(rows)]) for i in range(batch_size)]
+    width = max(len(r) for r in picked)
+    ids = torch.full((batch_size, width), pad_id, dtype=torch.long)
+    mask = torch.zeros((batch_size, width), dtype=torch.long)
+    for i, r in enumerate(picked):
+        ids[i, :len(r)] = torch.tensor(r, dtype=torch.long)
+        mask[i, :len(r)] = 1
+    return {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
+
+
+def _pad_id(model) -> int:
+    pad = getattr(model.generation_config, "pad_token_id", None)
+    return 0 if pad is None else int(pad)
+
+
+# --------------------------------------------------------------------------- measurement
+def _generate_fn(model, batch, gen_cfg):
+    def run():
+        with torch.inference_mode():
+            return model.generate(**batch, generation_config=gen_cfg, cache=fresh_cache())
+    return run
+
+
+def _encoder_fn(model, batch):
+    encoder = model.get_encoder()
+
+    def run():
+        with torch.inference_mode():
+            return encoder(**batch)
+    return run
+
+
+def _cost(price_per_hour: float, seconds_per_request: float, tokens_per_s: float) -> dict:
+    if price_per_hour <= 0:
+        return {"cost_per_1k_requests": None, "cost_per_1m_tokens": None}
+    per_s = price_per_hour / 3600.0
+    return {"cost_per_1k_requests": per_s * seconds_per_request * 1000.0,
+            "cost_per_1m_tokens": per_s * 1e6 / tokens_per_s if tokens_per_s > 0 else None}
+
+
+def benchmark_loaded(cands: Sequence[Candidate], input_rows: Sequence[Sequence[Sequence[int]]],
+                     bench_cfg: BenchmarkConfig, eval_cfg: EvaluationConfig,
+                     device: torch.device | str = "cpu", modes: Sequence[str] = MODES,
+                     clock: Clock = time.perf_counter, sync: Callable[[], None] | None = None,
+                     measure_memory: bool = True) -> list[dict]:
+    """Time every candidate (interleaved) per batch size and mode; the first is the baseline.
+
+    ``input_rows[i]`` are candidate i's token-id rows (the same texts through its tokenizer).
+    Returns one dict per candidate: ``{"name", **info, "results": {mode: {batch_size: stats}}}``.
+    """
+    if "fixed" in modes and not bench_cfg.fixed_new_tokens:
+        raise ModelError("mode 'fixed' needs benchmark.fixed_new_tokens (or --new-tokens N)")
+    sync = sync or device_sync(device)
+    out = [{"name": c.name, **c.info, "results": {m: {} for m in modes}} for c in cands]
+    for bs in bench_cfg.batch_sizes:
+        batches = [make_batch(rows, bs, _pad_id(c.model), device) for c, rows in zip(cands, input_rows)]
+        enc_times, _ = timed_rounds([_encoder_fn(c.model, b) for c, b in zip(cands, batches)],
+                                    bench_cfg.warmup, bench_cfg.repeats, clock, sync, f"encoder bs{bs}")
+        for mode in modes:
+            fixed = bench_cfg.fixed_new_tokens if mode == "fixed" else None
+            cfgs = [generation_config_for(c.model, eval_cfg, fixed) for c in cands]
+            fns = [_generate_fn(c.model, b, g) for c, b, g in zip(cands, batches, cfgs)]
+            times, outputs = timed_rounds(fns, bench_cfg.warmup, bench_cfg.repeats, clock, sync,
+                                          f"{mode} bs{bs}")
+            base_median = float(np.median(times[0]))
+            for i, (c, t, seqs, g) in enumerate(zip(cands, times, outputs, cfgs)):
+                stats = latency_stats(t)
+                enc = latency_stats(enc_times[i])
+                median_s = stats["median_ms"] / 1000.0
+                tokens = int(sum(generated_lengths(seqs, g.eos_token_id)))
+                steps = int(seqs.shape[1]) - 1
+                tps = tokens / median_s if median_s > 0 else float("inf")
+                res = {
+                    "latency": stats, "encoder": enc,
+                    "decoder_median_ms": stats["median_ms"] - enc["median_ms"],
+                    "new_tokens_per_sequence": steps, "generated_tokens": tokens,
+                    "sequences_per_s": bs / median_s if median_s > 0 else float("inf"),
+                    "tokens_per_s": tps,
+                    "ms_per_token": stats["median_ms"] / steps if steps else None,
+                    "speedup": base_median / median_s if median_s > 0 else None,
+                    **_cost(bench_cfg.price_per_hour, median_s / bs, tps),
+                }
+                if measure_memory:
+                    res.update(peak_memory(fns[i], device))
+                out[i]["results"][mode][str(bs)] = res
+    return out
+
+
+# --------------------------------------------------------------------------- hardware
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _gpu_driver() -> str | None:
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=10, check=True)
+        return out.stdout.strip().splitlines()[0]
+    except (OSError, subprocess.SubprocessError, IndexError):
+        return None
+
+
+def hardware_fingerprint(device: torch.device | str = "cpu", dtype: str | None = None,
+                         attn_implementation: str | None = None, name: str | None = None) -> dict:
+    """Everything a latency number depends on besides the model; stored with every result."""
+    import transformers
+
+    cuda = torch.device(device).type == "cuda"
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    return {
+        "hardware_name": name, "device": str(device), "dtype": dtype,
+        "attn_implementation": attn_implementation,
+        "cpu_model": _cpu_model(), "cpu_cores_logical": os.cpu_count(),
+        "cpu_cores_physical": psutil.cpu_count(logical=False), "torch_threads": torch.get_num_threads(),
+        "load_average_1m": round(load[0], 2) if load else None,
+        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "gpu_name": torch.cuda.get_device_name() if cuda else None,
+        "gpu_driver": _gpu_driver() if cuda else None,
+        "cuda_version": torch.version.cuda if cuda else None,
+        "torch_version": torch.__version__, "transformers_version": transformers.__version__,
+        "python_version": platform.python_version(), "platform": platform.platform(),
+    }
+
+
+# --------------------------------------------------------------------------- model dirs
+def benchmark_models(model_dirs: Sequence[str | Path], bench_cfg: BenchmarkConfig,
+                     eval_cfg: EvaluationConfig, *, texts: Sequence[str] | None = None,
+                     source_length: int = 64, max_source_length: int | None = None,
+                     device=None, modes: Sequence[str] = MODES, seed: int = 0,
+                     names: Sequence[str] | None = None) -> dict:
+    """Load ``model_dirs`` (first = baseline) and benchmark them on the same inputs.
+
+    ``texts`` (e.g. test sources with their prefix) are tokenised by each model's tokenizer;
+    without texts, random token ids of ``source_length`` shared by all models are used.
+    Returns {"hardware", "settings", "models": [...]} (see :func:`benchmark_loaded`).
+    """
+    from nash_core.quantize import load_for_measurement
+
+    if not model_dirs:
+        raise ModelError("benchmark needs at least one model dir")
+    device = pick_device("auto") if device is None else torch.device(device)
+    dtype = _DTYPES[bench_cfg.dtype]
+    for d in model_dirs:
+        if not Path(d).is_dir():
+            raise ModelError(f"model dir not found: {d}")
+    cands, tokenizers = [], []
+    for i, d in enumerate(model_dirs):
+        model, tok = load_for_measurement(d, device=device, dtype=dtype)
+        cands.append(Candidate(names[i] if names else str(d), model, {"dir": str(d), **model_facts(model, d)}))
+        tokenizers.append(tok)
+    if texts is not None:
+        if not texts:
+            raise DataError("no benchmark inputs: the test split is empty")
+        picked = list(texts[:bench_cfg.num_inputs])
+        rows = [tok(picked, truncation=max_source_length is not None,
+                    max_length=max_source_length)["input_ids"] for tok in tokenizers]
+        source = f"{len(picked)} test sources"
+    else:
+        vocab = min(c.model.config.vocab_size for c in cands)
+        shared = random_inputs(bench_cfg.num_inputs, source_length, vocab, seed)
+        rows = [shared] * len(cands)
+        source = f"{bench_cfg.num_inputs} random token-id rows of length {source_length}"
+    models = benchmark_loaded(cands, rows, bench_cfg, eval_cfg, device, modes)
+    attn = sorted({str(c.info["attn_implementation"]) for c in cands})
+    return {
+        "hardware": hardware_fingerprint(device, bench_cfg.dtype, ",".join(attn), bench_cfg.hardware_name),
+        "settings": {"inputs": source, "batch_sizes": bench_cfg.batch_sizes, "warmup": bench_cfg.warmup,
+                     "repeats": bench_cfg.repeats, "modes": list(modes),
+                     "fixed_new_tokens": bench_cfg.fixed_new_tokens,
+                     "decoding": eval_cfg.model_dump(include={"num_beams", "max_new_tokens", "min_new_tokens",
+                                                              "length_penalty", "no_repeat_ngram_size"}),
+                     "price_per_hour": bench_cfg.price_per_hour, "baseline": cands[0].name,
+                     "interleaved": True},
+        "models": models,
+    }
+
+
+def flat_metrics(model_result: dict, mode: str = "natural") -> dict[str, float]:
+    """One model's numbers as flat MLflow metrics: ``<metric>_bs<N>`` per batch size.
+
+    ``mode`` (natural decoding by default, what users get) gives the unprefixed names that
+    selection ranks on; the other mode is logged with a ``<mode>_`` prefix.
+    """
+    out: dict[str, float] = {"params_total": float(model_result["params"])}
+    for m, per_bs in model_result["results"].items():
+        prefix = "" if m == mode else f"{m}_"
+        for bs, r in per_bs.items():
+            vals = {"latency_p50_ms": r["latency"]["median_ms"], "latency_p90_ms": r["latency"]["p90_ms"],
+                    "latency_mean_ms": r["latency"]["mean_ms"], "latency_min_ms": r["latency"]["min_ms"],
+                    "encoder_ms": r["encoder"]["median_ms"], "decoder_ms": r["decoder_median_ms"],
+                    "ms_per_token": r["ms_per_token"], "tokens_per_s": r["tokens_per_s"],
+                    "sequences_per_s": r["sequences_per_s"], "speedup": r["speedup"],
+                    "peak_mem_mb": r.get("cuda_peak_delta_mb") or r.get("peak_rss_delta_mb"),
+                    "cost_per_1k_requests": r["cost_per_1k_requests"],
+                    "cost_per_1m_tokens": r["cost_per_1m_tokens"]}
+            out.update({f"{prefix}{k}_bs{bs}": float(v) for k, v in vals.items() if v is not None})
+    return out
+
+
+def format_table(result: dict) -> str:
+    """A compact text table: one line per model x mode x batch size."""
+    head = (f"{'model':<28} {'params':>8} {'mode':<7} {'bs':>3} {'p50 ms':>9} {'p90 ms':>9} "
+            f"{'ms/tok':>7} {'tok/s':>8} {'enc ms':>8} {'speedup':>7}")
+    lines = [head, "-" * len(head)]
+    for m in result["models"]:
+        label = m["name"] if len(m["name"]) <= 28 else "..." + m["name"][-25:]
+        for mode, per_bs in m["results"].items():
+            for bs, r in per_bs.items():
+                mpt = f"{r['ms_per_token']:.2f}" if r["ms_per_token"] is not None else "-"
+                lines.append(f"{label:<28} {m['params'] / 1e6:>7.1f}M {mode:<7} {bs:>3} "
+                             f"{r['latency']['median_ms']:>9.1f} {r['latency']['p90_ms']:>9.1f} "
+                             f"{mpt:>7} {r['tokens_per_s']:>8.1f} {r['encoder']['median_ms']:>8.1f} "
+                             f"{r['speedup']:>6.2f}x")
+    hw = result["hardware"]
+    lines.append(f"hardware: {hw['gpu_name'] or hw['cpu_model']} | device {hw['device']} | "
+                 f"{hw['torch_threads']} torch threads | {hw['dtype']} | attn {hw['attn_implementation']} "
+                 f"| torch {hw['torch_version']} | transformers {hw['transformers_version']}")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- CLI
+def _int_list(text: str) -> list[int]:
+    try:
+        vals = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not vals or min(vals) < 1:
+        raise argparse.ArgumentTypeError(f"expected integers >= 1, got {text!r}")
+    return vals
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d_b, d_e = BenchmarkConfig(), EvaluationConfig()
+    p = argparse.ArgumentParser(
+        prog="nash benchmark",
+        description="Time generate() of seq2seq model dirs (the first is the baseline) in one "
+                    "process, interleaved; print a table and write the full results as JSON.")
+    p.add_argument("model_dirs", nargs="+", metavar="MODEL_DIR")
+    p.add_argument("--batch-sizes", type=_int_list, default=d_b.batch_sizes, help="e.g. 1,8")
+    p.add_argument("--new-tokens", type=int, default=d_b.fixed_new_tokens,
+                   help="new tokens of the fixed-length mode (default %(default)s)")
+    p.add_argument("--max-new-tokens", type=int, default=d_e.max_new_tokens,
+                   help="cap of the natural mode (default %(default)s)")
+    p.add_argument("--num-beams", type=int, default=d_e.num_beams)
+    p.add_argument("--modes", default="natural,fixed", help="natural, fixed or both")
+    p.add_argument("--repeats", type=int, default=d_b.repeats)
+    p.add_argument("--warmup", type=int, default=d_b.warmup)
+    p.add_argument("--num-inputs", type=int, default=d_b.num_inputs)
+    p.add_argument("--source-length", type=int, default=64,
+                   help="tokens per random input row when --splits is not given")
+    p.add_argument("--splits", metavar="DIR", help="prepared splits dir: use real test sources")
+    p.add_argument("--source-prefix", default="", help="prepended to each test source")
+    p.add_argument("--max-source-length", type=int, default=None)
+    p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda if seen")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=d_b.dtype)
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    p.add_argument("--price-per-hour", type=float, default=d_b.price_per_hour)
+    p.add_argument("--hardware-name", default=None)
+    p.add_argument("--json", metavar="FILE", help="write the full results here")
+    return p
+
+
+def cli_main(argv: Sequence[str] | None = None) -> int:
+    """``nash benchmark``: 0 on success, 2 on bad input (message, no traceback)."""
+    args = build_parser().parse_args(argv)
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    try:
+        bad = [m for m in modes if m not in MODES]
+        if bad or not modes:
+            raise NashError(f"--modes: unknown mode(s) {bad or modes}; use natural, fixed or both")
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        bench_cfg = BenchmarkConfig(
+            batch_sizes=args.batch_sizes, num_inputs=args.num_inputs, warmup=args.warmup,
+            repeats=args.repeats, fixed_new_tokens=args.new_tokens, dtype=args.dtype,
+            price_per_hour=args.price_per_hour, hardware_name=args.hardware_name)
+        eval_cfg = EvaluationConfig(max_new_tokens=args.max_new_tokens, num_beams=args.num_beams)
+        texts = None
+        if args.splits:
+            from nash_core.data import read_split
+
+            texts = [args.source_prefix + r["source"]
+                     for r in read_split(args.splits, "test", limit=args.num_inputs)]
+        result = benchmark_models(args.model_dirs, bench_cfg, eval_cfg, texts=texts,
+                                  source_length=args.source_length,
+                                  max_source_length=args.max_source_length,
+                                  device=args.device, modes=modes)
+    except NashError as exc:
+        print(f"nash benchmark: error: {exc}", file=sys.stderr)
+        return 2
+    except ValueError as exc:  # pydantic range checks on the options
+        print(f"nash benchmark: error: {exc}", file=sys.stderr)
+        return 2
+    print(format_table(result))
+    if args.json:
+        atomic_write_json(args.json, result)
+        print(f"full results: {args.json}")
+    return 0

@@ -1,0 +1,120 @@
+"""Post-pruning int8 dynamic quantisation (CPU) of a model directory, without pickles.
+
+A dynamically quantised model cannot be saved as safetensors, and ``torch.save`` of it is a
+pickle, which we never load. So a "quantised model dir" is a small marker: ``nash_quantized.json``
+naming the source model dir (relative and absolute path) and a content hash of its weights.
+Loading re-applies ``quantize_dynamic`` to the source model; it takes well under a second for
+small models and is deterministic (per-tensor scales come from the weights), so evaluation and
+benchmarking see the same model every time.
+
+API: ``torch.ao.quantization.quantize_dynamic`` (nn.Linear -> int8 weights, activations
+quantised on the fly). torch 2.13 still ships it and it works; it warns that torch.ao.quantization
+is deprecated in favour of torchao's ``quantize_``. We silence exactly that warning; moving to
+torchao is the upgrade path once torch drops the API.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from nash_core.errors import ModelError
+from nash_core.io import atomic_dir, atomic_write_json, read_json
+
+MARKER = "nash_quantized.json"
+METHOD = "dynamic-int8-linear"
+
+
+def quantize_dynamic_int8(model: nn.Module) -> nn.Module:
+    """Replace every nn.Linear by an int8 dynamic-quantised Linear (CPU kernels only)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*torch\.ao\.quantization is deprecated.*")
+        warnings.filterwarnings("ignore", message=r".*quantize_per_tensor.*deprecated.*")
+        from torch.ao.quantization import quantize_dynamic
+
+        return quantize_dynamic(model.cpu().float().eval(), {nn.Linear}, dtype=torch.qint8)
+
+
+def weights_hash(model_dir: str | Path) -> str:
+    """Content hash of a model dir's config and weight files (what quantisation depends on)."""
+    d = Path(model_dir)
+    h = hashlib.sha256()
+    for f in sorted(p for p in d.iterdir() if p.suffix == ".safetensors" or p.name == "config.json"):
+        h.update(f.name.encode())
+        with f.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()[:16]
+
+
+def is_quantized_dir(path: str | Path) -> bool:
+    return (Path(path) / MARKER).is_file()
+
+
+def quantize_dir(src_dir: str | Path, out_dir: str | Path) -> Path:
+    """Write the quantised-model marker for ``src_dir`` into ``out_dir`` (atomically).
+
+    Checks once that the source loads and quantises, so a bad source fails here, not later.
+    """
+    src = Path(src_dir).resolve()
+    if not (src / "config.json").is_file():
+        raise ModelError(f"cannot quantise {src}: no config.json (expected a saved model dir)")
+    model, _ = _load_source(src)
+    quantize_dynamic_int8(model)
+    out = Path(out_dir)
+    with atomic_dir(out) as tmp:
+        atomic_write_json(tmp / MARKER, {
+            "method": METHOD, "source_relative": os.path.relpath(src, out.resolve()),
+            "source_absolute": str(src), "source_weights_hash": weights_hash(src),
+            "torch_version": torch.__version__})
+    return out
+
+
+def _source_of(qdir: Path) -> Path:
+    meta = read_json(qdir / MARKER)
+    if meta.get("method") != METHOD:
+        raise ModelError(f"{qdir / MARKER}: unknown quantisation method {meta.get('method')!r}")
+    for cand in ((qdir / meta["source_relative"]).resolve(), Path(meta["source_absolute"])):
+        if (cand / "config.json").is_file():
+            if weights_hash(cand) != meta["source_weights_hash"]:
+                raise ModelError(f"the source model {cand} of the quantised model {qdir} has changed "
+                                 "since it was quantised; run quantize_dir again")
+            return cand
+    raise ModelError(f"the source model of the quantised model {qdir} is gone (looked in "
+                     f"{meta['source_relative']} and {meta['source_absolute']}); keep them together")
+
+
+def _load_source(src: Path):
+    from nash_core.loading import load_seq2seq
+
+    return load_seq2seq(src, device=torch.device("cpu"))
+
+
+def load_quantized(qdir: str | Path) -> tuple[nn.Module, object]:
+    """(int8 model on CPU, tokenizer) for a dir written by :func:`quantize_dir`."""
+    model, tokenizer = _load_source(_source_of(Path(qdir)))
+    return quantize_dynamic_int8(model), tokenizer
+
+
+def load_for_measurement(model_dir: str | Path, device=None, dtype: torch.dtype | None = None):
+    """Load any model dir we evaluate or benchmark: quantised markers, plain HF dirs, exports.
+
+    Quantised models run on CPU in their own mixed precision: ``device`` cuda or a ``dtype``
+    other than float32 is refused rather than silently ignored.
+    """
+    if is_quantized_dir(model_dir):
+        if (device is not None and torch.device(device).type != "cpu") or dtype not in (None, torch.float32):
+            raise ModelError(f"{model_dir} is int8 dynamic-quantised: it runs on CPU in float32 "
+                             "only (use --device cpu / dtype float32)")
+        return load_quantized(model_dir)
+    from nash_core.loading import load_seq2seq
+
+    model, tokenizer = load_seq2seq(model_dir, device=device)
+    if dtype is not None:
+        model = model.to(dtype)
+    return model.eval(), tokenizer

@@ -1,0 +1,183 @@
+"""Benchmark statistics with a fake model of known latency; the CLI on real tiny models."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from nash_core import benchmark as B
+from nash_core.config import BenchmarkConfig, EvaluationConfig
+from nash_core.quantize import quantize_dynamic_int8
+from measure_tiny import FakeClock, FakeModel, save_tiny_t5, write_splits
+
+
+def test_latency_stats_known_values():
+    s = B.latency_stats([i / 1000 for i in range(1, 11)])  # 1..10 ms
+    assert s["median_ms"] == pytest.approx(5.5)
+    assert s["p90_ms"] == pytest.approx(9.1)
+    assert s["mean_ms"] == pytest.approx(5.5)
+    assert (s["min_ms"], s["max_ms"], s["n"]) == (pytest.approx(1.0), pytest.approx(10.0), 10)
+
+
+def test_timed_rounds_interleaves_discards_warmup_and_syncs_around_each_call():
+    clock, events = FakeClock(), []
+    costs = {"A": [50.0, 10.0, 10.0, 10.0], "B": [70.0, 30.0, 30.0, 30.0]}  # first call is slow
+
+    def fn(name):
+        def run():
+            clock.advance(costs[name].pop(0))
+            events.append(name)
+            return name
+        return run
+
+    times, last = B.timed_rounds([fn("A"), fn("B")], warmup=1, repeats=3, clock=clock,
+                                 sync=lambda: events.append("sync"))
+    assert [e for e in events if e != "sync"] == ["A", "B"] * 4
+    assert events[:6] == ["sync", "A", "sync", "sync", "B", "sync"]
+    assert times == [[pytest.approx(0.010)] * 3, [pytest.approx(0.030)] * 3]
+    assert last == ["A", "B"]
+
+
+def _cands(clock, log, **kw):
+    teacher = FakeModel(clock, enc_ms=4.0, step_ms=3.0, name="teacher", log=log, **kw)
+    student = FakeModel(clock, enc_ms=4.0, step_ms=1.0, name="student", log=log, **kw)
+    return [B.Candidate("teacher", teacher), B.Candidate("student", student)]
+
+
+def test_benchmark_loaded_statistics_with_fake_model():
+    clock, log = FakeClock(), []
+    cands = _cands(clock, log, natural_len=5, slow_first=2, slow_ms=500.0)
+    bench = BenchmarkConfig(batch_sizes=[1, 4], warmup=2, repeats=5, fixed_new_tokens=8, price_per_hour=3.6)
+    rows = [[5, 6, 7], [8, 9]]
+    res = B.benchmark_loaded(cands, [rows, rows], bench, EvaluationConfig(), clock=clock,
+                             measure_memory=False)
+    t, s = (r["results"] for r in res)
+    # natural: 5 steps (EOS at 5); teacher 4 + 5*3 = 19 ms, student 4 + 5 = 9 ms; warm-up (500 ms) gone
+    assert t["natural"]["1"]["latency"]["median_ms"] == pytest.approx(19.0)
+    assert t["natural"]["1"]["latency"]["max_ms"] == pytest.approx(19.0)
+    assert s["natural"]["1"]["latency"]["median_ms"] == pytest.approx(9.0)
+    assert s["natural"]["1"]["speedup"] == pytest.approx(19.0 / 9.0)
+    assert t["natural"]["1"]["speedup"] == pytest.approx(1.0)
+    # fixed: 8 steps: teacher 28 ms, student 12 ms
+    f_t, f_s = t["fixed"]["4"], s["fixed"]["4"]
+    assert f_t["latency"]["median_ms"] == pytest.approx(28.0)
+    assert f_s["speedup"] == pytest.approx(28.0 / 12.0)
+    assert f_s["new_tokens_per_sequence"] == 8 and f_s["generated_tokens"] == 32
+    assert f_s["ms_per_token"] == pytest.approx(12.0 / 8)
+    assert f_s["tokens_per_s"] == pytest.approx(32 / 0.012)
+    assert f_s["sequences_per_s"] == pytest.approx(4 / 0.012)
+    assert f_s["encoder"]["median_ms"] == pytest.approx(4.0)
+    assert f_s["decoder_median_ms"] == pytest.approx(8.0)
+    # cost: 3.6 $/h = 0.001 $/s; 3 ms per request -> 0.003 $ per 1k requests
+    assert f_s["cost_per_1k_requests"] == pytest.approx(0.001 * 0.003 * 1000)
+    assert f_s["cost_per_1m_tokens"] == pytest.approx(0.001 * 1e6 / (32 / 0.012))
+    # natural mode counts tokens up to EOS: 5 per sequence
+    assert s["natural"]["4"]["generated_tokens"] == 20
+    # interleaved: generate calls alternate teacher/student
+    gens = [name for name, what in log if what == "generate"]
+    assert gens[:6] == ["teacher", "student"] * 3
+
+
+def test_interleaving_cancels_drift_that_sequential_timing_suffers():
+    """The machine slows down steadily (thermal, a neighbour): +50% latency per second."""
+    true_ratio = 3.0
+
+    def drifting(clock, base_ms):
+        def run():
+            clock.advance(base_ms * (1.0 + 0.5 * clock.now))
+        return run
+
+    clock = FakeClock()
+    inter, _ = B.timed_rounds([drifting(clock, 30.0), drifting(clock, 10.0)], 0, 20, clock=clock)
+    inter_ratio = np.median(inter[0]) / np.median(inter[1])
+    clock = FakeClock()
+    seq_a, _ = B.timed_rounds([drifting(clock, 30.0)], 0, 20, clock=clock)
+    seq_b, _ = B.timed_rounds([drifting(clock, 10.0)], 0, 20, clock=clock)
+    seq_ratio = np.median(seq_a[0]) / np.median(seq_b[0])
+    assert abs(inter_ratio / true_ratio - 1) < 0.03  # 2.96
+    assert abs(seq_ratio / true_ratio - 1) > 0.15  # 2.45
+
+
+def test_peak_memory_sees_a_temporary_allocation():
+    def allocate():
+        a = np.ones(100 * 2**20 // 8)  # 100 MiB, touched
+        a += 1
+        import time
+        time.sleep(0.05)
+        return float(a[0])
+
+    mem = B.peak_memory(allocate, "cpu")
+    assert mem["peak_rss_delta_mb"] > 70
+    assert mem["cuda_peak_allocated_mb"] is None
+
+
+def test_model_facts_counts_params_once_and_sees_int8(tmp_path):
+    from transformers import AutoModelForSeq2SeqLM
+
+    d = save_tiny_t5(tmp_path / "m")
+    model = AutoModelForSeq2SeqLM.from_pretrained(str(d))
+    facts = B.model_facts(model, d)
+    unique = {p.data_ptr(): p.numel() for p in model.parameters()}
+    assert facts["params"] == sum(unique.values())
+    assert facts["disk_mb"] > 0 and facts["decoder_layers"] == 2 and facts["dtype"] == "float32"
+    q = B.model_facts(quantize_dynamic_int8(model))
+    # quantised weights are counted; the tied lm_head becomes its own int8 copy
+    assert q["params"] == facts["params"] + model.lm_head.weight.numel()
+    assert q["weights_mb"] < facts["weights_mb"] * 0.75
+
+
+def test_hardware_fingerprint_fields():
+    hw = B.hardware_fingerprint("cpu", "float32", "sdpa", "laptop")
+    for key in ("cpu_model", "cpu_cores_logical", "torch_threads", "gpu_name", "gpu_driver",
+                "torch_version", "transformers_version", "dtype", "attn_implementation"):
+        assert key in hw
+    assert hw["torch_threads"] == torch.get_num_threads() and hw["hardware_name"] == "laptop"
+
+
+def test_cli_on_two_tiny_models_writes_full_json(tmp_path, capsys):
+    teacher = save_tiny_t5(tmp_path / "teacher", dec=3)
+    student = save_tiny_t5(tmp_path / "student", dec=1)
+    out = tmp_path / "bench.json"
+    rc = B.cli_main([str(teacher), str(student), "--batch-sizes", "1,2", "--new-tokens", "4",
+                     "--max-new-tokens", "4", "--repeats", "2", "--warmup", "1", "--source-length", "8",
+                     "--num-inputs", "2", "--price-per-hour", "1.0", "--json", str(out)])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "speedup" in printed and "hardware:" in printed
+    res = json.loads(out.read_text())
+    assert res["settings"]["baseline"] == str(teacher) and res["settings"]["interleaved"] is True
+    assert [m["decoder_layers"] for m in res["models"]] == [3, 1]
+    for m in res["models"]:
+        for mode in ("natural", "fixed"):
+            for bs in ("1", "2"):
+                r = m["results"][mode][bs]
+                for key in ("latency", "encoder", "decoder_median_ms", "tokens_per_s", "ms_per_token",
+                            "speedup", "cost_per_1k_requests", "cost_per_1m_tokens", "peak_rss_delta_mb"):
+                    assert r[key] is not None, (mode, bs, key)
+        assert m["results"]["fixed"]["2"]["new_tokens_per_sequence"] == 4
+    assert res["models"][0]["results"]["fixed"]["1"]["speedup"] == 1.0
+    flat = B.flat_metrics(res["models"][1])
+    assert {"latency_p50_ms_bs1", "fixed_latency_p50_ms_bs2", "speedup_bs1", "params_total"} <= set(flat)
+
+
+def test_cli_with_real_text_inputs(tmp_path, capsys):
+    model = save_tiny_t5(tmp_path / "m")
+    splits = write_splits(tmp_path / "splits")
+    rc = B.cli_main([str(model), "--splits", str(splits), "--modes", "fixed", "--batch-sizes", "2",
+                     "--new-tokens", "3", "--repeats", "1", "--warmup", "0", "--json",
+                     str(tmp_path / "r.json")])
+    assert rc == 0
+    res = json.loads((tmp_path / "r.json").read_text())
+    assert res["settings"]["inputs"] == "5 test sources"
+    assert list(res["models"][0]["results"]) == ["fixed"]
+
+
+def test_cli_bad_input_exits_2_with_message(tmp_path, capsys):
+    assert B.cli_main([str(tmp_path / "missing")]) == 2
+    assert "model dir not found" in capsys.readouterr().err
+    model = save_tiny_t5(tmp_path / "m")
+    assert B.cli_main([str(model), "--modes", "fast"]) == 2
+    assert "--modes" in capsys.readouterr().err
