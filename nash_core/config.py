@@ -262,6 +262,9 @@ class EvaluationConfig(_Section):
     confidence: float = Field(0.95, gt=0, lt=1)
     exact_match: bool = True
     predictions_sample: int = Field(50, ge=0)
+    rouge_tokenizer: Literal["default", "unicode"] = Field(
+        "default", description="'default': rouge-score's [a-z0-9] tokenizer (English); 'unicode': "
+        "any script (mT5, non-Latin text), CJK scored per character.")
 
     @model_validator(mode="after")
     def _check(self):
