@@ -1,0 +1,451 @@
+"""The one training loop: teacher, every pruning stage and the final fine-tune run through it.
+
+Reading order: :func:`train_seq2seq` sets things up, then each optimizer step is
+
+    lr schedule -> grad_accum micro-batches (forward, task loss + hooks' extra losses, backward)
+    -> NaN/inf guard -> clip model grads -> optimizer.step -> hooks.after_step
+    -> log / evaluate + keep best / checkpoint / stop?
+
+Features: AdamW (decay only on matrices), linear warm-up then linear decay to 0, gradient
+accumulation, clipping of the model's parameters, bf16 autocast on CUDA (CPU trains in fp32),
+optional frozen embeddings, periodic evaluation (validation loss, or ``eval_fn(model)`` returning
+a dict with a higher-is-better ``'score'``), the best checkpoint saved as a normal HF directory,
+periodic atomic checkpoints with exact resume, a NaN/inf guard, SIGINT/SIGTERM handling and a
+wall-clock limit.
+
+Hooks (:class:`TrainHook`) are how pruning plugs in without forking this loop. Subclass it and
+override what you need; every method has a do-nothing default:
+
+- ``param_groups(model) -> list[dict]``: extra optimizer groups (``{"params": [...], "lr": ...}``;
+  any AdamW option, e.g. ``maximize=True`` for Lagrange multipliers, ``weight_decay=0``).
+  ``"scheduled": False`` keeps a group at its lr instead of following warm-up/decay. Parameters
+  listed here are removed from the model's own groups and are not clipped.
+- ``wants_hidden_states() -> bool``: run the forward with ``output_hidden_states=True``.
+- ``extra_loss(model, batch, outputs, step) -> (Tensor | None, dict)``: added to the task loss
+  (per micro-batch, before the 1/grad_accum scaling); the dict of floats is logged.
+- ``after_step(step)``: after each optimizer step (e.g. clamp mask parameters).
+- ``eval_metrics() -> dict``: merged into the evaluation metrics (e.g. expected sparsity).
+- ``is_eligible(metrics) -> bool``: the best checkpoint is only replaced when every hook agrees
+  (e.g. sparsity within epsilon of the target).
+- ``state_dict() / load_state_dict(state)``: saved in checkpoints. ``load_state_dict`` must update
+  tensors in place (e.g. ``nn.Module.load_state_dict``) so the optimizer keeps pointing at them.
+- ``save_best(out_dir)``: extra files written next to the best weights.
+
+Layout of ``out_dir``: ``best/`` (HF model + tokenizer + ``best_metrics.json`` + hook files) and
+``checkpoint/`` (``model.safetensors``, ``optimizer.pt``, ``hooks.pt``, ``rng.pt``,
+``state.json``). Calling again with the same ``out_dir`` resumes from ``checkpoint/``; a run that
+finished returns its stored result. Resuming is exact: the data order is a function of
+(seed, position), and the python/numpy/torch RNG states are restored, so an interrupted and
+resumed run ends with the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import random
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+from safetensors.torch import load_model, save_model
+from tqdm.auto import tqdm
+
+from nash_core.config import TrainConfig
+from nash_core.errors import TrainingError
+from nash_core.io import atomic_dir, atomic_write_json, read_json
+from nash_core.runtime import progress_disabled
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """SIGINT/SIGTERM arrived: a checkpoint was written; calling again resumes from it."""
+
+
+class TrainHook:
+    """Extension points of :func:`train_seq2seq` (see the module docstring)."""
+
+    def param_groups(self, model) -> list[dict]:
+        return []
+
+    def wants_hidden_states(self) -> bool:
+        return False
+
+    def extra_loss(self, model, batch, outputs, step: int) -> tuple[torch.Tensor | None, dict]:
+        return None, {}
+
+    def after_step(self, step: int) -> None:
+        pass
+
+    def eval_metrics(self) -> dict:
+        return {}
+
+    def is_eligible(self, metrics: dict) -> bool:
+        return True
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+    def save_best(self, out_dir: Path) -> None:
+        pass
+
+
+@dataclass
+class TrainResult:
+    best_dir: Path | None          # None when no evaluation was eligible (see TrainHook)
+    last_step: int
+    best_metrics: dict | None
+    history: list[dict] = field(default_factory=list)
+    stop_reason: str = "completed"  # completed / max_time
+
+
+# --------------------------------------------------------------------------- data order
+def total_steps(cfg: TrainConfig, num_examples: int) -> int:
+    """Optimizer steps: ``max_steps``, ``epochs`` worth of steps, or the smaller of the two."""
+    per_step = cfg.batch_size * cfg.grad_accum
+    steps = [cfg.max_steps] if cfg.max_steps else []
+    if cfg.epochs:
+        steps.append(max(1, math.ceil(cfg.epochs * num_examples / per_step)))
+    return min(steps)
+
+
+def batch_indices(num_examples: int, batch_size: int, seed: int, start: int = 0
+                  ) -> Iterator[list[int]]:
+    """Micro-batches of example indices, from micro-batch number ``start`` on.
+
+    Each epoch is a fresh permutation seeded by ``(seed, epoch)``, so position ``start`` can be
+    reached without replaying the earlier ones. The last micro-batch of an epoch may be short.
+    """
+    per_epoch = math.ceil(num_examples / batch_size)
+    epoch, offset = divmod(start, per_epoch)
+    while True:
+        gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
+        order = torch.randperm(num_examples, generator=gen).tolist()
+        for b in range(offset, per_epoch):
+            yield order[b * batch_size:(b + 1) * batch_size]
+        epoch, offset = epoch + 1, 0
+
+
+def lr_scale(step: int, warmup: int, total: int) -> float:
+    """Linear warm-up from 0 over ``warmup`` steps, then linear decay to 0 at ``total``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    return max(0.0, (total - step) / max(1, total - warmup))
+
+
+# --------------------------------------------------------------------------- helpers
+def _to_device(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def _build_optimizer(model, cfg: TrainConfig, hooks: Sequence[TrainHook]) -> tuple:
+    hook_groups = [g for h in hooks for g in h.param_groups(model)]
+    taken = {id(p) for g in hook_groups for p in g["params"]}
+    model_params = [p for p in model.parameters() if p.requires_grad and id(p) not in taken]
+    groups = [
+        {"params": [p for p in model_params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+        {"params": [p for p in model_params if p.dim() < 2], "weight_decay": 0.0},
+    ] + hook_groups
+    groups = [g for g in groups if g["params"]]
+    for g in groups:
+        g.setdefault("lr", cfg.lr)
+        g["base_lr"] = g["lr"]
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
+    return optimizer, model_params
+
+
+def _rng_state() -> dict:
+    np_state = np.random.get_state()
+    state = {"python": random.getstate(), "torch": torch.get_rng_state(),
+             "numpy": (np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:])}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    torch.set_rng_state(state["torch"])
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy(), *rest))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@contextlib.contextmanager
+def _stop_on_signals(flag: dict) -> Iterator[None]:
+    """Turn SIGINT/SIGTERM into ``flag['signal']`` (handled at the next step boundary).
+
+    A second signal interrupts at once. Only the main thread may install handlers; elsewhere
+    (e.g. a Prefect worker thread) signals keep their default behaviour.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        if flag.get("signal"):
+            raise KeyboardInterrupt
+        flag["signal"] = signal.Signals(signum).name
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+@contextlib.contextmanager
+def _frozen_embeddings(model, freeze: bool) -> Iterator[None]:
+    params = {id(m.weight): m.weight for m in (model.get_input_embeddings(),
+                                                 model.get_output_embeddings()) if m is not None}
+    before = {k: p.requires_grad for k, p in params.items()}
+    if freeze:
+        for p in params.values():
+            p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for k, p in params.items():
+            p.requires_grad_(before[k])
+
+
+@torch.no_grad()
+def validation_loss(model, val_ds, collate, batch_size: int, limit: int,
+                    device: torch.device) -> float:
+    """Mean per-token cross-entropy over the first ``limit`` validation examples."""
+    was_training = model.training
+    model.eval()
+    total, tokens = 0.0, 0
+    n = min(limit, len(val_ds))
+    for start in range(0, n, batch_size):
+        batch = _to_device(collate([val_ds[i] for i in range(start, min(n, start + batch_size))]),
+                           device)
+        count = int((batch["labels"] != -100).sum())
+        total += float(model(**batch).loss) * count
+        tokens += count
+    model.train(was_training)
+    return total / max(1, tokens)
+
+
+# --------------------------------------------------------------------------- checkpoints
+class _Checkpointer:
+    """Atomic save/restore of everything needed to continue a run bit-for-bit."""
+
+    def __init__(self, out_dir: Path):
+        self.dir = out_dir / "checkpoint"
+
+    def exists(self) -> bool:
+        return (self.dir / "state.json").is_file()
+
+    def save(self, model, optimizer, hooks, state: dict) -> None:
+        with atomic_dir(self.dir) as tmp:
+            save_model(model, str(tmp / "model.safetensors"))
+            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+            torch.save([h.state_dict() for h in hooks], tmp / "hooks.pt")
+            torch.save(_rng_state(), tmp / "rng.pt")
+            atomic_write_json(tmp / "state.json", state)
+
+    def load(self, model, optimizer, hooks, device) -> dict:
+        load_model(model, str(self.dir / "model.safetensors"), device=str(device))
+        for hook, hook_state in zip(hooks, torch.load(self.dir / "hooks.pt", weights_only=True)):
+            hook.load_state_dict(hook_state)
+        optimizer.load_state_dict(torch.load(self.dir / "optimizer.pt", weights_only=True,
+                                             map_location=device))
+        _set_rng_state(torch.load(self.dir / "rng.pt", weights_only=True))
+        return read_json(self.dir / "state.json")
+
+
+def _save_best(model, tokenizer, hooks, metrics: dict, out_dir: Path) -> Path:
+    final = out_dir / "best"
+    with atomic_dir(final) as tmp:
+        model.save_pretrained(str(tmp), safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(tmp))
+        for hook in hooks:
+            hook.save_best(tmp)
+        atomic_write_json(tmp / "best_metrics.json", metrics)
+    return final
+
+
+def _result(out_dir: Path, state: dict) -> TrainResult:
+    best = out_dir / "best"
+    return TrainResult(best if best.is_dir() and state["best_metrics"] is not None else None,
+                       state["step"], state["best_metrics"], state["history"],
+                       state.get("stop_reason") or "completed")
+
+
+# --------------------------------------------------------------------------- the loop
+def train_seq2seq(model, tokenizer, train_ds, val_ds, cfg: TrainConfig, out_dir: str | Path, *,
+                  hooks: Sequence[TrainHook] = (), callback: Callable[[int, dict], Any] | None = None,
+                  seed: int = 0, device: torch.device | str | None = None,
+                  eval_fn: Callable[[Any], dict] | None = None,
+                  collate: Callable[[list], dict] | None = None) -> TrainResult:
+    """Train ``model`` in place on tokenised ``train_ds``; see the module docstring.
+
+    ``train_ds``/``val_ds``: sequences of dicts with input_ids, attention_mask, labels (e.g. from
+    :func:`nash_core.data.tokenize_split`). ``callback(step, metrics)`` gets training metrics
+    every ``cfg.log_every`` steps and evaluation metrics (prefixed ``eval_``) after each
+    evaluation. Raises :class:`TrainingError` after ``cfg.max_bad_steps`` consecutive NaN/inf
+    steps and :class:`TrainingInterrupted` after SIGINT/SIGTERM (both keep the checkpoint).
+    """
+    from nash_core.data import Seq2SeqCollator
+
+    out_dir = Path(out_dir)
+    device = torch.device(device or "cpu")
+    collate = collate or Seq2SeqCollator(tokenizer)
+    hooks = list(hooks)
+    if len(train_ds) == 0:
+        raise TrainingError("the training split is empty after tokenisation")
+    steps = total_steps(cfg, len(train_ds))
+    ckpt = _Checkpointer(out_dir)
+    model.to(device)
+
+    with _frozen_embeddings(model, cfg.freeze_embeddings):
+        optimizer, model_params = _build_optimizer(model, cfg, hooks)
+        state = {"step": 0, "micro_batches": 0, "best_score": None, "best_metrics": None,
+                 "bad_steps": 0, "elapsed_s": 0.0, "history": [], "done": False,
+                 "stop_reason": None}
+        if ckpt.exists():
+            state = ckpt.load(model, optimizer, hooks, device)
+            if state["done"]:
+                return _result(out_dir, state)
+        else:
+            torch.manual_seed(seed)  # same dropout / mask noise for every fresh run
+
+        def evaluate(step: int) -> None:
+            if eval_fn is not None:
+                was_training = model.training
+                model.eval()
+                metrics = dict(eval_fn(model))
+                model.train(was_training)
+                if "score" not in metrics:
+                    raise TrainingError(f"eval_fn returned {sorted(metrics)}: it must include "
+                                        "'score' (higher is better)")
+            else:
+                loss = validation_loss(model, val_ds, collate, cfg.batch_size, cfg.eval_examples,
+                                       device)
+                metrics = {"val_loss": loss, "score": -loss}
+            for hook in hooks:
+                metrics.update(hook.eval_metrics())
+            metrics = {k: float(v) for k, v in metrics.items()}
+            eligible = all(h.is_eligible(metrics) for h in hooks)
+            better = state["best_score"] is None or metrics["score"] > state["best_score"]
+            if eligible and better:
+                state["best_score"], state["best_metrics"] = metrics["score"], {**metrics,
+                                                                                 "step": step}
+                _save_best(model, tokenizer, hooks, state["best_metrics"], out_dir)
+            record = {"step": step, **{f"eval_{k}": v for k, v in metrics.items()},
+                      "eval_eligible": float(eligible)}
+            state["history"].append(record)
+            if callback:
+                callback(step, record)
+
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16,
+                                  enabled=cfg.bf16 and device.type == "cuda")
+        wants_hidden = any(h.wants_hidden_states() for h in hooks)
+        batches = batch_indices(len(train_ds), cfg.batch_size, seed, state["micro_batches"])
+        flag: dict = {}
+        started = time.monotonic() - state["elapsed_s"]
+        window = {"loss": 0.0, "n": 0, "tokens": 0, "t0": time.monotonic(), "extra": {}}
+        bar = tqdm(total=steps, initial=state["step"], desc="train", unit="step",
+                   disable=progress_disabled(), dynamic_ncols=True)
+        model.train()
+        with _stop_on_signals(flag):
+            while state["step"] < steps:
+                step = state["step"]
+                scale = lr_scale(step, cfg.warmup_steps, steps)
+                for g in optimizer.param_groups:
+                    g["lr"] = g["base_lr"] * (scale if g.get("scheduled", True) else 1.0)
+
+                # ---- forward / backward over grad_accum micro-batches
+                optimizer.zero_grad(set_to_none=True)
+                step_loss, step_extra = 0.0, {}
+                for _ in range(cfg.grad_accum):
+                    batch = _to_device(collate([train_ds[i] for i in next(batches)]), device)
+                    state["micro_batches"] += 1
+                    with autocast:
+                        outputs = model(**batch, output_hidden_states=wants_hidden)
+                        loss = outputs.loss
+                        for hook in hooks:
+                            extra, logs = hook.extra_loss(model, batch, outputs, step)
+                            if extra is not None:
+                                loss = loss + extra
+                            for k, v in logs.items():
+                                step_extra[k] = step_extra.get(k, 0.0) + float(v) / cfg.grad_accum
+                    (loss / cfg.grad_accum).backward()
+                    step_loss += float(loss.detach()) / cfg.grad_accum
+                    window["tokens"] += int(batch["attention_mask"].sum())
+                    window["tokens"] += int((batch["labels"] != -100).sum())
+
+                # ---- NaN/inf guard, clipping, update
+                grad_norm = (torch.nn.utils.clip_grad_norm_(model_params, cfg.max_grad_norm)
+                             if cfg.max_grad_norm else None)
+                finite = math.isfinite(step_loss) and (grad_norm is None
+                                                       or bool(torch.isfinite(grad_norm)))
+                if finite:
+                    optimizer.step()
+                    for hook in hooks:
+                        hook.after_step(step)
+                    state["bad_steps"] = 0
+                    window["loss"] += step_loss
+                    window["n"] += 1
+                    for k, v in step_extra.items():
+                        window["extra"][k] = window["extra"].get(k, 0.0) + v
+                else:
+                    optimizer.zero_grad(set_to_none=True)
+                    state["bad_steps"] += 1
+                    if state["bad_steps"] >= cfg.max_bad_steps:
+                        bar.close()
+                        kept = (f"the last good checkpoint is {ckpt.dir}" if ckpt.exists()
+                                else "no checkpoint was written yet")
+                        raise TrainingError(
+                            f"loss was NaN/inf for {state['bad_steps']} consecutive steps (up to "
+                            f"step {step + 1}; max_bad_steps={cfg.max_bad_steps}); {kept}. Lower "
+                            "the learning rate, enable max_grad_norm, or check the data.")
+                state["step"] = step = step + 1
+                bar.update(1)
+
+                # ---- log, evaluate, checkpoint, stop
+                if step % cfg.log_every == 0 and window["n"]:
+                    seconds = time.monotonic() - window["t0"]
+                    record = {"step": step, "train_loss": window["loss"] / window["n"],
+                              "lr": optimizer.param_groups[0]["lr"],
+                              "tokens_per_s": window["tokens"] / max(seconds, 1e-9),
+                              **{k: v / window["n"] for k, v in window["extra"].items()}}
+                    state["history"].append(record)
+                    bar.set_postfix(loss=f"{record['train_loss']:.3f}")
+                    if callback:
+                        callback(step, record)
+                    window = {"loss": 0.0, "n": 0, "tokens": 0, "t0": time.monotonic(),
+                              "extra": {}}
+                state["elapsed_s"] = time.monotonic() - started
+                out_of_time = cfg.max_time_s is not None and state["elapsed_s"] >= cfg.max_time_s
+                last = step >= steps or out_of_time
+                if step % cfg.eval_every == 0 or last:
+                    evaluate(step)
+                if last:
+                    state["done"] = True
+                    state["stop_reason"] = "max_time" if step < steps else "completed"
+                if step % cfg.checkpoint_every == 0 or last or flag.get("signal"):
+                    state["elapsed_s"] = time.monotonic() - started
+                    ckpt.save(model, optimizer, hooks, state)
+                if flag.get("signal"):
+                    bar.close()
+                    raise TrainingInterrupted(f"{flag['signal']} received: stopped at step {step}"
+                                              f" with a checkpoint in {ckpt.dir}; run again to "
+                                              "resume")
+                if last:
+                    break
+        bar.close()
+    model.eval()
+    return _result(out_dir, state)
