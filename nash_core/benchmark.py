@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from nash_core.config import BenchmarkConfig, EvaluationConfig
 from nash_core.errors import DataError, ModelError, NashError
-from nash_core.evaluate import fresh_cache, generated_lengths, generation_config_for
+from nash_core.evaluate import generated_lengths, generation_config_for, run_generate
 from nash_core.io import atomic_write_json
 from nash_core.runtime import pick_device, progress_disabled
 
@@ -192,10 +192,7 @@ def _pad_id(model) -> int:
 
 # --------------------------------------------------------------------------- measurement
 def _generate_fn(model, batch, gen_cfg):
-    def run():
-        with torch.inference_mode():
-            return model.generate(**batch, generation_config=gen_cfg, cache=fresh_cache())
-    return run
+    return lambda: run_generate(model, batch, gen_cfg)
 
 
 def _encoder_fn(model, batch):

@@ -3,7 +3,9 @@
 Why one protocol: speedups and quality retention are only comparable when every model decodes
 with the same search settings. Hub models ship their own ``generation_config`` (BART-CNN: 4
 beams, length penalty 2, min length 56...), so :func:`generation_config_for` builds a fresh
-config from :class:`~nash_core.config.EvaluationConfig` and keeps only the model's token ids.
+config from :class:`~nash_core.config.EvaluationConfig` and keeps only the model's token ids,
+and :func:`run_generate` hides the model's own config during the call (``generate`` fills every
+field we leave unset from it, e.g. ``min_length`` or ``bad_words_ids``).
 
 Quality is ROUGE-1/2/L/Lsum F1 (rouge-score, Porter stemming). rougeLsum needs one sentence per
 line; :func:`split_sentences` does that with a regex, so no NLTK data is downloaded. rouge-score's
@@ -88,6 +90,22 @@ def generated_lengths(sequences: torch.Tensor, eos_token_id) -> list[int]:
     return first.tolist()
 
 
+def run_generate(model, batch: dict, gen_cfg: GenerationConfig) -> torch.Tensor:
+    """``model.generate`` under exactly ``gen_cfg``: the one call evaluation and benchmarks share.
+
+    The model's own ``generation_config`` is swapped for ``gen_cfg`` during the call, because
+    ``generate`` fills every unset field from it; a fresh growing cache is passed (see
+    :func:`fresh_cache`).
+    """
+    own = model.generation_config
+    model.generation_config = gen_cfg
+    try:
+        with torch.inference_mode():
+            return model.generate(**batch, generation_config=gen_cfg, cache=fresh_cache())
+    finally:
+        model.generation_config = own
+
+
 def _generate_batches(model, tokenizer, sources: Sequence[str], eval_cfg: EvaluationConfig,
                       device, max_source_length: int | None) -> Iterator[tuple[list[str], list[int]]]:
     gen_cfg = generation_config_for(model, eval_cfg)
@@ -97,8 +115,7 @@ def _generate_batches(model, tokenizer, sources: Sequence[str], eval_cfg: Evalua
         enc = tokenizer(list(sources[start:start + bs]), return_tensors="pt", padding=True,
                         truncation=max_source_length is not None, max_length=max_source_length)
         enc = {k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
-        with torch.inference_mode():
-            out = model.generate(**enc, generation_config=gen_cfg, cache=fresh_cache())
+        out = run_generate(model, enc, gen_cfg)
         yield (tokenizer.batch_decode(out, skip_special_tokens=True),
                generated_lengths(out, gen_cfg.eos_token_id))
 
