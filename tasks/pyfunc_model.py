@@ -1,0 +1,50 @@
+"""MLflow "model from code": the pyfunc that serves any candidate directory as a summariser.
+
+MLflow copies this file into every logged model and executes it when the model is loaded
+(``mlflow.pyfunc.load_model``, ``mlflow models serve``), so nothing is pickled and the class
+needs no import path at serving time. ``nash_core`` travels with the model (``code_paths``), so
+a pruned export (custom per-layer shapes) loads wherever the pip requirements are installed.
+
+Input: a DataFrame with a ``source`` column (or a single text column); output: one summary per
+row. ``model_config`` carries the decoding settings and the training-time source prefix.
+"""
+
+from __future__ import annotations
+
+import mlflow
+import pandas as pd
+from mlflow.pyfunc import PythonModel
+
+
+class Seq2SeqSummarizer(PythonModel):
+    def load_context(self, context):
+        from nash_core.config import EvaluationConfig
+        from nash_core.loading import load_seq2seq
+        from nash_core.runtime import pick_device
+
+        cfg = dict(context.model_config or {})
+        self.prefix = cfg.pop("source_prefix", "")
+        self.max_source_length = cfg.pop("max_source_length", None)
+        self.eval_cfg = EvaluationConfig(**cfg.pop("evaluation", {}))
+        self.device = pick_device(cfg.pop("device", "auto"))
+        self.model, self.tokenizer = load_seq2seq(context.artifacts["model_dir"], device=self.device)
+
+    def predict(self, context, model_input, params=None):
+        from nash_core.evaluate import generate
+
+        if isinstance(model_input, pd.DataFrame):
+            if "source" in model_input.columns:
+                texts = model_input["source"]
+            elif model_input.shape[1] == 1:
+                texts = model_input.iloc[:, 0]
+            else:
+                raise ValueError("expected a 'source' column with the texts to summarise "
+                                 f"(got columns {list(model_input.columns)})")
+        else:
+            texts = pd.Series(model_input)
+        sources = [self.prefix + str(t) for t in texts]
+        return generate(self.model, self.tokenizer, sources, self.eval_cfg, self.device,
+                        max_source_length=self.max_source_length)
+
+
+mlflow.models.set_model(Seq2SeqSummarizer())
