@@ -18,6 +18,7 @@ from torch import nn
 from nash_core.adapters import Stack, get_adapter
 from nash_core.io import atomic_write_json
 from nash_core.masks import GroupSpec, MaskSet
+from nash_core.train import TrainHook
 
 STACKS: tuple[Stack, ...] = ("encoder", "decoder")
 
@@ -138,7 +139,7 @@ class Lagrangian(nn.Module):
         return self.l1[name] * gap + self.l2[name] * gap * gap
 
 
-class SparsityHook:
+class SparsityHook(TrainHook):
     """TrainHook: trains the masks and multipliers and keeps only on-target best checkpoints."""
 
     def __init__(self, model: nn.Module, masks: MaskSet, constraints: list[Constraint], *,
@@ -153,10 +154,11 @@ class SparsityHook:
 
     def param_groups(self, model: nn.Module) -> list[dict]:
         return [
+            # constant learning rates (not the model's warm-up/decay), as in the reference
             {"params": list(self.masks.parameters()), "lr": self.mask_lr, "weight_decay": 0.0,
-             "name": "masks"},
+             "scheduled": False, "name": "masks"},
             {"params": list(self.lagrangian.parameters()), "lr": self.lagrangian_lr, "weight_decay": 0.0,
-             "maximize": True, "name": "lagrangian"},
+             "maximize": True, "scheduled": False, "name": "lagrangian"},
         ]
 
     def extra_loss(self, model, batch, outputs, step: int):

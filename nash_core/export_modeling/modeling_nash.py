@@ -69,7 +69,7 @@ class T5SkippedSublayer(nn.Module):
         return hidden_states, position_bias, None
 
 
-class BartEmptyAttention(nn.Module):
+class BartHeadlessAttn(nn.Module):
     """A BART attention with no head left: it outputs its output bias (or zeros when dropped).
 
     Zero-width projections keep the usual attribute names so size accounting still finds them.
@@ -165,7 +165,7 @@ def restructure_bart(model: nn.Module, shapes: dict) -> None:
 def _bart_attention(layer, attr: str, heads) -> None:
     attn = getattr(layer, attr)
     if not heads:
-        setattr(layer, attr, BartEmptyAttention(attn.out_proj.out_features, attn.head_dim, heads is not None))
+        setattr(layer, attr, BartHeadlessAttn(attn.out_proj.out_features, attn.head_dim, heads is not None))
         return
     if len(heads) != attn.num_heads:
         _resize_heads(attn, ("q_proj", "k_proj", "v_proj", "out_proj"), len(heads), attn.head_dim)

@@ -1,0 +1,131 @@
+"""Distillation from the fine-tuned teacher (method.md section 4), as a training hook.
+
+Objective added to the task loss (the reference code computes these terms but never adds them;
+we do, with configurable weights ``config.DistillConfig``):
+
+- prediction layer: KL(teacher || student) of the temperature-softened token distributions,
+  times T^2, averaged over target tokens whose label is not -100 (padding is never a target);
+- hidden states: a learned linear map (initialised to the identity) takes student layer outputs
+  to the teacher's space; for evenly spaced teacher layers, each is matched to the student layer
+  with the smallest MSE under an order constraint (later teacher layers to strictly later student
+  layers), in the encoder and in the decoder, for any depths (CoFi's matching).
+
+The teacher runs in eval mode under no_grad, once per training forward.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nash_core.config import DistillConfig
+from nash_core.train import TrainHook
+
+
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
+            temperature: float) -> torch.Tensor:
+    """Mean over non-padding target tokens of T^2 * KL(softmax(t/T) || softmax(s/T))."""
+    keep = labels != -100
+    s = F.log_softmax(student_logits[keep].float() / temperature, dim=-1)
+    t = F.log_softmax(teacher_logits[keep].float() / temperature, dim=-1)
+    kl = F.kl_div(s, t, log_target=True, reduction="sum") / max(1, int(keep.sum()))
+    return kl * temperature ** 2
+
+
+def teacher_layers(n_teacher: int, n_student: int) -> list[int]:
+    """Evenly spaced teacher layers to distil, one per student layer at most (12, 4 -> 2,5,8,11)."""
+    m = min(n_teacher, n_student)
+    return [(d + 1) * n_teacher // m - 1 for d in range(m)]
+
+
+def align(distances: torch.Tensor) -> list[int]:
+    """Student layer per teacher layer (rows) minimising distance, strictly increasing.
+
+    Searched from the last teacher layer backwards: each picks the closest student layer below
+    the previous pick while leaving one for every earlier teacher layer.
+    """
+    n_t, n_s = distances.shape
+    picks, upper = [], n_s
+    for row in range(n_t - 1, -1, -1):
+        lo = row  # leave student layers 0..row-1 for the earlier teacher layers
+        candidates = distances[row, lo:upper]
+        pick = lo + int(torch.argmin(candidates))
+        picks.append(pick)
+        upper = pick
+    return picks[::-1]
+
+
+def _masked_mse(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """MSE over the positions where ``mask`` is set (all hidden dims)."""
+    m = mask.unsqueeze(-1).to(a.dtype)
+    return ((a - b) ** 2 * m).sum() / (m.sum() * a.shape[-1]).clamp_min(1.0)
+
+
+def hidden_loss(student_hidden, teacher_hidden, mask: torch.Tensor, project: nn.Module) -> torch.Tensor:
+    """Sum of matched-layer MSEs; ``*_hidden`` are per-layer outputs (embeddings excluded)."""
+    chosen = teacher_layers(len(teacher_hidden), len(student_hidden))
+    projected = [project(h) for h in student_hidden]
+    dist = torch.stack([torch.stack([_masked_mse(p, teacher_hidden[t], mask) for p in projected])
+                        for t in chosen])
+    picks = align(dist.detach())
+    return sum(dist[row, s] for row, s in enumerate(picks))
+
+
+def identity_linear(d_in: int, d_out: int) -> nn.Linear:
+    lin = nn.Linear(d_in, d_out, bias=True)
+    with torch.no_grad():
+        lin.weight.copy_(torch.eye(d_out, d_in))
+        lin.bias.zero_()
+    return lin
+
+
+class DistillHook(TrainHook):
+    """TrainHook adding KD + hidden-state distillation and reweighting the task loss."""
+
+    def __init__(self, teacher: nn.Module, student: nn.Module, cfg: DistillConfig):
+        self.teacher = teacher.eval().requires_grad_(False)
+        self.cfg = cfg
+        d_s, d_t = student.config.d_model, teacher.config.d_model
+        device = next(student.parameters()).device
+        self.maps = nn.ModuleDict({"encoder": identity_linear(d_s, d_t),
+                                   "decoder": identity_linear(d_s, d_t)}).to(device)
+
+    def _uses_teacher(self) -> bool:
+        return self.cfg.kd_weight > 0 or self.cfg.layer_weight > 0
+
+    def param_groups(self, model) -> list[dict]:
+        if self.cfg.layer_weight <= 0:
+            return []
+        return [{"params": list(self.maps.parameters()), "weight_decay": 0.0, "name": "distill_maps"}]
+
+    def wants_hidden_states(self) -> bool:
+        return self.cfg.layer_weight > 0
+
+    def extra_loss(self, model, batch, outputs, step: int):
+        cfg = self.cfg
+        loss = (cfg.task_weight - 1.0) * outputs.loss  # the loop adds the task loss once
+        metrics = {"task_loss": float(outputs.loss)}
+        if not self._uses_teacher():
+            return loss, metrics
+        self.teacher.to(outputs.logits.device).eval()
+        with torch.no_grad():
+            t_out = self.teacher(**batch, output_hidden_states=cfg.layer_weight > 0)
+        if cfg.kd_weight > 0:
+            kd = kd_loss(outputs.logits, t_out.logits, batch["labels"], cfg.temperature)
+            loss = loss + cfg.kd_weight * kd
+            metrics["kd_loss"] = float(kd)
+        if cfg.layer_weight > 0:
+            enc = hidden_loss(outputs.encoder_hidden_states[1:], t_out.encoder_hidden_states[1:],
+                              batch["attention_mask"], self.maps["encoder"])
+            dec = hidden_loss(outputs.decoder_hidden_states[1:], t_out.decoder_hidden_states[1:],
+                              batch["labels"] != -100, self.maps["decoder"])
+            loss = loss + cfg.layer_weight * (enc + dec)
+            metrics["layer_loss"] = float(enc + dec)
+        return loss, metrics
+
+    def state_dict(self) -> dict:
+        return {"maps": self.maps.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.maps.load_state_dict(state["maps"])
