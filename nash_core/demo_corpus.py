@@ -129,7 +129,7 @@ def _activity(r: random.Random) -> Activity:
                         f"at {club}", f"I can book {club}.", True)
     if kind == "study":
         subject = r.choice(SUBJECTS)
-        return Activity(f"study for the {subject} exam", f"our {subject} study session",
+        return Activity(f"study for the {subject} exam", f"the {subject} study session",
                         f"{{a}} and {{b}} will study for the {subject} exam", meet,
                         f"at {meet}", f"{meet} is quiet enough.", True)
     if kind == "trip":
@@ -254,7 +254,7 @@ def _dialogue(r: random.Random) -> dict:
     kind = r.choices(("arrange", "move", "cancel"), weights=(2, 1, 1))[0]
     turns, summary = {"arrange": _arrange, "move": _move, "cancel": _cancel}[kind](r, act)
 
-    if kind == "arrange" and act.social and r.random() < 0.35:
+    if kind == "arrange" and act.social and len(summary) == 1 and r.random() < 0.5:
         who = r.choice(("a", "b"))
         thing = r.choice(THINGS_TO_BRING)
         turns.append((who, f"I'll bring {thing}."))
