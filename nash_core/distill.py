@@ -81,18 +81,21 @@ def identity_linear(d_in: int, d_out: int) -> nn.Linear:
 
 
 class DistillHook(TrainHook):
-    """TrainHook adding KD + hidden-state distillation and reweighting the task loss."""
+    """TrainHook adding KD + hidden-state distillation and reweighting the task loss.
 
-    def __init__(self, teacher: nn.Module, student: nn.Module, cfg: DistillConfig):
-        self.teacher = teacher.eval().requires_grad_(False)
+    ``teacher`` may be None when the config uses neither KD nor hidden-state distillation.
+    """
+
+    def __init__(self, teacher: nn.Module | None, student: nn.Module, cfg: DistillConfig, device=None):
         self.cfg = cfg
-        d_s, d_t = student.config.d_model, teacher.config.d_model
-        device = next(student.parameters()).device
+        self.uses_teacher = cfg.kd_weight > 0 or cfg.layer_weight > 0
+        if self.uses_teacher and teacher is None:
+            raise ValueError("distillation weights are set but no teacher was given")
+        self.teacher = teacher.eval().requires_grad_(False).to(device) if self.uses_teacher else None
+        d_s = student.config.d_model
+        d_t = teacher.config.d_model if self.uses_teacher else d_s
         self.maps = nn.ModuleDict({"encoder": identity_linear(d_s, d_t),
                                    "decoder": identity_linear(d_s, d_t)}).to(device)
-
-    def _uses_teacher(self) -> bool:
-        return self.cfg.kd_weight > 0 or self.cfg.layer_weight > 0
 
     def param_groups(self, model) -> list[dict]:
         if self.cfg.layer_weight <= 0:
@@ -106,9 +109,8 @@ class DistillHook(TrainHook):
         cfg = self.cfg
         loss = (cfg.task_weight - 1.0) * outputs.loss  # the loop adds the task loss once
         metrics = {"task_loss": float(outputs.loss)}
-        if not self._uses_teacher():
+        if not self.uses_teacher:
             return loss, metrics
-        self.teacher.to(outputs.logits.device).eval()
         with torch.no_grad():
             t_out = self.teacher(**batch, output_hidden_states=cfg.layer_weight > 0)
         if cfg.kd_weight > 0:
