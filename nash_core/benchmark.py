@@ -30,6 +30,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import psutil
 import torch
+from pydantic import ValidationError
 from tqdm.auto import tqdm
 
 from nash_core.config import BenchmarkConfig, EvaluationConfig
@@ -355,6 +356,12 @@ def benchmark_models(model_dirs: Sequence[str | Path], bench_cfg: BenchmarkConfi
     }
 
 
+def peak_mb(r: dict) -> float | None:
+    """The peak-memory figure that matters on the device: CUDA allocations, else CPU RSS."""
+    cuda = r.get("cuda_peak_delta_mb")
+    return cuda if cuda is not None else r.get("peak_rss_delta_mb")
+
+
 def flat_metrics(model_result: dict, mode: str = "natural") -> dict[str, float]:
     """One model's numbers as flat MLflow metrics: ``<metric>_bs<N>`` per batch size.
 
@@ -370,7 +377,7 @@ def flat_metrics(model_result: dict, mode: str = "natural") -> dict[str, float]:
                     "encoder_ms": r["encoder"]["median_ms"], "decoder_ms": r["decoder_median_ms"],
                     "ms_per_token": r["ms_per_token"], "tokens_per_s": r["tokens_per_s"],
                     "sequences_per_s": r["sequences_per_s"], "speedup": r["speedup"],
-                    "peak_mem_mb": r.get("cuda_peak_delta_mb") or r.get("peak_rss_delta_mb"),
+                    "peak_mem_mb": peak_mb(r),
                     "cost_per_1k_requests": r["cost_per_1k_requests"],
                     "cost_per_1m_tokens": r["cost_per_1m_tokens"]}
             out.update({f"{prefix}{k}_bs{bs}": float(v) for k, v in vals.items() if v is not None})
@@ -448,13 +455,16 @@ def cli_main(argv: Sequence[str] | None = None) -> int:
         bad = [m for m in modes if m not in MODES]
         if bad or not modes:
             raise NashError(f"--modes: unknown mode(s) {bad or modes}; use natural, fixed or both")
+        try:
+            bench_cfg = BenchmarkConfig(
+                batch_sizes=args.batch_sizes, num_inputs=args.num_inputs, warmup=args.warmup,
+                repeats=args.repeats, fixed_new_tokens=args.new_tokens, dtype=args.dtype,
+                price_per_hour=args.price_per_hour, hardware_name=args.hardware_name)
+            eval_cfg = EvaluationConfig(max_new_tokens=args.max_new_tokens, num_beams=args.num_beams)
+        except ValidationError as exc:
+            raise NashError(f"bad option value: {exc}") from None
         if args.threads:
             torch.set_num_threads(args.threads)
-        bench_cfg = BenchmarkConfig(
-            batch_sizes=args.batch_sizes, num_inputs=args.num_inputs, warmup=args.warmup,
-            repeats=args.repeats, fixed_new_tokens=args.new_tokens, dtype=args.dtype,
-            price_per_hour=args.price_per_hour, hardware_name=args.hardware_name)
-        eval_cfg = EvaluationConfig(max_new_tokens=args.max_new_tokens, num_beams=args.num_beams)
         texts = None
         if args.splits:
             from nash_core.data import read_split
@@ -466,9 +476,6 @@ def cli_main(argv: Sequence[str] | None = None) -> int:
                                   max_source_length=args.max_source_length,
                                   device=args.device, modes=modes)
     except NashError as exc:
-        print(f"nash benchmark: error: {exc}", file=sys.stderr)
-        return 2
-    except ValueError as exc:  # pydantic range checks on the options
         print(f"nash benchmark: error: {exc}", file=sys.stderr)
         return 2
     print(format_table(result))

@@ -181,3 +181,5 @@ def test_cli_bad_input_exits_2_with_message(tmp_path, capsys):
     model = save_tiny_t5(tmp_path / "m")
     assert B.cli_main([str(model), "--modes", "fast"]) == 2
     assert "--modes" in capsys.readouterr().err
+    assert B.cli_main([str(model), "--repeats", "0"]) == 2
+    assert "repeats" in capsys.readouterr().err
