@@ -170,10 +170,10 @@ class SparsityHook(TrainHook):
             s = self.sizes.sparsity(probs, c.stacks)
             t = ramp(step, c.start, c.end, self.warmup_steps)
             loss = loss + self.lagrangian(c.name, s, t)
-            metrics.update({f"sparsity_expected_{c.name}": float(s), f"sparsity_target_{c.name}": t,
-                            f"lambda1_{c.name}": float(self.lagrangian.l1[c.name]),
-                            f"lambda2_{c.name}": float(self.lagrangian.l2[c.name])})
-        metrics["lagrangian_loss"] = float(loss)
+            metrics.update({f"sparsity_expected_{c.name}": s.item(), f"sparsity_target_{c.name}": t,
+                            f"lambda1_{c.name}": self.lagrangian.l1[c.name].item(),
+                            f"lambda2_{c.name}": self.lagrangian.l2[c.name].item()})
+        metrics["lagrangian_loss"] = loss.item()
         return loss, metrics
 
     def after_step(self, step: int) -> None:

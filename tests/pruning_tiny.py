@@ -60,3 +60,23 @@ def batch(n: int = 3, src_len: int = 7, tgt_len: int = 5, seed: int = 1) -> dict
     labels = torch.randint(4, len(VOCAB), (n, tgt_len), generator=g)
     labels[1, -2:] = -100
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def randomize_masks(masks, seed: int = 3, scale: float = 3.0, shift: float = 0.5) -> None:
+    """Spread log_alpha so the deterministic masks drop some heads, units and sub-layers."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for group in masks.groups.values():
+            group.log_alpha.copy_(torch.randn(group.log_alpha.shape, generator=g) * scale + shift)
+
+
+def dataset(n: int = 16, seed: int = 0) -> list[dict]:
+    """In-memory tokenised examples (lists of ids) for train_seq2seq."""
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    for _ in range(n):
+        src = torch.randint(4, len(VOCAB), (int(torch.randint(4, 9, (1,), generator=g)),), generator=g)
+        tgt = src[:4].flip(0)
+        rows.append({"input_ids": src.tolist() + [1], "attention_mask": [1] * (len(src) + 1),
+                     "labels": tgt.tolist() + [1]})
+    return rows
