@@ -3,6 +3,8 @@
     nash validate CONFIG [--set key.path=value ...]
     nash run CONFIG [--set ...] [--workdir DIR]
     nash benchmark MODEL_DIR [MODEL_DIR ...] [--batch-sizes 1,8] [--new-tokens N] [--json FILE]
+    nash deploy CONFIG --cron "0 3 * * *" [--name NAME] [--watch] [--start-server]
+    nash watch CONFIG [--set ...] [--workdir DIR]
     nash ui [--workdir DIR] [--port 5000]
 
 Exit codes: 0 success, 2 bad input (config, data, model; every problem is listed, nothing is
@@ -23,15 +25,6 @@ EXIT_BAD_INPUT = 2
 
 def default_workdir() -> Path:
     return Path(os.environ.get("NASH_HOME", ".nash"))
-
-
-def _quiet_env(workdir: Path | None = None) -> None:
-    """Offline-friendly defaults, set before prefect/mlflow are imported."""
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    os.environ.setdefault("DO_NOT_TRACK", "1")
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    if workdir is not None and "PREFECT_HOME" not in os.environ and "PREFECT_API_URL" not in os.environ:
-        os.environ["PREFECT_HOME"] = str((workdir / "prefect").resolve())
 
 
 def _err(msg: str) -> None:
@@ -99,9 +92,7 @@ def cmd_validate(args) -> int:
 def cmd_run(args) -> int:
     cfg = _load(args)  # validate before anything is created or imported
     preflight(cfg)
-    workdir = Path(args.workdir) if args.workdir else default_workdir()
-    workdir.mkdir(parents=True, exist_ok=True)
-    _quiet_env(workdir)
+    workdir = _workdir(args)
     from flows.sweep import run_sweep
 
     result = run_sweep(str(args.config), list(args.set or []), str(workdir))
@@ -112,6 +103,43 @@ def cmd_run(args) -> int:
         if result.get("tracking_uri"):
             print(f"results: MLflow store {result['tracking_uri']} (open it with `nash ui"
                   f"{' --workdir ' + str(workdir) if args.workdir else ''}`)")
+    return 0
+
+
+def _workdir(args) -> Path:
+    workdir = Path(args.workdir) if getattr(args, "workdir", None) else default_workdir()
+    workdir.mkdir(parents=True, exist_ok=True)
+    return workdir
+
+
+def cmd_deploy(args) -> int:
+    cfg = _load(args)
+    preflight(cfg)
+    workdir = _workdir(args)
+    from flows.sweep import prepare_environment
+
+    prepare_environment(workdir)
+    from flows.deploy import deploy
+
+    deploy(str(args.config), list(args.set or []), args.cron, args.name, str(workdir),
+           watch=args.watch, start_server=args.start_server)
+    return 0
+
+
+def cmd_watch(args) -> int:
+    cfg = _load(args)
+    preflight(cfg)
+    workdir = _workdir(args)
+    from flows.sweep import prepare_environment
+
+    prepare_environment(workdir)
+    from flows.watch import watch_flow
+
+    result = watch_flow(str(args.config), list(args.set or []), str(workdir))
+    if result.get("changed"):
+        champ = (result.get("sweep") or {}).get("champion")
+        if champ:
+            print(f"champion: {champ}")
     return 0
 
 
@@ -143,7 +171,7 @@ def cmd_ui(args) -> int:
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: binding to {args.host} exposes every run, model and artifact to anyone "
               "who can reach this port; MLflow's UI has no authentication.", file=sys.stderr)
-    _quiet_env()
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     print(f"MLflow UI on http://{args.host}:{args.port}  (store {uri}; Ctrl-C to stop)")
     try:
         return subprocess.call(cmd)
@@ -182,6 +210,28 @@ def build_parser() -> argparse.ArgumentParser:
                             "`nash benchmark --help` for options")
     b.add_argument("rest", nargs=argparse.REMAINDER)
     b.set_defaults(func=cmd_benchmark)
+
+    d = sub.add_parser("deploy", help="serve the sweep as a Prefect deployment on a cron schedule",
+                       description="Registers a deployment (parameters: the config, overrides, "
+                       "workdir) on the Prefect server of PREFECT_API_URL and serves it until "
+                       "Ctrl-C. Schedules never run on Prefect's temporary server: without "
+                       "PREFECT_API_URL this refuses, unless --start-server.")
+    add_config_args(d)
+    d.add_argument("--cron", required=True, help="cron schedule, e.g. '0 3 * * *' (03:00 daily)")
+    d.add_argument("--name", help="deployment name (default <experiment>-sweep / -watch)")
+    d.add_argument("--watch", action="store_true",
+                   help="deploy the watch flow: sweep only when the base model changed")
+    d.add_argument("--start-server", action="store_true",
+                   help="no PREFECT_API_URL? start `prefect server` on 127.0.0.1:4200 in the "
+                        "background (stop it with `prefect server stop`)")
+    d.add_argument("--workdir", help="default $NASH_HOME or ./.nash")
+    d.set_defaults(func=cmd_deploy)
+
+    w = sub.add_parser("watch", help="run the sweep only if the base model changed since the "
+                                     "champion was trained (prints changed:/unchanged:)")
+    add_config_args(w)
+    w.add_argument("--workdir", help="default $NASH_HOME or ./.nash")
+    w.set_defaults(func=cmd_watch)
 
     u = sub.add_parser("ui", help="open the MLflow UI on the workdir's store")
     u.add_argument("--workdir", help="default $NASH_HOME or ./.nash")

@@ -1,0 +1,67 @@
+"""Retrain when the base model changes: ``nash watch CONFIG`` and the schedulable ``nash-watch`` flow.
+
+The base model's fingerprint (hub: the commit its revision resolves to; local directory: a
+content hash of its config, weights and tokenizer files; demo: a hash of its recipe) is compared
+with the ``nash.base_fingerprint`` tag of the registered model version the ``champion`` alias
+points at. Different, or no champion yet: the sweep runs (its runs carry the new fingerprint;
+the old champion keeps its version until the new selection moves the alias). Equal: nothing starts.
+
+Import after the environment is prepared (flows.sweep.prepare_environment): this imports prefect.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow
+
+from flows.sweep_flow import sweep_flow
+from nash_core.config import NashConfig, load_config
+
+FINGERPRINT_TAG = "nash.base_fingerprint"
+
+
+def base_fingerprint(cfg: NashConfig, workdir: str | Path) -> str:
+    """The fingerprint the sweep would record for this config's base model, computed cheaply.
+
+    Reads no weights into memory for hub/local models (hashes files or asks the hub for the
+    commit); for the demo it prepares (or reuses) the data splits the recipe hash depends on.
+    """
+    from nash_core.base_model import fingerprint_base
+
+    if cfg.model.base == "demo":
+        from nash_core.data import prepare_splits, splits_fingerprint
+
+        splits = prepare_splits(cfg.data, Path(workdir) / "data")
+        return fingerprint_base(cfg.model, "demo", data_cfg=cfg.data,
+                                splits_fp=splits_fingerprint(splits), seed=cfg.experiment.seed)
+    path = Path(cfg.model.base).expanduser()
+    return fingerprint_base(cfg.model, str(path) if path.is_dir() else cfg.model.base)
+
+
+def champion_fingerprint(cfg: NashConfig, workdir: str | Path) -> str | None:
+    """The base fingerprint recorded on the current champion, or None when there is none."""
+    from mlflow.exceptions import MlflowException
+
+    from tasks.tracking import make_client, resolve_tracking_uri
+
+    client = make_client(resolve_tracking_uri(cfg, workdir))
+    try:
+        version = client.get_model_version_by_alias(cfg.registered_model_name(), cfg.registry.alias)
+    except MlflowException:
+        return None
+    return version.tags.get(FINGERPRINT_TAG)
+
+
+@flow(name="nash-watch", log_prints=True)
+def watch_flow(config_path: str, overrides: list[str], workdir: str) -> dict:
+    """Run the sweep only if the base model's fingerprint differs from the champion's."""
+    cfg = load_config(config_path, overrides)
+    new = base_fingerprint(cfg, workdir)
+    old = champion_fingerprint(cfg, workdir)
+    if old == new:
+        print(f"unchanged: {new}")
+        return {"changed": False, "fingerprint": new}
+    print(f"changed: {old or '<no champion>'} -> {new}")
+    summary = sweep_flow(config_path, overrides, workdir)
+    return {"changed": True, "previous": old, "fingerprint": new, "sweep": summary}
