@@ -119,10 +119,20 @@ def cmd_deploy(args) -> int:
     from flows.sweep import prepare_environment
 
     prepare_environment(workdir)
+    import signal
+
     from flows.deploy import deploy
 
-    deploy(str(args.config), list(args.set or []), args.cron, args.name, str(workdir),
-           watch=args.watch, start_server=args.start_server)
+    def stop(signum, frame):  # SIGTERM (a service manager's stop) ends serving like Ctrl-C
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        deploy(str(args.config), list(args.set or []), args.cron, args.name, str(workdir),
+               watch=args.watch, start_server=args.start_server)
+    except KeyboardInterrupt:
+        print("stopped serving; the deployment stays registered on the server (runs are only "
+              "executed while something serves it)")
     return 0
 
 
