@@ -9,6 +9,7 @@ transformers 5, hence the small PythonModel in tasks/pyfunc_model.py.
 from __future__ import annotations
 
 import tempfile
+import warnings
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -44,7 +45,10 @@ def log_candidate_model(client: MlflowClient, run_id: str, model_dir: str | Path
                         model_config: dict[str, Any]) -> str:
     """Log ``model_dir`` as a pyfunc summariser under the run's ``model/``; return its URI."""
     signature = infer_signature(pd.DataFrame({"source": ["a dialogue"]}), ["a summary"])
-    with tempfile.TemporaryDirectory(prefix="nash-pyfunc-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="nash-pyfunc-") as tmp, warnings.catch_warnings():
+        # MLflow nags for type hints / an input example; the explicit signature covers both,
+        # and an input example would load and run the model at logging time.
+        warnings.filterwarnings("ignore", message=".*(type hints|input example).*")
         local = Path(tmp) / MODEL_ARTIFACT
         mlflow.pyfunc.save_model(
             str(local), python_model=str(PYFUNC_CODE), artifacts={"model_dir": str(model_dir)},

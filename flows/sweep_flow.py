@@ -1,0 +1,112 @@
+"""The sweep as a Prefect flow; it reads like the pipeline diagram.
+
+    data -> base -> teacher -> evaluate(teacher)
+                       \\-> for each arm (method x k), through the task runner:
+                            stage(t1) -> stage(t2) -> ...        (each continues the previous)
+                               |            |
+                           materialise  materialise -> fine-tune -> evaluate(vs teacher)
+    benchmark(teacher first, all candidates, interleaved) -> log every candidate run
+    -> select champion (Pareto, policy) -> register (alias) -> report
+
+Import this module only after the environment is prepared (flows/sweep.py does it): importing
+prefect fixes PREFECT_HOME.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from prefect import flow
+from prefect.futures import wait
+from prefect.runtime import flow_run
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from nash_core.config import NashConfig, load_config
+from nash_core.errors import NashError
+from nash_core.runtime import set_threads
+from tasks.cache import StepResult
+from tasks.candidates import log_candidate
+from tasks.champion import register, select_champion
+from tasks.measure import benchmark, evaluate
+from tasks.prepare import get_teacher, prepare_base, prepare_data
+from tasks.prune import finetune, materialize, prune_stage
+from tasks.context import CandidateSpec
+from tasks.registry import serving_config
+from tasks.sweep_runs import close_sweep, open_sweep
+
+
+class Candidate(NamedTuple):
+    """One candidate's steps (futures while the arms run, results after)."""
+
+    spec: CandidateSpec
+    stage: StepResult
+    export: StepResult
+    final: StepResult
+    evaluation: StepResult
+
+
+def make_task_runner(cfg: NashConfig):
+    """The task runner the arms go through -- the one place that chooses it.
+
+    ``threads``: a thread pool of ``experiment.max_concurrent_arms`` workers (tasks are
+    submitted in dependency order, so a worker waits only on work that already started);
+    ``sequential``: the same with one worker. Dask / Ray are not wired yet.
+    """
+    kind = cfg.experiment.task_runner
+    if kind == "threads":
+        return ThreadPoolTaskRunner(max_workers=cfg.experiment.max_concurrent_arms)
+    if kind == "sequential":
+        return ThreadPoolTaskRunner(max_workers=1)
+    raise NashError(f"experiment.task_runner '{kind}' is not available yet; use 'threads' "
+                    "(with experiment.max_concurrent_arms) or 'sequential'")
+
+
+@flow(name="nash-sweep", log_prints=True)
+def sweep_flow(config_path: str, overrides: list[str], workdir: str) -> dict:
+    cfg = load_config(config_path, overrides)
+    set_threads(cfg.experiment.torch_threads)
+    ctx, specs = open_sweep(cfg.model_dump(mode="json"), workdir, config_path,
+                            flow_run.id, flow_run.name)
+    teacher_spec, candidates = specs[0], specs[1:]
+    try:
+        data = prepare_data(ctx)
+        base = prepare_base(ctx, data)
+        teacher = get_teacher(ctx, data, base, teacher_spec)
+        teacher_eval = evaluate(ctx, data, teacher)
+
+        runs = []
+        previous = {}  # arm index -> that arm's last stage (the next stage continues from it)
+        for spec in candidates:
+            stage = prune_stage.submit(ctx, spec, data, teacher, previous.get(spec.arm_index))
+            previous[spec.arm_index] = stage
+            export = materialize.submit(ctx, spec, stage)
+            final = finetune.submit(ctx, spec, data, teacher, export)
+            runs.append(Candidate(spec, stage, export, final,
+                                  evaluate.submit(ctx, data, final, teacher_eval)))
+        wait([c.evaluation for c in runs])
+        runs = [Candidate(c.spec, *(f.result() for f in c[1:])) for c in runs]
+
+        bench = benchmark(ctx, data, [teacher] + [c.final for c in runs],
+                          [teacher_spec.label] + [c.spec.label for c in runs])
+        serving = serving_config(cfg)
+        logged = [log_candidate.submit(ctx, teacher_spec, teacher, teacher_eval, bench,
+                                       {"train": teacher}, serving)]
+        logged += [log_candidate.submit(ctx, c.spec, c.final, c.evaluation, bench,
+                                        {"stage": c.stage, "finetune": c.final}, serving)
+                   for c in runs]
+        for f in logged:
+            f.result()
+
+        champion = select_champion(ctx)
+        version = register(ctx, champion, base.meta["fingerprint"])
+        close_sweep(ctx, specs, ok=True)
+    except BaseException:
+        close_sweep(ctx, specs, ok=False)
+        raise
+    steps = [data, base, teacher, teacher_eval, bench] + [s for c in runs for s in c[1:]]
+    return {"sweep_run_id": ctx.sweep_run_id, "experiment_id": ctx.experiment_id,
+            "tracking_uri": ctx.tracking_uri, "champion": champion["label"],
+            "champion_run_id": champion["run_id"], "reason": champion["reason"],
+            "registered_version": version, "candidates": [s.label for s in specs],
+            "computed": sorted({f"{s.kind}-{s.key}" for s in steps if not s.cached}),
+            "reused": sorted({f"{s.kind}-{s.key}" for s in steps if s.cached})}

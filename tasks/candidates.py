@@ -1,0 +1,97 @@
+"""Prefect task that writes one candidate's child run: metrics, curves, artifacts, pyfunc model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from nash_core.io import atomic_write_json, read_json
+from tasks import tracking
+from tasks.cache import StepResult
+from tasks.context import CandidateSpec, SweepContext
+from tasks.registry import log_candidate_model
+from tasks.retry import transient_retries
+
+#: Benchmark metrics also logged without the ``_bs<N>`` suffix, at ``selection.batch_size``.
+HEADLINE = ("latency_p50_ms", "latency_p90_ms", "speedup", "tokens_per_s", "peak_mem_mb",
+            "cost_per_1k_requests", "ms_per_token", "encoder_ms", "decoder_ms")
+#: The teacher compared with itself: what retention and the delta CI are by definition.
+TEACHER_SELF = {"rougeL_retention": 1.0, "rougeL_delta": 0.0, "rougeL_delta_ci_low": 0.0,
+                "rougeL_delta_ci_high": 0.0}
+
+
+def model_config(model_dir: str | Path) -> dict:
+    return json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
+
+
+def candidate_metrics(spec: CandidateSpec, evaluation: StepResult, bench_model: dict,
+                      nash: dict, selection_batch: int) -> dict:
+    """Every number of the candidate run: quality, speed per batch size, size, sparsity."""
+    from nash_core.benchmark import flat_metrics
+
+    metrics = {**evaluation.meta["metrics"], **flat_metrics(bench_model)}
+    if spec.is_teacher:
+        metrics.update(TEACHER_SELF)
+    for name in HEADLINE:
+        if f"{name}_bs{selection_batch}" in metrics:
+            metrics[name] = metrics[f"{name}_bs{selection_batch}"]
+    metrics["encoder_sparsity"] = float(nash.get("encoder_sparsity", 0.0))
+    return metrics
+
+
+def _mask_picture(config: dict, out: Path, title: str) -> Path | None:
+    """Heatmap of the kept encoder heads / FFN units of a pruned export (None if unpruned)."""
+    from nash_core.report import mask_heatmap
+
+    shapes = config.get("nash", {}).get("shapes")
+    if not shapes:
+        return None
+    heads = config.get("num_heads") or config["encoder_attention_heads"]  # T5 / BART
+    d_ff = config.get("d_ff") or config["encoder_ffn_dim"]
+    return mask_heatmap(shapes, heads, d_ff, out, title)
+
+
+@task(name="log-candidate", cache_policy=NO_CACHE, **transient_retries())
+def log_candidate(ctx: SweepContext, spec: CandidateSpec, model: StepResult,
+                  evaluation: StepResult, bench: StepResult, trained: dict[str, StepResult],
+                  serving: dict) -> str:
+    """Fill the candidate's run and finish it; returns its run id.
+
+    ``trained`` maps a curve phase (``train``, ``stage``, ``finetune``) to the step that trained
+    it; a step served from the cache had its curve logged by an earlier sweep, so it is
+    replayed from the saved JSONL into this run.
+    """
+    client = tracking.make_client(ctx.tracking_uri)
+    run_id = spec.run_id
+    report = read_json(bench.meta["benchmark_json"])
+    bench_model = next(m for m in report["models"] if m["name"] == spec.label)
+    config = model_config(model.meta["model_dir"])
+    metrics = candidate_metrics(spec, evaluation, bench_model, config.get("nash", {}),
+                                ctx.cfg.selection.batch_size)
+    tracking.log_metrics(client, run_id, metrics)
+    tracking.log_params(client, run_id, {"decoder_layers": bench_model["decoder_layers"],
+                                         "encoder_layers": bench_model["encoder_layers"],
+                                         "model_dir": model.meta["model_dir"]})
+
+    for phase, step in trained.items():
+        curve = step.meta.get("curves", {}).get(phase)
+        if step.cached and curve:
+            tracking.replay_curve(client, run_id, phase, Path(step.path) / curve)
+
+    files = Path(ctx.workdir) / "sweeps" / ctx.sweep_run_id / spec.label
+    single = atomic_write_json(files / "benchmark.json", {
+        **{k: v for k, v in report.items() if k != "models"}, "model": bench_model})
+    tracking.log_files(client, run_id, [single, Path(evaluation.meta["eval_dir"]) / "metrics.json",
+                                        Path(evaluation.meta["eval_dir"]) / "predictions_sample.csv"])
+    picture = _mask_picture(config, files / "mask.png", spec.label)
+    if picture:
+        tracking.log_files(client, run_id, [picture])
+    log_candidate_model(client, run_id, model.meta["model_dir"], serving)
+    tracking.set_tags(client, run_id, {
+        "nash.result_key": model.key, **{f"nash.cached.{p}": s.cached for p, s in trained.items()},
+        "nash.model_dir": model.meta["model_dir"]})
+    tracking.finish_run(client, run_id)
+    return run_id

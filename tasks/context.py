@@ -1,0 +1,57 @@
+"""The small objects tasks exchange: the sweep context and the candidate specs.
+
+Tasks get these (plus :class:`tasks.cache.StepResult` paths) and nothing heavier, so any task
+runner -- threads today, Dask or Ray processes later -- can ship them.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+from pydantic import BaseModel
+
+from nash_core.config import ArmConfig, NashConfig
+
+TEACHER_LABEL = "teacher"
+
+
+class CandidateSpec(BaseModel):
+    """One candidate of the sweep: an arm's snapshot after ``stage`` targets (0 = no masks)."""
+
+    label: str
+    arm_index: int | None = None  # None: the teacher
+    method: str
+    stage: int = 0
+    target: float | None = None
+    decoder_layers: int | None = None  # None: all (teacher) or decided by masks (CoFi)
+    run_id: str | None = None
+
+    @property
+    def is_teacher(self) -> bool:
+        return self.arm_index is None
+
+
+def arm_candidates(arm: ArmConfig, index: int) -> list[CandidateSpec]:
+    """Candidates of one arm in stage order: one per target (each continues the previous)
+    or, for an arm without targets (SFT), the single shallow-decoder model."""
+    targets = list(arm.targets) or [None]
+    return [CandidateSpec(
+        label=arm.label if t is None else f"{arm.label}@{t:g}", arm_index=index, method=arm.method,
+        stage=i + 1 if t is not None else 0, target=t,
+        decoder_layers=arm.decoder_layers) for i, t in enumerate(targets)]
+
+
+class SweepContext(BaseModel):
+    """Everything a task needs to know about the sweep it belongs to."""
+
+    workdir: str
+    config: dict
+    tracking_uri: str
+    experiment_id: str
+    sweep_run_id: str
+    flow_run_id: str | None = None
+    flow_run_name: str | None = None
+
+    @cached_property
+    def cfg(self) -> NashConfig:
+        return NashConfig.model_validate(self.config)

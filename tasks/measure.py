@@ -1,0 +1,73 @@
+"""Prefect tasks that measure models: the same evaluation and benchmark for teacher and candidates."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from nash_core.runtime import pick_device
+from tasks.cache import StepResult, cache_key, run_cached
+from tasks.context import SweepContext
+
+#: Hardware facts that change latencies (not the load average or the Python patch level).
+_MACHINE = ("device", "dtype", "cpu_model", "cpu_cores_logical", "torch_threads", "gpu_name",
+            "torch_version", "transformers_version")
+
+
+@task(name="evaluate", cache_policy=NO_CACHE)
+def evaluate(ctx: SweepContext, data: StepResult, model: StepResult,
+             teacher_eval: StepResult | None = None) -> StepResult:
+    """ROUGE on the test split; with ``teacher_eval``: retention and the paired-bootstrap CI."""
+    from nash_core.evaluate import evaluate_model
+
+    cfg = ctx.cfg
+    key = cache_key("eval", model=model.key, data=data.meta["fingerprint"],
+                    sections=cfg.section_hash("evaluation", "data.source_prefix",
+                                              "data.max_source_length", "experiment.seed"),
+                    teacher=teacher_eval.key if teacher_eval else None)
+
+    def compute(rdir: Path) -> dict:
+        metrics = evaluate_model(
+            model.meta["model_dir"], data.meta["splits"], cfg.evaluation, rdir / "eval",
+            teacher_eval_dir=Path(teacher_eval.path) / "eval" if teacher_eval else None,
+            device=pick_device(cfg.experiment.device), source_prefix=cfg.data.source_prefix,
+            max_source_length=cfg.data.max_source_length, seed=cfg.experiment.seed)
+        return {"metrics": metrics, "eval_dir": str(rdir / "eval")}
+
+    return run_cached(ctx.workdir, "eval", key, compute)
+
+
+@task(name="benchmark", cache_policy=NO_CACHE)
+def benchmark(ctx: SweepContext, data: StepResult, models: list[StepResult],
+              names: list[str]) -> StepResult:
+    """Time every model in one process, interleaved, the first (the teacher) as the baseline.
+
+    Keyed on every model, so a changed candidate re-times them all: speedups are only
+    comparable within one measurement session.
+    """
+    from nash_core.benchmark import benchmark_models, hardware_fingerprint
+    from nash_core.data import read_split
+    from nash_core.io import atomic_write_json
+
+    cfg = ctx.cfg
+    device = pick_device(cfg.experiment.device)
+    hardware = hardware_fingerprint(device, cfg.benchmark.dtype, name=cfg.benchmark.hardware_name)
+    key = cache_key("bench", models=[m.key for m in models], names=names,
+                    data=data.meta["fingerprint"],
+                    sections=cfg.section_hash("benchmark", "evaluation", "data.source_prefix",
+                                              "data.max_source_length"),
+                    hardware={k: hardware[k] for k in _MACHINE})
+
+    def compute(rdir: Path) -> dict:
+        rows = read_split(data.meta["splits"], "test", limit=cfg.benchmark.num_inputs)
+        result = benchmark_models(
+            [m.meta["model_dir"] for m in models], cfg.benchmark, cfg.evaluation,
+            texts=[cfg.data.source_prefix + r["source"] for r in rows],
+            max_source_length=cfg.data.max_source_length, device=device, names=names,
+            seed=cfg.experiment.seed)
+        atomic_write_json(rdir / "benchmark.json", result)
+        return {"benchmark_json": str(rdir / "benchmark.json")}
+
+    return run_cached(ctx.workdir, "bench", key, compute)

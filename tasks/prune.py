@@ -1,0 +1,93 @@
+"""Prefect tasks of one arm: pruning stage -> materialise -> final fine-tune.
+
+Stage i of an arm is keyed on stage i-1's key (it starts from its weights, masks and
+multipliers) and on its own target only, so changing the last target of an arm recomputes that
+stage and what follows from it, nothing before. No retries: a failure here is training maths.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from nash_core.runtime import pick_device
+from tasks import tracking
+from tasks.cache import StepResult, cache_key, run_cached
+from tasks.context import CandidateSpec, SweepContext
+
+#: Config sections every training step of an arm depends on (tokenisation, seed).
+_TRAINING = ("data.source_prefix", "data.max_source_length", "data.max_target_length",
+             "experiment.seed")
+
+
+def _arm_identity(ctx: SweepContext, spec: CandidateSpec) -> dict:
+    """What of the arm shapes the student (its name does not)."""
+    return ctx.cfg.pruning.arms[spec.arm_index].model_dump(
+        include={"method", "decoder_layers", "layer_selection", "custom_layers"})
+
+
+def _curve(ctx: SweepContext, spec: CandidateSpec, phase: str, rdir: Path):
+    return tracking.CurveLogger(tracking.make_client(ctx.tracking_uri), spec.run_id, phase,
+                                rdir / f"{phase}.jsonl")
+
+
+@task(name="prune-stage", cache_policy=NO_CACHE, task_run_name="stage-{spec.label}")
+def prune_stage(ctx: SweepContext, spec: CandidateSpec, data: StepResult, teacher: StepResult,
+                previous: StepResult | None) -> StepResult:
+    """Train one sparsity target of an arm (SFT: the shallow-decoder distillation, no masks)."""
+    from nash_core.prune import run_stage
+
+    cfg = ctx.cfg
+    arm = cfg.pruning.arms[spec.arm_index]
+    prev_target = arm.targets[spec.stage - 2] if spec.stage > 1 else 0.0
+    target = spec.target or 0.0
+    key = cache_key("stage", teacher=teacher.key, previous=previous.key if previous else None,
+                    arm=_arm_identity(ctx, spec), prev_target=prev_target, target=target,
+                    data=data.meta["fingerprint"], sections=cfg.section_hash("pruning.stage",
+                                                                             *_TRAINING))
+
+    def compute(rdir: Path) -> dict:
+        out = run_stage(teacher.meta["model_dir"], previous.meta["model_dir"] if previous else None,
+                        arm, cfg.pruning.stage, prev_target, target, rdir / "stage",
+                        splits_dir=data.meta["splits"], data_cfg=cfg.data,
+                        callback=_curve(ctx, spec, "stage", rdir), seed=cfg.experiment.seed,
+                        device=pick_device(cfg.experiment.device))
+        return {"model_dir": str(out), "curves": {"stage": "stage.jsonl"}}
+
+    return run_cached(ctx.workdir, "stage", key, compute)
+
+
+@task(name="materialize", cache_policy=NO_CACHE, task_run_name="materialize-{spec.label}")
+def materialize(ctx: SweepContext, spec: CandidateSpec, stage: StepResult) -> StepResult:
+    """Fold and slice the stage's masks into a smaller exported model."""
+    from nash_core.prune import materialize_stage
+
+    def compute(rdir: Path) -> dict:
+        return {"model_dir": str(materialize_stage(stage.meta["model_dir"], rdir / "export"))}
+
+    return run_cached(ctx.workdir, "export", cache_key("export", stage=stage.key), compute)
+
+
+@task(name="finetune", cache_policy=NO_CACHE, task_run_name="finetune-{spec.label}")
+def finetune(ctx: SweepContext, spec: CandidateSpec, data: StepResult, teacher: StepResult,
+             export: StepResult) -> StepResult:
+    """Final fine-tune of the exported model (the export itself when disabled)."""
+    from nash_core.prune import finetune as finetune_export
+
+    cfg = ctx.cfg
+    if not cfg.finetune.enabled:
+        return export
+    key = cache_key("finetune", export=export.key, teacher=teacher.key,
+                    data=data.meta["fingerprint"], sections=cfg.section_hash("finetune",
+                                                                             *_TRAINING))
+
+    def compute(rdir: Path) -> dict:
+        out = finetune_export(export.meta["model_dir"], teacher.meta["model_dir"], cfg.finetune,
+                              rdir / "model", splits_dir=data.meta["splits"], data_cfg=cfg.data,
+                              callback=_curve(ctx, spec, "finetune", rdir),
+                              seed=cfg.experiment.seed, device=pick_device(cfg.experiment.device))
+        return {"model_dir": str(out), "curves": {"finetune": "finetune.jsonl"}}
+
+    return run_cached(ctx.workdir, "finetune", key, compute)
