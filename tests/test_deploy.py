@@ -14,14 +14,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-# The smallest sweep that still goes through every step (one SFT arm, a few steps each).
-TINY = ["data.demo.num_dialogues=400", "data.max_samples={validation: 8, test: 8}",
-        "teacher.train.max_steps=3", "pruning.arms=[{method: sft, decoder_layers: 1}]",
-        "pruning.stage.train.max_steps=2", "finetune.train.max_steps=2",
-        "evaluation.bootstrap_samples=20",
-        "benchmark={batch_sizes: [1], num_inputs: 2, warmup: 0, repeats: 1, fixed_new_tokens: 4}"]
+from sweep_tiny import BIN, REPO, TINY, clean_env, with_overrides
 
 
 def _free_port() -> int:
@@ -48,12 +41,7 @@ def _wait(pred, timeout: float, what: str, every: float = 2.0):
 
 
 def _env(tmp_path, api_url=None) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
-    env.update(PREFECT_HOME=str(tmp_path / "prefect"), PREFECT_SERVER_ANALYTICS_ENABLED="false",
-               MLFLOW_DISABLE_TELEMETRY="true", NASH_NO_PROGRESS="1", HF_HUB_OFFLINE="1")
-    if api_url:
-        env["PREFECT_API_URL"] = api_url
-    return env
+    return clean_env(tmp_path, **({"PREFECT_API_URL": api_url} if api_url else {}))
 
 
 def test_deploy_refuses_without_a_server(tmp_path):
@@ -88,9 +76,7 @@ def test_scheduled_sweep_runs_on_a_real_server(tmp_path):
     try:
         _wait(lambda: _healthy(url), 120, "the Prefect server's /health")
         cmd = [BIN / "nash", "deploy", "configs/smoke.yaml", "--cron", "* * * * *",
-               "--name", "every-minute", "--workdir", tmp_path / "work"]
-        for o in TINY:
-            cmd += ["--set", o]
+               "--name", "every-minute", "--workdir", tmp_path / "work", *with_overrides(TINY)]
         serving = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=open(logs / "serve.log", "w"),
                                    stderr=subprocess.STDOUT)
 
