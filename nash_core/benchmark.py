@@ -327,7 +327,8 @@ def benchmark_models(model_dirs: Sequence[str | Path], bench_cfg: BenchmarkConfi
     cands, tokenizers = [], []
     for i, d in enumerate(model_dirs):
         model, tok = load_for_measurement(d, device=device, dtype=dtype)
-        cands.append(Candidate(names[i] if names else str(d), model, {"dir": str(d), **model_facts(model, d)}))
+        info = {"dir": str(d), **model_facts(model, d)}
+        cands.append(Candidate(names[i] if names else str(d), model, info))
         tokenizers.append(tok)
     if texts is not None:
         if not texts:

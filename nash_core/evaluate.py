@@ -69,7 +69,7 @@ def fresh_cache() -> EncoderDecoderCache:
 
     ``generate``'s default cache is sized from ``num_hidden_layers``, which for T5 is the
     ENCODER depth: a decoder deeper than its encoder (our demo teacher: 4 + 6) raises
-    IndexError. A growing cache works for any depth and costs nothing extra.
+    IndexError. A growing cache is the same dynamic cache, only not pre-sized: any depth works.
     """
     return EncoderDecoderCache(DynamicCache(), DynamicCache())
 
@@ -85,7 +85,8 @@ def generated_lengths(sequences: torch.Tensor, eos_token_id) -> list[int]:
     if new.shape[1] == 0:
         return [0] * new.shape[0]
     eos = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id or [])
-    is_eos = torch.isin(new, torch.tensor(eos, device=new.device)) if eos else torch.zeros_like(new, dtype=torch.bool)
+    is_eos = torch.isin(new, torch.tensor(eos, device=new.device)) if eos else \
+        torch.zeros_like(new, dtype=torch.bool)
     first = torch.where(is_eos.any(dim=1), is_eos.int().argmax(dim=1) + 1, new.shape[1])
     return first.tolist()
 
@@ -95,7 +96,7 @@ def run_generate(model, batch: dict, gen_cfg: GenerationConfig) -> torch.Tensor:
 
     The model's own ``generation_config`` is swapped for ``gen_cfg`` during the call, because
     ``generate`` fills every unset field from it; a fresh growing cache is passed (see
-    :func:`fresh_cache`).
+    :func:`fresh_cache`). Not safe for concurrent calls on the SAME model object.
     """
     own = model.generation_config
     model.generation_config = gen_cfg

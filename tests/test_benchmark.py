@@ -10,6 +10,7 @@ import torch
 
 from nash_core import benchmark as B
 from nash_core.config import BenchmarkConfig, EvaluationConfig
+from nash_core.evaluate import generation_config_for, run_generate
 from nash_core.quantize import quantize_dynamic_int8
 from measure_tiny import FakeClock, FakeModel, save_tiny_t5, write_splits
 
@@ -183,3 +184,40 @@ def test_cli_bad_input_exits_2_with_message(tmp_path, capsys):
     assert "--modes" in capsys.readouterr().err
     assert B.cli_main([str(model), "--repeats", "0"]) == 2
     assert "repeats" in capsys.readouterr().err
+
+
+def _structural_script():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "structural_speedup.py"
+    spec = importlib.util.spec_from_file_location("structural_speedup", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("family", ["t5", "bart"])
+def test_structural_builder_shrinks_encoder_and_decoder_and_still_generates(family):
+    from transformers import BartConfig, BartForConditionalGeneration, T5Config, T5ForConditionalGeneration
+
+    S = _structural_script()
+    torch.manual_seed(0)
+    if family == "t5":
+        full = T5ForConditionalGeneration(T5Config(
+            vocab_size=64, d_model=32, d_ff=64, d_kv=8, num_heads=4, num_layers=2, num_decoder_layers=4,
+            decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)).eval()
+    else:
+        full = BartForConditionalGeneration(BartConfig(
+            vocab_size=64, d_model=32, encoder_ffn_dim=64, decoder_ffn_dim=64, encoder_attention_heads=4,
+            decoder_attention_heads=4, encoder_layers=2, decoder_layers=4, max_position_embeddings=64)).eval()
+    cand, achieved = S.build_candidate(full, k=2, sparsity=0.5)
+    assert achieved == pytest.approx(0.5)  # 2 of 4 heads, 32 of 64 units
+    assert B.model_facts(cand)["decoder_layers"] == 2 and B.model_facts(full)["decoder_layers"] == 4
+    enc_params = lambda m: sum(p.numel() for n, p in m.named_parameters()  # noqa: E731
+                               if n.startswith(("encoder.", "model.encoder.")))
+    assert enc_params(cand) < enc_params(full)
+    ids = torch.randint(4, 64, (2, 7))
+    gen_cfg = generation_config_for(cand, EvaluationConfig(), fixed_new_tokens=5)
+    out = run_generate(cand, {"input_ids": ids, "attention_mask": torch.ones_like(ids)}, gen_cfg)
+    assert out.shape == (2, 6)

@@ -45,8 +45,8 @@ def test_quantized_dir_is_evaluated_and_benchmarked_like_the_others(tmp_path):
     src = save_tiny_t5(tmp_path / "m")
     qdir = Q.quantize_dir(src, tmp_path / "m-int8")
     splits = write_splits(tmp_path / "splits")
-    m = evaluate_model(qdir, splits, EvaluationConfig(max_new_tokens=4, bootstrap_samples=20), tmp_path / "ev",
-                       device="cpu")
+    cfg = EvaluationConfig(max_new_tokens=4, bootstrap_samples=20)
+    m = evaluate_model(qdir, splits, cfg, tmp_path / "ev", device="cpu")
     assert m["num_examples"] == len(ROWS)
     out = tmp_path / "b.json"
     assert cli_main([str(src), str(qdir), "--device", "cpu", "--batch-sizes", "1", "--new-tokens", "3",
