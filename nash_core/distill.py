@@ -108,7 +108,7 @@ class DistillHook(TrainHook):
     def extra_loss(self, model, batch, outputs, step: int):
         cfg = self.cfg
         loss = (cfg.task_weight - 1.0) * outputs.loss  # the loop adds the task loss once
-        metrics = {"task_loss": float(outputs.loss)}
+        metrics = {"task_loss": outputs.loss.item()}
         if not self.uses_teacher:
             return loss, metrics
         with torch.no_grad():
@@ -116,14 +116,14 @@ class DistillHook(TrainHook):
         if cfg.kd_weight > 0:
             kd = kd_loss(outputs.logits, t_out.logits, batch["labels"], cfg.temperature)
             loss = loss + cfg.kd_weight * kd
-            metrics["kd_loss"] = float(kd)
+            metrics["kd_loss"] = kd.item()
         if cfg.layer_weight > 0:
             enc = hidden_loss(outputs.encoder_hidden_states[1:], t_out.encoder_hidden_states[1:],
                               batch["attention_mask"], self.maps["encoder"])
             dec = hidden_loss(outputs.decoder_hidden_states[1:], t_out.decoder_hidden_states[1:],
                               batch["labels"] != -100, self.maps["decoder"])
             loss = loss + cfg.layer_weight * (enc + dec)
-            metrics["layer_loss"] = float(enc + dec)
+            metrics["layer_loss"] = (enc + dec).item()
         return loss, metrics
 
     def state_dict(self) -> dict:
