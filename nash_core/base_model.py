@@ -97,7 +97,7 @@ def _demo_recipe_hash(model_cfg: ModelConfig, data_cfg: DataConfig | None, split
                       seed: int) -> str:
     recipe = {"model.demo": model_cfg.demo.model_dump(mode="json"), "seed": seed,
               "data.demo": data_cfg.demo.model_dump(mode="json") if data_cfg else None,
-              "splits": splits_fp, "format": 1}
+              "splits": splits_fp, "format": 1}  # bump "format" when _build_demo changes
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -187,8 +187,9 @@ def _check_local_dir(path: Path) -> None:
             raise ModelError(f"model.base: weight shard {path / shard} is missing")
         _check_safetensors(path / shard)
     if not any((path / f).is_file() for f in TOKENIZER_FILES):
-        raise ModelError(f"model.base: '{path}' has no tokenizer files ({', '.join(TOKENIZER_FILES)});"
-                         " save the tokenizer next to the model with tokenizer.save_pretrained")
+        raise ModelError(f"model.base: '{path}' has no tokenizer files "
+                         f"({', '.join(TOKENIZER_FILES)}); save the tokenizer next to the model "
+                         "with tokenizer.save_pretrained")
 
 
 def num_decoder_layers(config) -> int:

@@ -57,10 +57,13 @@ def _describe(cfg: DataConfig) -> str:
     return "local files " + ", ".join(f"{k}={v}" for k, v in (cfg.files or {}).items())
 
 
-def _load_demo(cfg: DataConfig) -> dict[str, list[dict]]:
+def _load_demo(cfg: DataConfig) -> dict[str, Any]:
+    import datasets
+
     from nash_core.demo_corpus import generate_corpus
 
-    return {"all": generate_corpus(cfg.demo.num_dialogues, cfg.demo.seed)}
+    return {"all": datasets.Dataset.from_list(generate_corpus(cfg.demo.num_dialogues,
+                                                              cfg.demo.seed))}
 
 
 def _load_hub(cfg: DataConfig, what: str) -> dict[str, Any]:
@@ -70,9 +73,9 @@ def _load_hub(cfg: DataConfig, what: str) -> dict[str, Any]:
     try:
         ds = datasets.load_dataset(cfg.name, cfg.config_name, revision=cfg.revision)
     except Exception as exc:  # datasets raises many types (offline, 404, bad config name)
-        raise DataError(f"{what}: could not load it ({type(exc).__name__}: {exc}). Check data.name, "
-                        "data.config_name and data.revision, and that you are online or the "
-                        "dataset is in the local Hugging Face cache.") from exc
+        raise DataError(f"{what}: could not load it ({type(exc).__name__}: {exc}). Check "
+                        "data.name, data.config_name and data.revision, and that you are online "
+                        "or the dataset is in the local Hugging Face cache.") from exc
     missing = {ours: theirs for ours, theirs in wanted.items() if theirs not in ds}
     if missing:
         raise DataError(f"{what}: split(s) {sorted(missing.values())} not found (asked for by "
@@ -87,7 +90,8 @@ def _load_local(cfg: DataConfig, what: str) -> dict[str, Any]:
     files = dict(cfg.files or {})
     if cfg.split_fractions and "all" not in files:
         if "train" not in files:
-            raise DataError(f"{what}: data.split_fractions needs data.files.all or data.files.train")
+            raise DataError(f"{what}: data.split_fractions needs data.files.all or "
+                            "data.files.train")
         files = {"all": files["train"]}
     elif not cfg.split_fractions:
         absent = [s for s in SPLITS if s not in files]
@@ -111,22 +115,13 @@ def _load_local(cfg: DataConfig, what: str) -> dict[str, Any]:
     return out
 
 
-def _columns(table: Any) -> list[str]:
-    if isinstance(table, list):
-        return sorted({k for row in table[:1000] for k in row})
-    return list(table.column_names)
-
-
 def _texts(table: Any, src: str, tgt: str, where: str) -> _RawSplit:
-    available = _columns(table)
+    available = list(table.column_names)
     for role, col in (("source_column", src), ("target_column", tgt)):
         if col not in available:
             raise DataError(f"{where}: column '{col}' (data.{role}) not found; available "
                             f"columns: {available}")
-    if isinstance(table, list):
-        sources, targets = [r.get(src) for r in table], [r.get(tgt) for r in table]
-    else:
-        sources, targets = list(table[src]), list(table[tgt])
+    sources, targets = list(table[src]), list(table[tgt])
     return _RawSplit(sources, targets, list(range(len(sources))))
 
 

@@ -147,7 +147,8 @@ def _activity(r: random.Random) -> Activity:
         return Activity(f"pick up my {obj}", f"the {obj} pick up",
                         f"{{b}} will pick up {{a}}'s {obj}", shop, f"from {shop}",
                         f"it is waiting at {shop}.", False)
-    return Activity("come to my birthday party", "my party", "{b} will come to {a}'s birthday party",
+    return Activity("come to my birthday party", "my party",
+                    "{b} will come to {a}'s birthday party",
                     meet, f"at {meet}", f"it's at {meet}.", False)
 
 

@@ -58,6 +58,7 @@ from safetensors.torch import load_model, save_model
 from tqdm.auto import tqdm
 
 from nash_core.config import TrainConfig
+from nash_core.data import Seq2SeqCollator
 from nash_core.errors import TrainingError
 from nash_core.io import atomic_dir, atomic_write_json, read_json
 from nash_core.runtime import progress_disabled
@@ -286,7 +287,8 @@ def _result(out_dir: Path, state: dict) -> TrainResult:
 
 # --------------------------------------------------------------------------- the loop
 def train_seq2seq(model, tokenizer, train_ds, val_ds, cfg: TrainConfig, out_dir: str | Path, *,
-                  hooks: Sequence[TrainHook] = (), callback: Callable[[int, dict], Any] | None = None,
+                  hooks: Sequence[TrainHook] = (),
+                  callback: Callable[[int, dict], Any] | None = None,
                   seed: int = 0, device: torch.device | str | None = None,
                   eval_fn: Callable[[Any], dict] | None = None,
                   collate: Callable[[list], dict] | None = None) -> TrainResult:
@@ -298,8 +300,6 @@ def train_seq2seq(model, tokenizer, train_ds, val_ds, cfg: TrainConfig, out_dir:
     evaluation. Raises :class:`TrainingError` after ``cfg.max_bad_steps`` consecutive NaN/inf
     steps and :class:`TrainingInterrupted` after SIGINT/SIGTERM (both keep the checkpoint).
     """
-    from nash_core.data import Seq2SeqCollator
-
     out_dir = Path(out_dir)
     device = torch.device(device or "cpu")
     collate = collate or Seq2SeqCollator(tokenizer)

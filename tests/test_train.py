@@ -177,7 +177,7 @@ class Gate(TrainHook):
 
     def save_best(self, out_dir):
         self.saved.append(self.step)
-        (out_dir / "gate.txt").write_text(str(float(self.scale)))
+        (out_dir / "gate.txt").write_text(str(self.scale.item()))
 
 
 def test_hooks_groups_eligibility_and_save_best(setup, tmp_path):
