@@ -1,0 +1,116 @@
+"""Stage runners end to end on a tiny T5: staged NASH, CoFi, SFT, materialise, fine-tune, resume."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import T5Config, T5ForConditionalGeneration
+
+from nash_core.base_model import build_demo_tokenizer
+from nash_core.config import ArmConfig, DataConfig, FinetuneConfig, PruneStageConfig, TrainConfig
+from nash_core.data import prepare_splits, read_split
+from nash_core.loading import load_seq2seq
+from nash_core import prune
+
+DATA = DataConfig(kind="demo", demo={"num_dialogues": 100}, max_source_length=32, max_target_length=12,
+                  max_samples={"train": 48, "validation": 8, "test": 8})
+
+
+def _stage_cfg(steps=8, **kw):
+    train = TrainConfig(max_steps=steps, batch_size=8, lr=1e-3, eval_every=4, eval_examples=8, checkpoint_every=4,
+                        log_every=2)
+    return PruneStageConfig(train=train, mask_lr=0.3, lagrangian_lr=0.3, target_warmup_steps=4,
+                            sparsity_epsilon=0.5, **kw)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("prune")
+    splits = prepare_splits(DATA, root / "splits")
+    rows = read_split(splits, "train")
+    tok = build_demo_tokenizer([r["source"] + " " + r["target"] for r in rows], root / "tok", vocab_size=300)
+    torch.manual_seed(0)
+    cfg = T5Config(vocab_size=len(tok), d_model=32, d_ff=64, d_kv=8, num_heads=4, num_layers=3,
+                   num_decoder_layers=3, dropout_rate=0.0, decoder_start_token_id=0, pad_token_id=0,
+                   eos_token_id=1, relative_attention_num_buckets=8)
+    T5ForConditionalGeneration(cfg).save_pretrained(root / "teacher")
+    tok.save_pretrained(root / "teacher")
+    return root, splits
+
+
+def _run(setup, arm, init, prev, target, name, cfg=None, **kw):
+    root, splits = setup
+    return prune.run_stage(root / "teacher", init, arm, cfg or _stage_cfg(), prev, target, root / name,
+                           splits_dir=splits, data_cfg=DATA, **kw)
+
+
+def test_staged_nash_materialise_finetune(setup):
+    root, splits = setup
+    arm = ArmConfig(method="nash", decoder_layers=2, targets=[0.2, 0.4])
+    s1 = _run(setup, arm, None, 0.0, 0.2, "nash-s1")
+    meta1 = json.loads((s1 / "stage_meta.json").read_text())
+    assert meta1["decoder_layers_kept"] == [0, 2] and meta1["target"] == 0.2 and meta1["on_target"]
+    assert not (root / ".nash-s1.work").exists()
+    s1_masks = torch.load(s1 / "nash_masks.pt", weights_only=True)
+    assert sorted(s["stack"] for s in s1_masks["specs"]) == ["encoder", "encoder"]
+
+    s2 = _run(setup, arm, s1, 0.2, 0.4, "nash-s2")
+    meta2 = json.loads((s2 / "stage_meta.json").read_text())
+    assert meta2["init_dir"] == str(s1) and meta2["prev_target"] == 0.2
+    student, _ = load_seq2seq(s2)
+    assert len(student.decoder.block) == 2
+
+    export = prune.materialize_stage(s2, root / "nash-e2")
+    nash = json.loads((export / "config.json").read_text())["nash"]
+    assert nash["decoder_layers_kept"] == [0, 2] and nash["method"] == "nash" and nash["target"] == 0.4
+    assert nash["prunable_params_after"]["encoder"] <= nash["prunable_params_before"]["encoder"]
+    assert nash["encoder_sparsity"] == pytest.approx(meta2["sparsity"]["sparsity_hard_encoder"], abs=1e-6)
+
+    ft_cfg = FinetuneConfig(train=TrainConfig(max_steps=2, batch_size=8, eval_every=2, eval_examples=8))
+    final = prune.finetune(export, root / "teacher", ft_cfg, root / "nash-f2", splits_dir=splits, data_cfg=DATA)
+    model, _ = load_seq2seq(final)
+    final_nash = json.loads((final / "config.json").read_text())["nash"]
+    assert final_nash["shapes"] == nash["shapes"] and "finetune" in final_nash
+    assert type(model).__name__ == "NashT5ForConditionalGeneration"
+
+
+def test_cofi_and_sft_arms(setup):
+    root, _ = setup
+    cofi = ArmConfig(method="cofi", targets=[0.3])
+    stage = _run(setup, cofi, None, 0.0, 0.3, "cofi-s1")
+    names = {(s["stack"], s["sublayer"], s["target"])
+             for s in torch.load(stage / "nash_masks.pt", weights_only=True)["specs"]}
+    assert ("decoder", "cross", "heads") in names and ("encoder", "ffn", "layer") in names
+    assert json.loads((stage / "stage_meta.json").read_text())["sparsity"]["sparsity_target_model"] == 0.3
+    student, _ = load_seq2seq(stage)
+    assert len(student.decoder.block) == 3  # cofi keeps the full decoder depth
+    assert (prune.materialize_stage(stage, root / "cofi-e1") / "modeling_nash.py").is_file()
+
+    sft = ArmConfig(method="sft", decoder_layers=1)
+    stage = _run(setup, sft, None, 0.0, 0.0, "sft-s1")
+    assert not (stage / "nash_masks.pt").exists()
+    export = prune.materialize_stage(stage, root / "sft-e1")
+    assert not (export / "modeling_nash.py").exists()  # unpruned shapes: a plain HF directory
+    assert json.loads((export / "config.json").read_text())["nash"]["decoder_layers_kept"] == [0]
+
+
+def test_interrupted_stage_resumes_to_the_same_result(setup):
+    root, _ = setup
+    arm = ArmConfig(method="nash", decoder_layers=2, layer_selection="high", targets=[0.3])
+    cfg = _stage_cfg(steps=10)
+    whole = _run(setup, arm, None, 0.0, 0.3, "whole", cfg=cfg)
+
+    def crash(step, record):
+        if step == 6:
+            raise RuntimeError("simulated crash")
+
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        _run(setup, arm, None, 0.0, 0.3, "resumed", cfg=cfg, callback=crash)
+    assert (root / ".resumed.work" / "checkpoint" / "state.json").is_file()
+    resumed = _run(setup, arm, None, 0.0, 0.3, "resumed", cfg=cfg)
+    a, b = load_file(whole / "model.safetensors"), load_file(resumed / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    ma, mb = (torch.load(d / "nash_masks.pt", weights_only=True) for d in (whole, resumed))
+    assert all(torch.equal(ma["masks"][k], mb["masks"][k]) for k in ma["masks"])
+    assert all(torch.equal(ma["lagrangian"][k], mb["lagrangian"][k]) for k in ma["lagrangian"])
