@@ -16,7 +16,6 @@ known exactly instead of asserting on wall-clock time.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import subprocess
