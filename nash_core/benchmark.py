@@ -36,7 +36,7 @@ from nash_core.config import BenchmarkConfig, EvaluationConfig
 from nash_core.errors import DataError, ModelError, NashError
 from nash_core.evaluate import generated_lengths, generation_config_for, run_generate
 from nash_core.io import atomic_write_json
-from nash_core.runtime import pick_device, progress_disabled
+from nash_core.runtime import progress_disabled
 
 Clock = Callable[[], float]
 MODES = ("natural", "fixed")
@@ -314,11 +314,11 @@ def benchmark_models(model_dirs: Sequence[str | Path], bench_cfg: BenchmarkConfi
     without texts, random token ids of ``source_length`` shared by all models are used.
     Returns {"hardware", "settings", "models": [...]} (see :func:`benchmark_loaded`).
     """
-    from nash_core.quantize import load_for_measurement
+    from nash_core.quantize import default_device, load_for_measurement
 
     if not model_dirs:
         raise ModelError("benchmark needs at least one model dir")
-    device = pick_device("auto") if device is None else torch.device(device)
+    device = default_device(model_dirs) if device is None else torch.device(device)
     dtype = _DTYPES[bench_cfg.dtype]
     for d in model_dirs:
         if not Path(d).is_dir():

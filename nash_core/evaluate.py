@@ -35,7 +35,7 @@ from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 from nash_core.config import EvaluationConfig
 from nash_core.errors import DataError
 from nash_core.io import atomic_dir, read_json
-from nash_core.runtime import pick_device, progress_disabled
+from nash_core.runtime import progress_disabled
 
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL", "rougeLsum")
 #: Token-id fields taken from the model; every search setting comes from EvaluationConfig.
@@ -287,12 +287,12 @@ def evaluate_model(model_dir: str | Path, splits_dir: str | Path, eval_cfg: Eval
     teacher_rougeL, rougeL_retention, rougeL_delta, rougeL_delta_ci_low/high.
     """
     from nash_core.data import read_split
-    from nash_core.quantize import load_for_measurement
+    from nash_core.quantize import default_device, load_for_measurement
 
     rows = read_split(splits_dir, split, limit=eval_cfg.num_examples)
     if not rows:
         raise DataError(f"split '{split}' in {splits_dir} is empty: nothing to evaluate")
-    device = pick_device("auto") if device is None else torch.device(device)
+    device = default_device([model_dir]) if device is None else torch.device(device)
     model, tokenizer = load_for_measurement(model_dir, device=device)
     sources = [source_prefix + r["source"] for r in rows]
     preds, lengths = [], []

@@ -101,6 +101,14 @@ def load_quantized(qdir: str | Path) -> tuple[nn.Module, object]:
     return quantize_dynamic_int8(model), tokenizer
 
 
+def default_device(model_dirs) -> torch.device:
+    """CPU when any of ``model_dirs`` is int8-quantised (CPU kernels only; a benchmark compares
+    all its models on one device), else CUDA when torch sees one."""
+    from nash_core.runtime import pick_device
+
+    return torch.device("cpu") if any(is_quantized_dir(d) for d in model_dirs) else pick_device("auto")
+
+
 def load_for_measurement(model_dir: str | Path, device=None, dtype: torch.dtype | None = None):
     """Load any model dir we evaluate or benchmark: quantised markers, plain HF dirs, exports.
 

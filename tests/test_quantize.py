@@ -78,5 +78,6 @@ def test_quantized_refuses_cuda_and_low_precision(tmp_path):
         Q.load_for_measurement(qdir, device="cuda")
     with pytest.raises(ModelError, match="float32"):
         Q.load_for_measurement(qdir, dtype=torch.bfloat16)
+    assert Q.default_device([qdir]).type == "cpu"  # even where CUDA exists
     with pytest.raises(ModelError, match="no config.json"):
         Q.quantize_dir(tmp_path / "nothing", tmp_path / "q2")
