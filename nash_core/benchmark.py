@@ -306,18 +306,21 @@ def hardware_fingerprint(device: torch.device | str = "cpu", dtype: str | None =
 def benchmark_models(model_dirs: Sequence[str | Path], bench_cfg: BenchmarkConfig,
                      eval_cfg: EvaluationConfig, *, texts: Sequence[str] | None = None,
                      source_length: int = 64, max_source_length: int | None = None,
-                     device=None, modes: Sequence[str] = MODES, seed: int = 0,
+                     device=None, modes: Sequence[str] | None = None, seed: int = 0,
                      names: Sequence[str] | None = None) -> dict:
     """Load ``model_dirs`` (first = baseline) and benchmark them on the same inputs.
 
     ``texts`` (e.g. test sources with their prefix) are tokenised by each model's tokenizer;
     without texts, random token ids of ``source_length`` shared by all models are used.
+    ``modes`` default: natural, plus fixed when ``bench_cfg.fixed_new_tokens`` is set.
     Returns {"hardware", "settings", "models": [...]} (see :func:`benchmark_loaded`).
     """
     from nash_core.quantize import default_device, load_for_measurement
 
     if not model_dirs:
         raise ModelError("benchmark needs at least one model dir")
+    if modes is None:
+        modes = MODES if bench_cfg.fixed_new_tokens else ("natural",)
     device = default_device(model_dirs) if device is None else torch.device(device)
     dtype = _DTYPES[bench_cfg.dtype]
     for d in model_dirs:

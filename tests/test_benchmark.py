@@ -221,3 +221,11 @@ def test_structural_builder_shrinks_encoder_and_decoder_and_still_generates(fami
     gen_cfg = generation_config_for(cand, EvaluationConfig(), fixed_new_tokens=5)
     out = run_generate(cand, {"input_ids": ids, "attention_mask": torch.ones_like(ids)}, gen_cfg)
     assert out.shape == (2, 6)
+
+
+def test_benchmark_models_skips_fixed_mode_when_no_fixed_length_is_configured(tmp_path):
+    model = save_tiny_t5(tmp_path / "m")
+    bench = BenchmarkConfig(batch_sizes=[1], num_inputs=1, warmup=0, repeats=1, fixed_new_tokens=None)
+    res = B.benchmark_models([model], bench, EvaluationConfig(max_new_tokens=3), source_length=5,
+                             device="cpu")
+    assert list(res["models"][0]["results"]) == ["natural"]
