@@ -1,0 +1,151 @@
+"""What do hard-concrete masks cost per training step? (goal: <= 15% over plain fine-tuning)
+
+Builds the demo teacher's shapes (T5 d_model 256, d_ff 1024, 4 heads x d_kv 64, 4 encoder +
+6 decoder layers; random init, or ``--teacher DIR``), a NASH student keeping 2 decoder layers,
+and times full optimizer steps (forward, backward, AdamW step, the hooks' after_step) of:
+
+  plain     the student fine-tuned with the task loss only (the baseline);
+  masked    + encoder head / FFN-unit masks and the Lagrangian (SparsityHook);
+  masked+kd + the teacher forward and KD / hidden-state distillation (DistillHook) as in a stage.
+
+Each variant runs in its own subprocess so its peak memory (max RSS on CPU, max allocated on
+CUDA) is its own. Prints a table and one JSON line.
+
+    python benchmarks/prune_step_overhead.py [--batch 16] [--src 128] [--tgt 48] [--steps 10] [--threads 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+VARIANTS = ("plain", "masked", "masked+kd")
+
+
+def build_teacher(args):
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    from nash_core.loading import load_seq2seq
+
+    if args.teacher:
+        return load_seq2seq(args.teacher)[0]
+    torch.manual_seed(0)
+    cfg = T5Config(vocab_size=args.vocab, d_model=256, d_ff=1024, d_kv=64, num_heads=4, num_layers=4,
+                   num_decoder_layers=6, dropout_rate=0.1, decoder_start_token_id=0, pad_token_id=0,
+                   eos_token_id=1)
+    return T5ForConditionalGeneration(cfg)
+
+
+def run_variant(args) -> dict:
+    """Time ``args.steps`` optimizer steps of one variant (in this process)."""
+    import copy
+
+    from nash_core.config import DistillConfig
+    from nash_core.distill import DistillHook
+    from nash_core.layer_selection import keep_decoder_layers, select_layers
+    from nash_core.masks import MaskSet, plan_groups
+    from nash_core.sparsity import Constraint, SparsityHook
+
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    teacher = build_teacher(args).to(device)
+    student = copy.deepcopy(teacher)
+    keep_decoder_layers(student, select_layers(6, 2))
+    hooks = []
+    if args.variant != "plain":
+        masks = MaskSet(plan_groups(student)).to(device).attach(student)
+        hooks.append(SparsityHook(student, masks, [Constraint("encoder", ("encoder",), 0.0, 0.3)],
+                                  warmup_steps=100, mask_lr=0.01, lagrangian_lr=0.01, epsilon=0.02))
+    if args.variant == "masked+kd":
+        hooks.append(DistillHook(teacher, student, DistillConfig(), device=device))
+    if args.variant != "masked+kd":
+        del teacher
+    groups = [g for h in hooks for g in h.param_groups(student)]
+    opt = torch.optim.AdamW([{"params": list(student.parameters())}, *groups], lr=3e-5)
+    wants_hidden = any(h.wants_hidden_states() for h in hooks)
+
+    g = torch.Generator().manual_seed(0)
+    batch = {"input_ids": torch.randint(3, args.vocab, (args.batch, args.src), generator=g),
+             "attention_mask": torch.ones(args.batch, args.src, dtype=torch.long),
+             "labels": torch.randint(3, args.vocab, (args.batch, args.tgt), generator=g)}
+    batch = {k: v.to(device) for k, v in batch.items()}
+    student.train()
+
+    def step(i):
+        opt.zero_grad(set_to_none=True)
+        out = student(**batch, output_hidden_states=wants_hidden)
+        loss = out.loss
+        for h in hooks:
+            extra, _ = h.extra_loss(student, batch, out, i)
+            loss = loss + extra
+        loss.backward()
+        opt.step()
+        for h in hooks:
+            h.after_step(i)
+
+    times = []
+    for i in range(args.warmup + args.steps):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        step(i)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if i >= args.warmup:
+            times.append(time.perf_counter() - t0)
+    if device.type == "cuda":
+        peak_mb = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"variant": args.variant, "median_ms": 1000 * statistics.median(times),
+            "min_ms": 1000 * min(times), "peak_mb": peak_mb}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--src", type=int, default=128)
+    p.add_argument("--tgt", type=int, default=48)
+    p.add_argument("--vocab", type=int, default=600)
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--teacher", default=None, help="a trained teacher directory (default: random init)")
+    p.add_argument("--variant", choices=VARIANTS, default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.variant:
+        print(json.dumps(run_variant(args)))
+        return 0
+    passthrough = [a for a in (argv if argv is not None else sys.argv[1:])]
+    results = {}
+    for variant in VARIANTS:
+        out = subprocess.run([sys.executable, __file__, *passthrough, "--variant", variant],
+                             capture_output=True, text=True, check=True)
+        results[variant] = json.loads(out.stdout.strip().splitlines()[-1])
+    base = results["plain"]["median_ms"]
+    print(f"device={args.device} threads={args.threads} batch={args.batch} src={args.src} tgt={args.tgt} "
+          f"torch={torch.__version__}")
+    print(f"{'variant':<10} {'median ms':>10} {'min ms':>8} {'vs plain':>9} {'peak MB':>8}")
+    for v, r in results.items():
+        print(f"{v:<10} {r['median_ms']:>10.1f} {r['min_ms']:>8.1f} {r['median_ms'] / base - 1:>+9.1%} "
+              f"{r['peak_mb']:>8.0f}")
+    overhead = results["masked"]["median_ms"] / base - 1
+    print(f"mask overhead {overhead:+.1%} (goal <= +15%)")
+    print(json.dumps({"results": results, "mask_overhead": overhead, "threads": args.threads,
+                      "device": args.device}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
