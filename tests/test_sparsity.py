@@ -5,7 +5,7 @@ import torch
 
 import pruning_tiny as pt
 from nash_core.config import TrainConfig
-from nash_core.masks import LOG_ALPHA_MAX, MaskSet, plan_groups
+from nash_core.masks import MaskSet, plan_groups
 from nash_core.materialize import materialize
 from nash_core.sparsity import (Constraint, Lagrangian, SizeModel, SparsityHook, count_prunable, hard_values,
                                 ramp)
