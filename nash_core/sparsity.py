@@ -79,16 +79,17 @@ class SizeModel:
         ``values`` maps group names to per-unit P(nonzero) (expected size) or to 0/1 indicators
         of the deterministic mask (the materialised size).
         """
-        total = torch.zeros(())
+        device = next(iter(values.values())).device if values else torch.device("cpu")
+        total = torch.zeros((), device=device)
         for e in self.entries:
             if e.stack not in stacks:
                 continue
             unit_target = "heads" if e.kind in ("self", "cross") else "units"
             units = self._lookup(values, e, unit_target)
-            kept_units = units.sum() if units is not None else torch.tensor(float(e.units))
+            kept_units = units.sum() if units is not None else torch.tensor(float(e.units), device=device)
             gate = self._lookup(values, e, "layer")
             sub = kept_units * e.per_unit + e.fixed
-            total = total.to(sub.device) + (sub * gate[0] if gate is not None else sub)
+            total = total + (sub * gate[0] if gate is not None else sub)
         return total
 
     def sparsity(self, values: dict[str, torch.Tensor], stacks: tuple[Stack, ...]) -> torch.Tensor:
