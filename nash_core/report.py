@@ -121,8 +121,9 @@ def mask_heatmap(shapes: dict, num_heads: int, d_ff: int, path: str | Path,
         for h in spec.get("self") or []:
             heads[i, h] = 1.0
         ffn[i, 0] = (spec.get("ffn") or 0) / d_ff
-    fig, (ax_h, ax_f) = plt.subplots(1, 2, figsize=(2.0 + 0.5 * num_heads, 1.2 + 0.45 * len(layers)),
-                                     dpi=110, gridspec_kw={"width_ratios": [num_heads, 1.6]})
+    size = (2.0 + 0.5 * num_heads, 1.2 + 0.45 * len(layers))
+    fig, (ax_h, ax_f) = plt.subplots(1, 2, figsize=size, dpi=110,
+                                     gridspec_kw={"width_ratios": [num_heads, 1.6]})
     ax_h.imshow(heads, cmap="Greens", vmin=0, vmax=1, aspect="auto")
     ax_h.set_xticks(range(num_heads))
     ax_h.set_yticks(range(len(layers)))

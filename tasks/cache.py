@@ -7,9 +7,9 @@ result is a pickle of a path that may no longer exist. Here the cache is the fil
 
 - the key hashes everything that determines a result -- content fingerprints of the base model
   and data, the task's config sections (``NashConfig.section_hash``), the keys of the upstream
-  results, and :func:`code_version` -- so an unchanged step is found again by any run, on any
-  Prefect server, and a changed input gets a new directory (old results stay, nothing is
-  overwritten);
+  results, and :func:`code_version` of the modules the step runs -- so an unchanged step is
+  found again by any run, on any Prefect server, and a changed input gets a new directory
+  (old results stay, nothing is overwritten);
 - a step writes into its directory and commits by writing ``_done.json`` atomically, last; a
   directory without the marker is unfinished, and re-running the step re-enters it, so the
   training loop's own checkpoints there let it resume instead of restarting;
@@ -18,6 +18,7 @@ result is a pickle of a path that may no longer exist. Here the cache is the fil
 
 from __future__ import annotations
 
+import ast
 import fcntl
 import hashlib
 import json
@@ -28,6 +29,7 @@ from typing import Any, Callable
 
 from pydantic import BaseModel
 
+import nash_core
 from nash_core.io import atomic_write_json, read_json
 
 DONE = "_done.json"
@@ -44,26 +46,67 @@ class StepResult(BaseModel):
     seconds: float = 0.0
 
 
-@lru_cache(maxsize=1)
-def code_version() -> str:
-    """Hash of the computing code (every file of the ``nash_core`` package).
+def _imports(tree: ast.AST) -> set[str]:
+    """``nash_core`` modules a module imports anywhere (lazy, function-level imports too)."""
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("nash_core.")}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            if node.module == "nash_core":
+                found |= {f"nash_core.{a.name}" for a in node.names}
+            elif node.module.startswith("nash_core."):
+                found.add(node.module)
+    return found
 
-    Tasks, flows and the CLI only orchestrate and log, so editing them does not invalidate
-    trained results; any change to the maths does.
-    """
-    import nash_core
 
+def _strip_docstrings(tree: ast.AST) -> ast.AST:
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+                and body and isinstance(body[0], ast.Expr)
+                and isinstance(getattr(body[0], "value", None), ast.Constant)
+                and isinstance(body[0].value.value, str)):
+            node.body = body[1:] or [ast.Pass()]
+    return tree
+
+
+def _module_file(name: str) -> Path | None:
     root = Path(nash_core.__file__).parent
-    h = hashlib.sha256()
-    for f in sorted(root.rglob("*.py")):
-        h.update(str(f.relative_to(root)).encode())
-        h.update(f.read_bytes())
-    return h.hexdigest()[:12]
+    rel = Path(*name.split(".")[1:])
+    for cand in (root / rel.with_suffix(".py"), root / rel / "__init__.py"):
+        if cand.is_file():
+            return cand
+    return None
 
 
-def cache_key(kind: str, **parts: Any) -> str:
-    """Stable key of a step from the JSON of its determining parts and the code version."""
-    blob = json.dumps({"kind": kind, "code": code_version(), **parts}, sort_keys=True, default=str)
+@lru_cache(maxsize=None)
+def code_version(*modules: str) -> str:
+    """Hash of the code that computes a step: ``modules`` and every ``nash_core`` module they
+    import, transitively, compared as syntax trees without docstrings.
+
+    So a comment, docstring or formatting change recomputes nothing, a change to the maths
+    recomputes exactly the steps that run it, and tasks/flows (orchestration, logging) never
+    invalidate results.
+    """
+    seen: dict[str, str] = {}
+    todo = list(modules)
+    while todo:
+        name = todo.pop()
+        path = _module_file(name)
+        if name in seen or path is None:
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        todo += sorted(_imports(tree))
+        seen[name] = ast.dump(_strip_docstrings(tree))
+    blob = json.dumps(seen, sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def cache_key(kind: str, code: tuple[str, ...], **parts: Any) -> str:
+    """Stable key of a step from the JSON of its determining parts and its code version."""
+    blob = json.dumps({"kind": kind, "code": code_version(*code), **parts}, sort_keys=True,
+                      default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

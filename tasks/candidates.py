@@ -84,8 +84,9 @@ def log_candidate(ctx: SweepContext, spec: CandidateSpec, model: StepResult,
     files = Path(ctx.workdir) / "sweeps" / ctx.sweep_run_id / spec.label
     single = atomic_write_json(files / "benchmark.json", {
         **{k: v for k, v in report.items() if k != "models"}, "model": bench_model})
-    tracking.log_files(client, run_id, [single, Path(evaluation.meta["eval_dir"]) / "metrics.json",
-                                        Path(evaluation.meta["eval_dir"]) / "predictions_sample.csv"])
+    eval_dir = Path(evaluation.meta["eval_dir"])
+    tracking.log_files(client, run_id, [single, eval_dir / "metrics.json",
+                                        eval_dir / "predictions_sample.csv"])
     picture = _mask_picture(config, files / "mask.png", spec.label)
     if picture:
         tracking.log_files(client, run_id, [picture])

@@ -1,4 +1,4 @@
-"""Prefect tasks that measure models: the same evaluation and benchmark for teacher and candidates."""
+"""Prefect tasks that measure models: one evaluation and one benchmark protocol for all."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ def evaluate(ctx: SweepContext, data: StepResult, model: StepResult,
     from nash_core.evaluate import evaluate_model
 
     cfg = ctx.cfg
-    key = cache_key("eval", model=model.key, data=data.meta["fingerprint"],
+    key = cache_key("eval", ("nash_core.evaluate",), model=model.key, data=data.meta["fingerprint"],
                     sections=cfg.section_hash("evaluation", "data.source_prefix",
                                               "data.max_source_length", "experiment.seed"),
                     teacher=teacher_eval.key if teacher_eval else None)
@@ -54,7 +54,7 @@ def benchmark(ctx: SweepContext, data: StepResult, models: list[StepResult],
     cfg = ctx.cfg
     device = pick_device(cfg.experiment.device)
     hardware = hardware_fingerprint(device, cfg.benchmark.dtype, name=cfg.benchmark.hardware_name)
-    key = cache_key("bench", models=[m.key for m in models], names=names,
+    key = cache_key("bench", ("nash_core.benchmark",), models=[m.key for m in models], names=names,
                     data=data.meta["fingerprint"],
                     sections=cfg.section_hash("benchmark", "evaluation", "data.source_prefix",
                                               "data.max_source_length"),

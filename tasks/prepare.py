@@ -33,7 +33,8 @@ def prepare_data(ctx: SweepContext) -> StepResult:
     from nash_core.data import prepare_splits, splits_fingerprint
 
     cfg = ctx.cfg
-    key = cache_key("data", data=cfg.section_hash("data"), files=_local_file_stamps(ctx))
+    key = cache_key("data", ("nash_core.data",), data=cfg.section_hash("data"),
+                    files=_local_file_stamps(ctx))
 
     def compute(rdir: Path) -> dict:
         splits = prepare_splits(cfg.data, Path(ctx.workdir) / "data")
@@ -53,8 +54,8 @@ def prepare_base(ctx: SweepContext, data: StepResult) -> StepResult:
     from nash_core.config import ConfigError, check_decoder_layers
 
     cfg = ctx.cfg
-    key = cache_key("base", model=cfg.section_hash("model", "experiment.seed"),
-                    data=data.meta["fingerprint"])
+    key = cache_key("base", ("nash_core.base_model",), data=data.meta["fingerprint"],
+                    model=cfg.section_hash("model", "experiment.seed"))
 
     def compute(rdir: Path) -> dict:
         info = build(cfg.model, data.meta["splits"], Path(ctx.workdir) / "models",
@@ -85,14 +86,15 @@ def get_teacher(ctx: SweepContext, data: StepResult, base: StepResult,
     if cfg.teacher.path:
         fp = fingerprint_base(cfg.model.model_copy(update={"base": cfg.teacher.path}),
                               cfg.teacher.path)
-        key = cache_key("teacher-given", fingerprint=fp)
+        key = cache_key("teacher-given", ("nash_core.base_model",), fingerprint=fp)
         res = run_cached(ctx.workdir, "teacher", key,
                          lambda rdir: {"model_dir": str(Path(cfg.teacher.path).resolve()),
                                        "trained": False})
         tracking.set_tags(client, spec.run_id, {"nash.teacher_source": cfg.teacher.path})
         return res
 
-    key = cache_key("teacher", base=base.meta["fingerprint"], data=data.meta["fingerprint"],
+    key = cache_key("teacher", ("nash_core.teacher",), base=base.meta["fingerprint"],
+                    data=data.meta["fingerprint"],
                     sections=cfg.section_hash("data", "teacher", "experiment.seed"))
 
     def compute(rdir: Path) -> dict:

@@ -17,6 +17,7 @@ from tasks import tracking
 from tasks.cache import StepResult, cache_key, run_cached
 from tasks.context import CandidateSpec, SweepContext
 
+PRUNE = ("nash_core.prune",)  # the code these steps run (tasks/cache.py: code_version)
 #: Config sections every training step of an arm depends on (tokenisation, seed).
 _TRAINING = ("data.source_prefix", "data.max_source_length", "data.max_target_length",
              "experiment.seed")
@@ -43,10 +44,10 @@ def prune_stage(ctx: SweepContext, spec: CandidateSpec, data: StepResult, teache
     arm = cfg.pruning.arms[spec.arm_index]
     prev_target = arm.targets[spec.stage - 2] if spec.stage > 1 else 0.0
     target = spec.target or 0.0
-    key = cache_key("stage", teacher=teacher.key, previous=previous.key if previous else None,
-                    arm=_arm_identity(ctx, spec), prev_target=prev_target, target=target,
-                    data=data.meta["fingerprint"], sections=cfg.section_hash("pruning.stage",
-                                                                             *_TRAINING))
+    key = cache_key("stage", PRUNE, teacher=teacher.key,
+                    previous=previous.key if previous else None, arm=_arm_identity(ctx, spec),
+                    prev_target=prev_target, target=target, data=data.meta["fingerprint"],
+                    sections=cfg.section_hash("pruning.stage", *_TRAINING))
 
     def compute(rdir: Path) -> dict:
         out = run_stage(teacher.meta["model_dir"], previous.meta["model_dir"] if previous else None,
@@ -67,7 +68,7 @@ def materialize(ctx: SweepContext, spec: CandidateSpec, stage: StepResult) -> St
     def compute(rdir: Path) -> dict:
         return {"model_dir": str(materialize_stage(stage.meta["model_dir"], rdir / "export"))}
 
-    return run_cached(ctx.workdir, "export", cache_key("export", stage=stage.key), compute)
+    return run_cached(ctx.workdir, "export", cache_key("export", PRUNE, stage=stage.key), compute)
 
 
 @task(name="finetune", cache_policy=NO_CACHE, task_run_name="finetune-{spec.label}")
@@ -79,7 +80,7 @@ def finetune(ctx: SweepContext, spec: CandidateSpec, data: StepResult, teacher: 
     cfg = ctx.cfg
     if not cfg.finetune.enabled:
         return export
-    key = cache_key("finetune", export=export.key, teacher=teacher.key,
+    key = cache_key("finetune", PRUNE, export=export.key, teacher=teacher.key,
                     data=data.meta["fingerprint"], sections=cfg.section_hash("finetune",
                                                                              *_TRAINING))
 

@@ -27,7 +27,8 @@ class Seq2SeqSummarizer(PythonModel):
         self.max_source_length = cfg.pop("max_source_length", None)
         self.eval_cfg = EvaluationConfig(**cfg.pop("evaluation", {}))
         self.device = pick_device(cfg.pop("device", "auto"))
-        self.model, self.tokenizer = load_seq2seq(context.artifacts["model_dir"], device=self.device)
+        self.model, self.tokenizer = load_seq2seq(context.artifacts["model_dir"],
+                                                  device=self.device)
 
     def predict(self, context, model_input, params=None):
         from nash_core.evaluate import generate

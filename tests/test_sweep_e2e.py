@@ -23,8 +23,8 @@ from mlflow.tracking import MlflowClient
 
 pytestmark = pytest.mark.slow
 
-DRIVER = ("import json, sys; from flows.sweep import run_sweep; "
-          "print('RESULT ' + json.dumps(run_sweep('configs/smoke.yaml', sys.argv[2:], sys.argv[1])))")
+DRIVER = ("import json, sys; from flows.sweep import run_sweep; print('RESULT ' + "
+          "json.dumps(run_sweep('configs/smoke.yaml', sys.argv[2:], sys.argv[1])))")
 REPO = Path(__file__).resolve().parent.parent
 METRICS = ("rougeL", "rouge1", "rouge2", "rougeLsum", "rougeL_retention", "rougeL_delta_ci_low",
            "rougeL_delta_ci_high", "latency_p50_ms", "latency_p90_ms", "speedup", "tokens_per_s",

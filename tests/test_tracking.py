@@ -77,16 +77,44 @@ def test_run_cached_computes_once_and_resumes_unfinished(tmp_path):
         (rdir / "out.txt").write_text("result")
         return {"file": "out.txt"}
 
-    key = cache_key("step", a=1)
-    assert key == cache_key("step", a=1) != cache_key("step", a=2) != cache_key("other", a=1)
+    code = ("nash_core.io",)
+    key = cache_key("step", code, a=1)
+    assert key == cache_key("step", code, a=1) != cache_key("step", code, a=2)
+    assert key != cache_key("other", code, a=1) != cache_key("step", ("nash_core.data",), a=1)
     first = run_cached(tmp_path, "step", key, compute)
     again = run_cached(tmp_path, "step", key, compute)
     assert (first.cached, again.cached, len(calls)) == (False, True, 1)
     assert again.meta == {"file": "out.txt"} and again.path == first.path
 
-    unfinished = tmp_path / "runs" / f"step-{cache_key('step', a=3)}"
+    unfinished = tmp_path / "runs" / f"step-{cache_key('step', code, a=3)}"
     unfinished.mkdir(parents=True)
     (unfinished / "checkpoint").write_text("half")  # a crashed run left this, no marker
-    res = run_cached(tmp_path, "step", cache_key("step", a=3), compute)
+    res = run_cached(tmp_path, "step", cache_key("step", code, a=3), compute)
     assert not res.cached and (unfinished / "checkpoint").exists()
     assert json.loads((unfinished / "_done.json").read_text())["meta"] == {"file": "out.txt"}
+
+
+def test_code_version_follows_imports_and_ignores_docstrings(tmp_path, monkeypatch):
+    import nash_core
+    from tasks import cache
+
+    pkg = tmp_path / "nash_core"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a.py").write_text('"""Doc."""\ndef f():\n    from nash_core.b import g\n    return g()\n')
+    (pkg / "b.py").write_text("def g():\n    return 1\n")
+    (pkg / "c.py").write_text("X = 1\n")
+    monkeypatch.setattr(nash_core, "__file__", str(pkg / "__init__.py"))
+
+    def version():
+        cache.code_version.cache_clear()
+        return cache.code_version("nash_core.a")
+
+    v0 = version()
+    (pkg / "a.py").write_text('"""Other doc."""\n# comment\ndef f():\n    from nash_core.b import g'
+                              '\n\n    return g()\n')
+    (pkg / "c.py").write_text("X = 2\n")  # not imported by a
+    assert version() == v0
+    (pkg / "b.py").write_text("def g():\n    return 2\n")  # lazily imported maths changed
+    assert version() != v0
+    cache.code_version.cache_clear()
