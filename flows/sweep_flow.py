@@ -27,10 +27,10 @@ from nash_core.runtime import set_threads
 from tasks.cache import StepResult
 from tasks.candidates import log_candidate
 from tasks.champion import register, select_champion
+from tasks.context import CandidateSpec
 from tasks.measure import benchmark, evaluate
 from tasks.prepare import get_teacher, prepare_base, prepare_data
 from tasks.prune import finetune, materialize, prune_stage
-from tasks.context import CandidateSpec
 from tasks.registry import serving_config
 from tasks.sweep_runs import close_sweep, open_sweep
 

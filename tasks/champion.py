@@ -18,9 +18,9 @@ from nash_core.io import atomic_write_text
 from nash_core.report import pareto_plot, to_markdown, tradeoff_table, write_tradeoff
 from nash_core.selection import Decision, choose_champion, latency_column, pareto_frontier
 from tasks import tracking
+from tasks.context import SweepContext
 from tasks.registry import register_champion
 from tasks.retry import transient_retries
-from tasks.context import SweepContext
 
 QUALITY = "rougeL"
 _COLUMNS = {"run_id": "run_id", f"tags.{tracking.LABEL}": "label",
