@@ -35,9 +35,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads (default: experiment.torch_threads)")
     parser.add_argument("--json", default=None, help="also write the results here")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
+                        help="config override, as for `nash run` (try other recipes)")
     args = parser.parse_args(argv)
 
-    cfg = load_config(args.config)
+    cfg = load_config(args.config, args.set)
     threads = args.threads or cfg.experiment.torch_threads
     if args.threads:
         cfg.experiment.torch_threads = args.threads
