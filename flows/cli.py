@@ -127,12 +127,8 @@ def cmd_deploy(args) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, stop)
-    try:
-        deploy(str(args.config), list(args.set or []), args.cron, args.name, str(workdir),
-               watch=args.watch, start_server=args.start_server)
-    except KeyboardInterrupt:
-        print("stopped serving; the deployment stays registered on the server (runs are only "
-              "executed while something serves it)")
+    deploy(str(args.config), list(args.set or []), args.cron, args.name, str(workdir),
+           watch=args.watch, start_server=args.start_server)
     return 0
 
 

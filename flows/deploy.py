@@ -7,7 +7,9 @@ Cloud). Without one, ``nash deploy`` refuses and prints the commands to start a 
 to stop it. A schedule that silently never runs is the failure this module exists to prevent.
 
 This process then serves the deployment (Prefect's ``serve``): it polls the server for scheduled
-runs and executes them in subprocesses until it gets Ctrl-C / SIGTERM. Teams with work pools
+runs and executes them in subprocesses until it gets Ctrl-C / SIGTERM; on the way out Prefect
+cancels the runs in flight (training steps checkpoint on SIGTERM, so the next run resumes them)
+and pauses the schedule, so runs do not pile up as "Late" while nothing serves them. Teams with work pools
 use ``prefect.yaml`` and ``prefect deploy`` instead (README, "Scaling out").
 """
 
@@ -103,8 +105,16 @@ def deploy(config_path: str, overrides: list[str], cron: str, name: str | None, 
         name=name, cron=cron, parameters=params, tags=["nash", cfg.experiment.name],
         description=f"{target.name} of {config_path} on cron '{cron}'")
     print(f"serving deployment '{target.name}/{name}' on cron '{cron}' against {url} "
-          "(Ctrl-C stops serving; the deployment stays registered)")
-    serve(deployment, print_starting_message=False)
+          "(Ctrl-C or SIGTERM stops serving)")
+    try:
+        # Prefect's runner handles SIGTERM itself (cancels in-flight runs, pauses the schedule)
+        # and returns; Ctrl-C, and SIGTERM before the runner starts, arrive as KeyboardInterrupt.
+        serve(deployment, print_starting_message=False)
+    except KeyboardInterrupt:
+        pass
+    print(f"stopped serving; the deployment '{target.name}/{name}' stays registered with its "
+          "schedule paused (no run starts while nothing serves it); run the same `nash deploy` "
+          "again to resume it")
 
 
 def _check_cron(cron: str) -> None:

@@ -13,6 +13,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from mlflow.tracking import MlflowClient
 
 from sweep_tiny import BIN, REPO, TINY, clean_env, with_overrides
 
@@ -23,9 +24,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _api(url: str, path: str, body: dict | None = None):
-    req = urllib.request.Request(url + path, data=json.dumps(body or {}).encode(),
-                                 headers={"Content-Type": "application/json"}, method="POST")
+def _api(url: str, path: str, body: dict | None = None, method: str = "POST"):
+    data = json.dumps(body or {}).encode() if method == "POST" else None
+    req = urllib.request.Request(url + path, data=data, method=method,
+                                 headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=10) as r:
         return json.loads(r.read())
 
@@ -72,7 +74,7 @@ def test_scheduled_sweep_runs_on_a_real_server(tmp_path):
         [BIN / "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port), "--no-ui"],
         env={**env, "PREFECT_API_URL": ""}, stdout=open(logs / "server.log", "w"),
         stderr=subprocess.STDOUT, start_new_session=True)
-    serving = None
+    serving = dep = paused = code = None
     try:
         _wait(lambda: _healthy(url), 120, "the Prefect server's /health")
         cmd = [BIN / "nash", "deploy", "configs/smoke.yaml", "--cron", "* * * * *",
@@ -96,9 +98,13 @@ def test_scheduled_sweep_runs_on_a_real_server(tmp_path):
             assert not bad, (logs / "serve.log").read_text()[-3000:]
             return [r for r in runs if r["state_type"] == "COMPLETED"]
 
-        done = _wait(finished_run, 420, "a scheduled run to complete", every=5)
+        done = _wait(finished_run, 420, "a scheduled run to complete")
         assert done[0]["auto_scheduled"] is True
-        assert (tmp_path / "work" / "mlflow.db").exists()
+        client = MlflowClient(f"sqlite:///{tmp_path / 'work' / 'mlflow.db'}")
+        sweeps = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                                    "tags.`nash.kind` = 'sweep'")
+        assert [r.info.status for r in sweeps] == ["FINISHED"]
+        assert sweeps[0].data.tags["prefect.flow_run_id"] == done[0]["id"]
     finally:
         if serving is not None:
             serving.send_signal(signal.SIGTERM)
@@ -107,10 +113,13 @@ def test_scheduled_sweep_runs_on_a_real_server(tmp_path):
             except subprocess.TimeoutExpired:
                 serving.kill()
                 code = "hung"
+        if dep is not None:
+            paused = _api(url, f"/deployments/{dep['id']}", method="GET")["paused"]
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
     assert code == 0, (logs / "serve.log").read_text()[-3000:]
     assert "stopped serving" in (logs / "serve.log").read_text()
+    assert paused is True, "stopping the serving process pauses the schedule"
 
 
 def _healthy(url: str) -> bool:
