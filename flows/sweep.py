@@ -42,7 +42,14 @@ def run_sweep(config_path: str, overrides: list[str], workdir: str) -> dict:
     cfg = load_config(config_path, overrides)  # a bad config fails before anything starts
     Path(workdir).mkdir(parents=True, exist_ok=True)
     prepare_environment(workdir)
-    from flows.sweep_flow import make_task_runner, sweep_flow
+    from tasks.preflight import preflight
 
-    return sweep_flow.with_options(task_runner=make_task_runner(cfg))(
-        str(config_path), list(overrides), str(Path(workdir).resolve()))
+    preflight(cfg, workdir)  # bad data / model / store / disk: fails here, before Prefect starts
+    from flows.sweep_flow import make_task_runner, sweep_flow
+    from nash_core.runtime import stop_on_signals
+
+    # SIGINT/SIGTERM: training in Prefect's worker threads checkpoints at its next step and
+    # stops, no new step starts, the runs are closed FAILED; KeyboardInterrupt reaches the CLI.
+    with stop_on_signals():
+        return sweep_flow.with_options(task_runner=make_task_runner(cfg))(
+            str(config_path), list(overrides), str(Path(workdir).resolve()))

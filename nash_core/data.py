@@ -107,6 +107,9 @@ def _load_local(cfg: DataConfig, what: str) -> dict[str, Any]:
                             f"of {sorted(FORMATS)}")
         if not path.is_file():
             raise DataError(f"data.files.{split}: file '{name}' does not exist")
+        if path.stat().st_size == 0:  # datasets' own error for this is a bare StopIteration
+            raise DataError(f"data.files.{split}: file '{name}' is empty (0 rows); the split "
+                            "needs at least one row")
         try:
             out[split] = datasets.load_dataset(fmt, data_files=str(path), split="train")
         except Exception as exc:

@@ -13,7 +13,9 @@ result is a pickle of a path that may no longer exist. Here the cache is the fil
 - a step writes into its directory and commits by writing ``_done.json`` atomically, last; a
   directory without the marker is unfinished, and re-running the step re-enters it, so the
   training loop's own checkpoints there let it resume instead of restarting;
-- a per-directory file lock makes two sweeps on one workdir compute a step once.
+- a per-directory file lock makes two sweeps on one workdir compute a step once;
+- once a stop was requested (SIGINT/SIGTERM, :func:`nash_core.runtime.stop_requested`) no new
+  step starts: finished results are still returned, anything else raises KeyboardInterrupt.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from pydantic import BaseModel
 
 import nash_core
 from nash_core.io import atomic_write_json, read_json
+from nash_core.runtime import stop_requested
 
 DONE = "_done.json"
 
@@ -110,6 +113,16 @@ def cache_key(kind: str, code: tuple[str, ...], **parts: Any) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def resumable_checkpoints(rdir: Path) -> dict[str, int]:
+    """Training checkpoints an interrupted attempt left in ``rdir`` (relative path -> step).
+
+    Recorded in the done-marker as ``resumed_from``, so a crash and its resume are visible
+    afterwards (empty for a step computed in one go).
+    """
+    return {str(p.parent.relative_to(rdir)): read_json(p)["step"]
+            for p in sorted(rdir.rglob("checkpoint/state.json"))}
+
+
 def run_cached(workdir: str | Path, kind: str, key: str,
                compute: Callable[[Path], dict[str, Any]]) -> StepResult:
     """Return the finished result for ``key``, or run ``compute(result_dir) -> meta`` once.
@@ -126,9 +139,13 @@ def run_cached(workdir: str | Path, kind: str, key: str,
             done = read_json(marker)
             return StepResult(kind=kind, key=key, path=str(rdir), meta=done["meta"], cached=True,
                               seconds=done["seconds"])
+        if stop_requested():
+            raise KeyboardInterrupt(f"{stop_requested()} received: not starting {kind}-{key}")
+        resumed = resumable_checkpoints(rdir)
         start = time.perf_counter()
         meta = compute(rdir)
         seconds = round(time.perf_counter() - start, 3)
         atomic_write_json(marker, {"kind": kind, "key": key, "meta": meta, "seconds": seconds,
+                                   "resumed_from": resumed,
                                    "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     return StepResult(kind=kind, key=key, path=str(rdir), meta=meta, cached=False, seconds=seconds)

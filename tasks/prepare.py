@@ -13,34 +13,15 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks import tracking
 from tasks.cache import StepResult, cache_key, run_cached
-from tasks.context import CandidateSpec, SweepContext
+from tasks.context import GPU_TAG, CandidateSpec, SweepContext
+from tasks.preflight import base_step, data_step
 from tasks.retry import transient_retries
-
-
-def _local_file_stamps(ctx: SweepContext) -> dict:
-    """Size and mtime of local data files: their content can change under an unchanged config."""
-    stamps = {}
-    for split, f in (ctx.cfg.data.files or {}).items():
-        p = Path(f)
-        st = p.stat() if p.is_file() else None
-        stamps[split] = [str(p.resolve()), st.st_size, st.st_mtime_ns] if st else str(p)
-    return stamps
 
 
 @task(name="prepare-data", cache_policy=NO_CACHE, **transient_retries())
 def prepare_data(ctx: SweepContext) -> StepResult:
-    """Validated train/validation/test splits; ``meta.fingerprint`` is their content hash."""
-    from nash_core.data import prepare_splits, splits_fingerprint
-
-    cfg = ctx.cfg
-    key = cache_key("data", ("nash_core.data",), data=cfg.section_hash("data"),
-                    files=_local_file_stamps(ctx))
-
-    def compute(rdir: Path) -> dict:
-        splits = prepare_splits(cfg.data, Path(ctx.workdir) / "data")
-        return {"splits": str(splits), "fingerprint": splits_fingerprint(splits)}
-
-    res = run_cached(ctx.workdir, "data", key, compute)
+    """:func:`data_step`, recorded on the sweep run."""
+    res = data_step(ctx.cfg, ctx.workdir)
     tracking.set_tags(tracking.make_client(ctx.tracking_uri), ctx.sweep_run_id,
                       {"nash.data_fingerprint": res.meta["fingerprint"],
                        "nash.data_splits": res.meta["splits"]})
@@ -49,24 +30,9 @@ def prepare_data(ctx: SweepContext) -> StepResult:
 
 @task(name="prepare-base", cache_policy=NO_CACHE, **transient_retries())
 def prepare_base(ctx: SweepContext, data: StepResult) -> StepResult:
-    """The base model (demo: built here; hub/local: checked) and its content fingerprint."""
-    from nash_core.base_model import prepare_base as build
-    from nash_core.config import ConfigError, check_decoder_layers
-
+    """:func:`base_step`, recorded on the sweep run."""
     cfg = ctx.cfg
-    key = cache_key("base", ("nash_core.base_model",), data=data.meta["fingerprint"],
-                    model=cfg.section_hash("model", "experiment.seed"))
-
-    def compute(rdir: Path) -> dict:
-        info = build(cfg.model, data.meta["splits"], Path(ctx.workdir) / "models",
-                     data_cfg=cfg.data, seed=cfg.experiment.seed)
-        return info.to_dict()
-
-    res = run_cached(ctx.workdir, "base", key, compute)
-    try:
-        check_decoder_layers(cfg, res.meta["num_decoder_layers"])
-    except ValueError as exc:
-        raise ConfigError("config", [str(exc)]) from None
+    res = base_step(cfg, ctx.workdir, data)
     tracking.set_tags(tracking.make_client(ctx.tracking_uri), ctx.sweep_run_id, {
         "nash.base_model": cfg.model.base, "nash.base_revision": res.meta["revision"],
         "nash.base_fingerprint": res.meta["fingerprint"],
@@ -74,12 +40,12 @@ def prepare_base(ctx: SweepContext, data: StepResult) -> StepResult:
     return res
 
 
-@task(name="teacher", cache_policy=NO_CACHE)
+@task(name="teacher", cache_policy=NO_CACHE, tags=[GPU_TAG])
 def get_teacher(ctx: SweepContext, data: StepResult, base: StepResult,
                 spec: CandidateSpec) -> StepResult:
     """Train the teacher (curves live on its MLflow run), or take ``teacher.path`` as it is."""
-    from nash_core.base_model import BaseInfo, fingerprint_base
-    from nash_core.teacher import train_teacher
+    from nash_core.base_model import fingerprint_base
+    from nash_core.launch import run_step
 
     cfg = ctx.cfg
     client = tracking.make_client(ctx.tracking_uri)
@@ -99,8 +65,8 @@ def get_teacher(ctx: SweepContext, data: StepResult, base: StepResult,
 
     def compute(rdir: Path) -> dict:
         curve = tracking.CurveLogger(client, spec.run_id, "train", rdir / "curve.jsonl")
-        out = train_teacher(cfg, data.meta["splits"], BaseInfo(**base.meta), rdir / "model",
-                            callback=curve)
+        out = run_step("teacher", cfg, {"splits_dir": data.meta["splits"], "base_info": base.meta,
+                                        "out_dir": str(rdir / "model")}, callback=curve)
         return {"model_dir": str(out), "trained": True, "curves": {"train": "curve.jsonl"}}
 
     return run_cached(ctx.workdir, "teacher", key, compute)

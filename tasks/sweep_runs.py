@@ -16,7 +16,7 @@ from prefect.logging import get_run_logger
 
 from nash_core.config import NashConfig
 from nash_core.io import atomic_write_text
-from tasks import tracking
+from tasks import liveness, tracking
 from tasks.context import TEACHER_LABEL, CandidateSpec, SweepContext, arm_candidates
 from tasks.retry import transient_retries
 
@@ -45,11 +45,17 @@ def open_sweep(config: dict, workdir: str, config_path: str, flow_run_id: str | 
         "nash.config_path": config_path, "nash.git_commit": tracking.git_commit(),
         "prefect.flow_run_id": flow_run_id, "prefect.flow_run_name": flow_run_name,
         "mlflow.note.content": f"NASH sweep of config '{cfg.experiment.name}' "
-                               f"(Prefect flow run {flow_run_name or '-'})"},
+                               f"(Prefect flow run {flow_run_name or '-'})",
+        **liveness.identity(workdir)},
         params=tracking.flatten(cfg.model_dump(mode="json")))
     ctx = SweepContext(workdir=str(Path(workdir).resolve()), config=cfg.model_dump(mode="json"),
                        tracking_uri=uri, experiment_id=exp_id, sweep_run_id=parent,
                        flow_run_id=flow_run_id, flow_run_name=flow_run_name)
+    liveness.hold(sweep_dir(ctx), parent)  # until close_sweep, or until this process dies
+    abandoned = liveness.fail_abandoned(client, workdir, parent)
+    if abandoned:
+        get_run_logger().warning("marked the runs of dead sweep(s) %s FAILED; this sweep reuses "
+                                 "their finished steps", ", ".join(abandoned))
     resolved = atomic_write_text(sweep_dir(ctx) / "config.yaml",
                                  yaml.safe_dump(ctx.config, sort_keys=False))
     client.log_artifact(parent, str(resolved))
@@ -83,3 +89,4 @@ def close_sweep(ctx: SweepContext, specs: list[CandidateSpec], ok: bool) -> None
     for run_id in [s.run_id for s in specs] + [ctx.sweep_run_id]:
         if client.get_run(run_id).info.status == "RUNNING":
             tracking.finish_run(client, run_id, ok)
+    liveness.release(ctx.sweep_run_id)

@@ -32,6 +32,7 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 
 from nash_core.config import NashConfig  # noqa: E402
 from nash_core.errors import TrackingError  # noqa: E402
+from nash_core.io import atomic_write_text  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -178,6 +179,11 @@ class CurveLogger:
     (kept with the cached result, so a cache hit can replay it) and logs it live as step
     metrics ``<phase>/<name>``. A tracking hiccup is logged and skipped: it must never stop
     training.
+
+    Resuming after a crash: the records of the interrupted attempt are already in the file, so
+    they are replayed into this run (its curve is whole), and records the resumed loop emits
+    again -- the steps between its last checkpoint and the crash, identical since resuming is
+    exact -- are dropped instead of being logged twice.
     """
 
     def __init__(self, client: MlflowClient | None, run_id: str | None, phase: str,
@@ -185,10 +191,23 @@ class CurveLogger:
         self.client, self.run_id, self.phase = client, run_id, phase
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        earlier = read_curve(self.path)
+        if earlier:  # rewrite without a line a crash cut short, so appends start on a new line
+            atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in earlier))
+        self._seen = {self._identity(r) for r in earlier}
+        if earlier and client is not None and run_id:
+            replay_curve(client, run_id, phase, self.path)
+
+    @staticmethod
+    def _identity(record: dict) -> tuple:
+        return record["step"], tuple(sorted(k for k in record if k != "step"))
 
     def __call__(self, step: int, metrics: dict) -> None:
         record = {"step": int(step), **{k: v for k, v in metrics.items()
                                         if isinstance(v, (int, float)) and not isinstance(v, bool)}}
+        if self._identity(record) in self._seen:
+            return
+        self._seen.add(self._identity(record))
         with self.path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
         if self.client is not None and self.run_id:
@@ -202,10 +221,17 @@ class CurveLogger:
 
 
 def read_curve(path: str | Path) -> list[dict]:
+    """The records of a curve file; a last line cut short by a crash is skipped."""
     p = Path(path)
     if not p.is_file():
         return []
-    return [json.loads(line) for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+    records = []
+    for line in p.read_text(encoding="utf-8").splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
 
 
 def replay_curve(client: MlflowClient, run_id: str, phase: str, path: str | Path) -> int:
