@@ -139,13 +139,12 @@ def cmd_watch(args) -> int:
     from flows.sweep import prepare_environment
 
     prepare_environment(workdir)
-    from flows.watch import watch_flow
+    from flows.watch import describe, watch_flow
 
     result = watch_flow(str(args.config), list(args.set or []), str(workdir))
-    if result.get("changed"):
-        champ = (result.get("sweep") or {}).get("champion")
-        if champ:
-            print(f"champion: {champ}")
+    print(describe(result))
+    if result["sweep"]:
+        print(f"champion: {result['sweep']['champion']}")
     return 0
 
 

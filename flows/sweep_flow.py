@@ -50,15 +50,38 @@ def make_task_runner(cfg: NashConfig):
 
     ``threads``: a thread pool of ``experiment.max_concurrent_arms`` workers (tasks are
     submitted in dependency order, so a worker waits only on work that already started);
-    ``sequential``: the same with one worker. Dask / Ray are not wired yet.
+    ``sequential``: the same with one worker;
+    ``dask``: prefect-dask on the scheduler at ``experiment.dask_address``, else on a local
+    cluster of ``experiment.dask_workers`` single-threaded worker processes;
+    ``ray``: prefect-ray on a local Ray instance, or the cluster ``RAY_ADDRESS`` names.
+    Tasks get only small picklable arguments (paths, configs) and write through MlflowClient
+    with explicit run ids, so a worker process -- on this machine or another -- needs only the
+    same workdir path (shared storage) and a tracking URI every worker reaches.
     """
-    kind = cfg.experiment.task_runner
-    if kind == "threads":
-        return ThreadPoolTaskRunner(max_workers=cfg.experiment.max_concurrent_arms)
-    if kind == "sequential":
+    exp = cfg.experiment
+    if exp.task_runner == "threads":
+        return ThreadPoolTaskRunner(max_workers=exp.max_concurrent_arms)
+    if exp.task_runner == "sequential":
         return ThreadPoolTaskRunner(max_workers=1)
-    raise NashError(f"experiment.task_runner '{kind}' is not available yet; use 'threads' "
-                    "(with experiment.max_concurrent_arms) or 'sequential'")
+    if exp.task_runner == "dask":
+        runner = _optional_runner("prefect_dask", "DaskTaskRunner", "dask")
+        if exp.dask_address:
+            return runner(address=exp.dask_address)
+        return runner(cluster_kwargs={"n_workers": exp.dask_workers, "threads_per_worker": 1,
+                                      "processes": True, "dashboard_address": None})
+    return _optional_runner("prefect_ray", "RayTaskRunner", "ray")()
+
+
+def _optional_runner(module: str, name: str, extra: str):
+    """A task runner class from an optional extra, or a NashError saying how to install it."""
+    import importlib
+
+    try:
+        return getattr(importlib.import_module(module), name)
+    except ImportError:
+        raise NashError(f"experiment.task_runner '{extra}' needs {module.replace('_', '-')}, which "
+                        f"is not installed: pip install 'nash-pipeline[{extra}]' (or set "
+                        "experiment.task_runner to 'threads')") from None
 
 
 @flow(name="nash-sweep", log_prints=True)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from prefect import flow
+from prefect import flow, get_run_logger
 
 from flows.sweep_flow import sweep_flow
 from nash_core.config import NashConfig, load_config
@@ -55,13 +55,23 @@ def champion_fingerprint(cfg: NashConfig, workdir: str | Path) -> str | None:
 
 @flow(name="nash-watch", log_prints=True)
 def watch_flow(config_path: str, overrides: list[str], workdir: str) -> dict:
-    """Run the sweep only if the base model's fingerprint differs from the champion's."""
+    """Run the sweep only if the base model's fingerprint differs from the champion's.
+
+    Returns ``{"changed", "previous", "fingerprint", "sweep"}`` (``sweep``: the sweep's summary,
+    None when unchanged); :func:`describe` turns it into the line ``nash watch`` prints.
+    """
     cfg = load_config(config_path, overrides)
     new = base_fingerprint(cfg, workdir)
     old = champion_fingerprint(cfg, workdir)
-    if old == new:
-        print(f"unchanged: {new}")
-        return {"changed": False, "fingerprint": new}
-    print(f"changed: {old or '<no champion>'} -> {new}")
-    summary = sweep_flow(config_path, overrides, workdir)
-    return {"changed": True, "previous": old, "fingerprint": new, "sweep": summary}
+    result = {"changed": old != new, "previous": old, "fingerprint": new, "sweep": None}
+    get_run_logger().info(describe(result))
+    if result["changed"]:
+        result["sweep"] = sweep_flow(config_path, overrides, workdir)
+    return result
+
+
+def describe(result: dict) -> str:
+    """``unchanged: FP`` or ``changed: OLD -> NEW`` (``<no champion>`` before the first sweep)."""
+    if not result["changed"]:
+        return f"unchanged: {result['fingerprint']}"
+    return f"changed: {result['previous'] or '<no champion>'} -> {result['fingerprint']}"

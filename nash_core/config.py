@@ -45,6 +45,9 @@ class ExperimentConfig(_Section):
     max_concurrent_arms: int = Field(1, ge=1, description="Arms trained at the same time.")
     dask_address: str | None = Field(None, description="Existing Dask scheduler; default a local cluster.")
     dask_workers: int = Field(2, ge=1)
+    train_processes: int = Field(
+        1, ge=1, description="Data-parallel processes (one per GPU) for each training step "
+                             "(teacher, pruning stage, fine-tune); > 1 runs it under torchrun.")
 
 
 # --------------------------------------------------------------------------- data

@@ -27,6 +27,7 @@ from torch import nn
 
 from nash_core.adapters import get_adapter
 from nash_core.config import ArmConfig, DataConfig, DistillConfig, FinetuneConfig, PruneStageConfig
+from nash_core.distributed import is_main_process
 from nash_core.distill import DistillHook
 from nash_core.export import load_exported, save_exported
 from nash_core.io import atomic_dir, atomic_write_json, read_json
@@ -126,6 +127,8 @@ def run_stage(teacher_dir: str | Path, init_dir: str | Path | None, arm: ArmConf
     work = _work_dir(out_dir)
     result = train_seq2seq(student, tokenizer, train_ds, val_ds, stage_cfg.train, work, hooks=hooks,
                            callback=callback, seed=seed, device=device)
+    if not is_main_process():  # a data-parallel rank > 0: rank 0 writes the stage directory
+        return out_dir
     on_target = result.best_dir is not None
     meta = {"method": arm.method, "arm": arm.label, "target": target, "prev_target": prev_target,
             "teacher": str(teacher_dir), "init_dir": str(init_dir) if init_dir else None,
@@ -193,6 +196,8 @@ def finetune(export_dir: str | Path, teacher_dir: str | Path, finetune_cfg: Fine
     work = _work_dir(out_dir)
     result = train_seq2seq(model, tokenizer, train_ds, val_ds, finetune_cfg.train, work, hooks=hooks,
                            callback=callback, seed=seed, device=device)
+    if not is_main_process():  # a data-parallel rank > 0: rank 0 writes the export
+        return out_dir
     best, _ = load_exported(result.best_dir)
     nash_meta = {k: v for k, v in read_json(Path(export_dir) / "config.json")["nash"].items()
                  if k != "shapes"}

@@ -11,7 +11,9 @@ accumulation, clipping of the model's parameters, bf16 autocast on CUDA (CPU tra
 optional frozen embeddings, periodic evaluation (validation loss, or ``eval_fn(model)`` returning
 a dict with a higher-is-better ``'score'``), the best checkpoint saved as a normal HF directory,
 periodic atomic checkpoints with exact resume, a NaN/inf guard, SIGINT/SIGTERM handling and a
-wall-clock limit.
+wall-clock limit. Under torchrun the same loop is data-parallel (:mod:`nash_core.distributed`:
+each rank trains on its share of every batch, gradients are averaged, rank 0 alone evaluates,
+writes and reports); in one process those calls do nothing.
 
 Hooks (:class:`TrainHook`) are how pruning plugs in without forking this loop. Subclass it and
 override what you need; every method has a do-nothing default:
@@ -45,8 +47,6 @@ import contextlib
 import json
 import math
 import random
-import signal
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,11 +57,12 @@ import torch
 from safetensors.torch import load_model, save_model
 from tqdm.auto import tqdm
 
+from nash_core import distributed
 from nash_core.config import TrainConfig
 from nash_core.data import Seq2SeqCollator
 from nash_core.errors import TrainingError
 from nash_core.io import atomic_dir, atomic_write_json, read_json
-from nash_core.runtime import progress_disabled
+from nash_core.runtime import progress_disabled, stop_on_signals, stop_requested
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -182,30 +183,6 @@ def _set_rng_state(state: dict) -> None:
 
 
 @contextlib.contextmanager
-def _stop_on_signals(flag: dict) -> Iterator[None]:
-    """Turn SIGINT/SIGTERM into ``flag['signal']`` (handled at the next step boundary).
-
-    A second signal interrupts at once. Only the main thread may install handlers; elsewhere
-    (e.g. a Prefect worker thread) signals keep their default behaviour.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum, frame):
-        if flag.get("signal"):
-            raise KeyboardInterrupt
-        flag["signal"] = signal.Signals(signum).name
-
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
-
-
-@contextlib.contextmanager
 def _frozen_embeddings(model, freeze: bool) -> Iterator[None]:
     params = {id(m.weight): m.weight for m in (model.get_input_embeddings(),
                                                  model.get_output_embeddings()) if m is not None}
@@ -308,6 +285,7 @@ def train_seq2seq(model, tokenizer, train_ds, val_ds, cfg: TrainConfig, out_dir:
         raise TrainingError("the training split is empty after tokenisation")
     steps = total_steps(cfg, len(train_ds))
     ckpt = _Checkpointer(out_dir)
+    main = distributed.is_main_process()  # the rank that writes and reports
     model.to(device)
 
     with _frozen_embeddings(model, cfg.freeze_embeddings):
@@ -322,7 +300,7 @@ def train_seq2seq(model, tokenizer, train_ds, val_ds, cfg: TrainConfig, out_dir:
         else:
             torch.manual_seed(seed)  # same dropout / mask noise for every fresh run
 
-        def evaluate(step: int) -> None:
+        def measure() -> dict:
             if eval_fn is not None:
                 was_training = model.training
                 model.eval()
@@ -337,30 +315,34 @@ def train_seq2seq(model, tokenizer, train_ds, val_ds, cfg: TrainConfig, out_dir:
                 metrics = {"val_loss": loss, "score": -loss}
             for hook in hooks:
                 metrics.update(hook.eval_metrics())
-            metrics = {k: float(v) for k, v in metrics.items()}
+            return {k: float(v) for k, v in metrics.items()}
+
+        def evaluate(step: int) -> None:
+            # rank 0 evaluates; every rank takes its numbers, so all keep the same best state
+            metrics = distributed.broadcast(measure() if main else None)
             eligible = all(h.is_eligible(metrics) for h in hooks)
             better = state["best_score"] is None or metrics["score"] > state["best_score"]
             if eligible and better:
                 state["best_score"], state["best_metrics"] = metrics["score"], {**metrics,
                                                                                  "step": step}
-                _save_best(model, tokenizer, hooks, state["best_metrics"], out_dir)
+                if main:
+                    _save_best(model, tokenizer, hooks, state["best_metrics"], out_dir)
             record = {"step": step, **{f"eval_{k}": v for k, v in metrics.items()},
                       "eval_eligible": float(eligible)}
             state["history"].append(record)
-            if callback:
+            if callback and main:
                 callback(step, record)
 
         autocast = torch.autocast("cuda", dtype=torch.bfloat16,
                                   enabled=cfg.bf16 and device.type == "cuda")
         wants_hidden = any(h.wants_hidden_states() for h in hooks)
         batches = batch_indices(len(train_ds), cfg.batch_size, seed, state["micro_batches"])
-        flag: dict = {}
         started = time.monotonic() - state["elapsed_s"]
         window = {"loss": 0.0, "n": 0, "tokens": 0, "t0": time.monotonic(), "extra": {}}
         bar = tqdm(total=steps, initial=state["step"], desc="train", unit="step",
-                   disable=progress_disabled(), dynamic_ncols=True)
+                   disable=progress_disabled() or not main, dynamic_ncols=True)
         model.train()
-        with _stop_on_signals(flag):
+        with stop_on_signals():  # process-wide: works when Prefect trains in a worker thread
             while state["step"] < steps:
                 step = state["step"]
                 scale = lr_scale(step, cfg.warmup_steps, steps)
@@ -371,7 +353,8 @@ def train_seq2seq(model, tokenizer, train_ds, val_ds, cfg: TrainConfig, out_dir:
                 optimizer.zero_grad(set_to_none=True)
                 step_loss, step_extra = 0.0, {}
                 for _ in range(cfg.grad_accum):
-                    batch = _to_device(collate([train_ds[i] for i in next(batches)]), device)
+                    indices = distributed.shard(next(batches))
+                    batch = _to_device(collate([train_ds[i] for i in indices]), device)
                     state["micro_batches"] += 1
                     with autocast:
                         outputs = model(**batch, output_hidden_states=wants_hidden)
@@ -387,7 +370,10 @@ def train_seq2seq(model, tokenizer, train_ds, val_ds, cfg: TrainConfig, out_dir:
                     window["tokens"] += int(batch["attention_mask"].sum())
                     window["tokens"] += int((batch["labels"] != -100).sum())
 
-                # ---- NaN/inf guard, clipping, update
+                # ---- (data-parallel: average over ranks) NaN/inf guard, clipping, update
+                distributed.average_gradients(p for g in optimizer.param_groups
+                                              for p in g["params"])
+                step_loss = distributed.mean(step_loss)
                 grad_norm = (torch.nn.utils.clip_grad_norm_(model_params, cfg.max_grad_norm)
                              if cfg.max_grad_norm else None)
                 finite = math.isfinite(step_loss) and (grad_norm is None
@@ -418,34 +404,40 @@ def train_seq2seq(model, tokenizer, train_ds, val_ds, cfg: TrainConfig, out_dir:
                 # ---- log, evaluate, checkpoint, stop
                 if step % cfg.log_every == 0 and window["n"]:
                     seconds = time.monotonic() - window["t0"]
+                    tokens = distributed.mean(window["tokens"]) * distributed.world_size()
                     record = {"step": step, "train_loss": window["loss"] / window["n"],
                               "lr": optimizer.param_groups[0]["lr"],
-                              "tokens_per_s": window["tokens"] / max(seconds, 1e-9),
+                              "tokens_per_s": tokens / max(seconds, 1e-9),
                               **{k: v / window["n"] for k, v in window["extra"].items()}}
                     state["history"].append(record)
                     bar.set_postfix(loss=f"{record['train_loss']:.3f}")
-                    if callback:
+                    if callback and main:
                         callback(step, record)
                     window = {"loss": 0.0, "n": 0, "tokens": 0, "t0": time.monotonic(),
                               "extra": {}}
                 state["elapsed_s"] = time.monotonic() - started
-                out_of_time = cfg.max_time_s is not None and state["elapsed_s"] >= cfg.max_time_s
+                out_of_time = distributed.any_rank(cfg.max_time_s is not None
+                                                   and state["elapsed_s"] >= cfg.max_time_s)
+                stop = distributed.any_rank(bool(stop_requested()))
                 last = step >= steps or out_of_time
                 if step % cfg.eval_every == 0 or last:
                     evaluate(step)
                 if last:
                     state["done"] = True
                     state["stop_reason"] = "max_time" if step < steps else "completed"
-                if step % cfg.checkpoint_every == 0 or last or flag.get("signal"):
+                if main and (step % cfg.checkpoint_every == 0 or last or stop):
                     state["elapsed_s"] = time.monotonic() - started
                     ckpt.save(model, optimizer, hooks, state)
-                if flag.get("signal"):
+                if stop:
                     bar.close()
-                    raise TrainingInterrupted(f"{flag['signal']} received: stopped at step {step}"
+                    distributed.barrier()  # the checkpoint is written before anyone leaves
+                    raise TrainingInterrupted(f"{stop_requested() or 'a signal'} received: "
+                                              f"stopped at step {step}"
                                               f" with a checkpoint in {ckpt.dir}; run again to "
                                               "resume")
                 if last:
                     break
         bar.close()
+    distributed.barrier()  # rank 0 has written best/ and the final checkpoint
     model.eval()
     return _result(out_dir, state)

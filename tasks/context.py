@@ -1,7 +1,7 @@
 """The small objects tasks exchange: the sweep context and the candidate specs.
 
 Tasks get these (plus :class:`tasks.cache.StepResult` paths) and nothing heavier, so any task
-runner -- threads today, Dask or Ray processes later -- can ship them.
+runner -- threads, or Dask / Ray worker processes -- can ship them.
 """
 
 from __future__ import annotations
@@ -13,6 +13,9 @@ from pydantic import BaseModel
 from nash_core.config import ArmConfig, NashConfig
 
 TEACHER_LABEL = "teacher"
+#: Tag of the tasks that use the accelerator (training, evaluation, benchmark): a Prefect
+#: concurrency limit on it (`prefect concurrency-limit create nash-gpu N`) caps them per GPU.
+GPU_TAG = "nash-gpu"
 
 
 class CandidateSpec(BaseModel):

@@ -9,14 +9,14 @@ from prefect.cache_policies import NO_CACHE
 
 from nash_core.runtime import pick_device
 from tasks.cache import StepResult, cache_key, run_cached
-from tasks.context import SweepContext
+from tasks.context import GPU_TAG, SweepContext
 
 #: Hardware facts that change latencies (not the load average or the Python patch level).
 _MACHINE = ("device", "dtype", "cpu_model", "cpu_cores_logical", "torch_threads", "gpu_name",
             "torch_version", "transformers_version")
 
 
-@task(name="evaluate", cache_policy=NO_CACHE)
+@task(name="evaluate", cache_policy=NO_CACHE, tags=[GPU_TAG])
 def evaluate(ctx: SweepContext, data: StepResult, model: StepResult,
              teacher_eval: StepResult | None = None) -> StepResult:
     """ROUGE on the test split; with ``teacher_eval``: retention and the paired-bootstrap CI."""
@@ -39,7 +39,7 @@ def evaluate(ctx: SweepContext, data: StepResult, model: StepResult,
     return run_cached(ctx.workdir, "eval", key, compute)
 
 
-@task(name="benchmark", cache_policy=NO_CACHE)
+@task(name="benchmark", cache_policy=NO_CACHE, tags=[GPU_TAG])
 def benchmark(ctx: SweepContext, data: StepResult, models: list[StepResult],
               names: list[str]) -> StepResult:
     """Time every model in one process, interleaved, the first (the teacher) as the baseline.

@@ -12,10 +12,11 @@ from pathlib import Path
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from nash_core.launch import run_step
 from nash_core.runtime import pick_device
 from tasks import tracking
 from tasks.cache import StepResult, cache_key, run_cached
-from tasks.context import CandidateSpec, SweepContext
+from tasks.context import GPU_TAG, CandidateSpec, SweepContext
 
 PRUNE = ("nash_core.prune",)  # the code these steps run (tasks/cache.py: code_version)
 #: Config sections every training step of an arm depends on (tokenisation, seed).
@@ -34,12 +35,11 @@ def _curve(ctx: SweepContext, spec: CandidateSpec, phase: str, rdir: Path):
                                 rdir / f"{phase}.jsonl")
 
 
-@task(name="prune-stage", cache_policy=NO_CACHE, task_run_name="stage-{spec.label}")
+@task(name="prune-stage", cache_policy=NO_CACHE, task_run_name="stage-{spec.label}",
+      tags=[GPU_TAG])
 def prune_stage(ctx: SweepContext, spec: CandidateSpec, data: StepResult, teacher: StepResult,
                 previous: StepResult | None) -> StepResult:
     """Train one sparsity target of an arm (SFT: the shallow-decoder distillation, no masks)."""
-    from nash_core.prune import run_stage
-
     cfg = ctx.cfg
     arm = cfg.pruning.arms[spec.arm_index]
     prev_target = arm.targets[spec.stage - 2] if spec.stage > 1 else 0.0
@@ -50,11 +50,12 @@ def prune_stage(ctx: SweepContext, spec: CandidateSpec, data: StepResult, teache
                     sections=cfg.section_hash("pruning.stage", *_TRAINING))
 
     def compute(rdir: Path) -> dict:
-        out = run_stage(teacher.meta["model_dir"], previous.meta["model_dir"] if previous else None,
-                        arm, cfg.pruning.stage, prev_target, target, rdir / "stage",
-                        splits_dir=data.meta["splits"], data_cfg=cfg.data,
-                        callback=_curve(ctx, spec, "stage", rdir), seed=cfg.experiment.seed,
-                        device=pick_device(cfg.experiment.device))
+        out = run_step("stage", cfg, {
+            "teacher_dir": teacher.meta["model_dir"], "arm_index": spec.arm_index,
+            "init_dir": previous.meta["model_dir"] if previous else None,
+            "prev_target": prev_target, "target": target, "out_dir": str(rdir / "stage"),
+            "splits_dir": data.meta["splits"]},
+            callback=_curve(ctx, spec, "stage", rdir), device=pick_device(cfg.experiment.device))
         return {"model_dir": str(out), "curves": {"stage": "stage.jsonl"}}
 
     return run_cached(ctx.workdir, "stage", key, compute)
@@ -71,12 +72,11 @@ def materialize(ctx: SweepContext, spec: CandidateSpec, stage: StepResult) -> St
     return run_cached(ctx.workdir, "export", cache_key("export", PRUNE, stage=stage.key), compute)
 
 
-@task(name="finetune", cache_policy=NO_CACHE, task_run_name="finetune-{spec.label}")
+@task(name="finetune", cache_policy=NO_CACHE, task_run_name="finetune-{spec.label}",
+      tags=[GPU_TAG])
 def finetune(ctx: SweepContext, spec: CandidateSpec, data: StepResult, teacher: StepResult,
              export: StepResult) -> StepResult:
     """Final fine-tune of the exported model (the export itself when disabled)."""
-    from nash_core.prune import finetune as finetune_export
-
     cfg = ctx.cfg
     if not cfg.finetune.enabled:
         return export
@@ -85,10 +85,10 @@ def finetune(ctx: SweepContext, spec: CandidateSpec, data: StepResult, teacher: 
                                                                              *_TRAINING))
 
     def compute(rdir: Path) -> dict:
-        out = finetune_export(export.meta["model_dir"], teacher.meta["model_dir"], cfg.finetune,
-                              rdir / "model", splits_dir=data.meta["splits"], data_cfg=cfg.data,
-                              callback=_curve(ctx, spec, "finetune", rdir),
-                              seed=cfg.experiment.seed, device=pick_device(cfg.experiment.device))
+        out = run_step("finetune", cfg, {
+            "export_dir": export.meta["model_dir"], "teacher_dir": teacher.meta["model_dir"],
+            "out_dir": str(rdir / "model"), "splits_dir": data.meta["splits"]},
+            callback=_curve(ctx, spec, "finetune", rdir), device=pick_device(cfg.experiment.device))
         return {"model_dir": str(out), "curves": {"finetune": "finetune.jsonl"}}
 
     return run_cached(ctx.workdir, "finetune", key, compute)
