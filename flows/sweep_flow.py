@@ -14,21 +14,25 @@ prefect fixes PREFECT_HOME.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import contextlib
+import os
+from typing import Iterator, NamedTuple
 
 from prefect import flow
+from prefect.exceptions import TerminationSignal
 from prefect.futures import wait
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from nash_core.config import NashConfig, load_config
 from nash_core.errors import NashError
-from nash_core.runtime import set_threads
+from nash_core.runtime import request_stop, set_threads
 from tasks.cache import StepResult
 from tasks.candidates import log_candidate
 from tasks.champion import register, select_champion
 from tasks.context import CandidateSpec
 from tasks.measure import benchmark, evaluate
+from tasks.preflight import preflight
 from tasks.prepare import get_teacher, prepare_base, prepare_data
 from tasks.prune import finetune, materialize, prune_stage
 from tasks.registry import serving_config
@@ -84,10 +88,43 @@ def _optional_runner(module: str, name: str, extra: str):
                         "experiment.task_runner to 'threads')") from None
 
 
+@contextlib.contextmanager
+def api_for_workers(cfg: NashConfig) -> Iterator[None]:
+    """Give Dask / Ray worker processes the Prefect API the flow itself uses.
+
+    Without ``PREFECT_API_URL`` a flow talks to a temporary server only its own process knows,
+    and prefect-dask / prefect-ray ship the flow's settings to every task: each worker process
+    then starts a temporary server of its own (about a minute on a busy machine, task runs
+    scattered over several servers sharing one database). So for a local cluster the temporary
+    server is started here and its URL put into the settings the tasks carry. Workers on other
+    machines cannot reach this machine's loopback: they need a real server.
+    """
+    from prefect.settings import (PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS,
+                                  get_current_settings, temporary_settings)
+
+    exp = cfg.experiment
+    if exp.task_runner not in ("dask", "ray") or get_current_settings().api.url:
+        yield
+        return
+    remote = exp.dask_address if exp.task_runner == "dask" else os.environ.get("RAY_ADDRESS")
+    if remote:
+        raise NashError(f"the {exp.task_runner} cluster at {remote} needs a Prefect server its "
+                        "workers can reach, and PREFECT_API_URL is unset: start one (`prefect "
+                        "server start --host 0.0.0.0`) and export PREFECT_API_URL=http://HOST:4200"
+                        "/api here and on the workers (README, Scaling out)")
+    from prefect.server.api.server import SubprocessASGIServer
+
+    server = SubprocessASGIServer()  # the instance a flow without PREFECT_API_URL would use
+    server.start(timeout=PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value())
+    with temporary_settings({PREFECT_API_URL: server.api_url}):
+        yield
+
+
 @flow(name="nash-sweep", log_prints=True)
 def sweep_flow(config_path: str, overrides: list[str], workdir: str) -> dict:
     cfg = load_config(config_path, overrides)
     set_threads(cfg.experiment.torch_threads)
+    preflight(cfg, workdir)  # no MLflow run exists until data, model, store and disk are fine
     ctx, specs = open_sweep(cfg.model_dump(mode="json"), workdir, config_path,
                             flow_run.id, flow_run.name)
     teacher_spec, candidates = specs[0], specs[1:]
@@ -123,7 +160,11 @@ def sweep_flow(config_path: str, overrides: list[str], workdir: str) -> dict:
         champion = select_champion(ctx)
         version = register(ctx, champion, base.meta["fingerprint"])
         close_sweep(ctx, specs, ok=True)
-    except BaseException:
+    except BaseException as exc:
+        if isinstance(exc, (KeyboardInterrupt, TerminationSignal)):
+            # Ctrl-C / SIGTERM (Prefect turns SIGTERM into TerminationSignal here): training in
+            # the worker threads checkpoints at its next step and stops, no new step starts.
+            request_stop(type(exc).__name__)
         close_sweep(ctx, specs, ok=False)
         raise
     steps = [data, base, teacher, teacher_eval, bench] + [s for c in runs for s in c[1:]]
@@ -133,3 +174,22 @@ def sweep_flow(config_path: str, overrides: list[str], workdir: str) -> dict:
             "registered_version": version, "candidates": [s.label for s in specs],
             "computed": sorted({f"{s.kind}-{s.key}" for s in steps if not s.cached}),
             "reused": sorted({f"{s.kind}-{s.key}" for s in steps if s.cached})}
+
+
+def run_configured(config_path: str, overrides: list[str], workdir: str) -> dict:
+    """:func:`sweep_flow` on the task runner the config names (:func:`make_task_runner`).
+
+    ``nash run``, ``nash watch`` and scheduled runs all start the sweep through here: the flow
+    as decorated would run its tasks on the default thread pool whatever the config says.
+    """
+    cfg = load_config(config_path, overrides)
+    with api_for_workers(cfg):
+        return sweep_flow.with_options(task_runner=make_task_runner(cfg))(
+            config_path, overrides, workdir)
+
+
+@flow(name="nash-scheduled-sweep")
+def scheduled_sweep(config_path: str, overrides: list[str], workdir: str) -> dict:
+    """What ``nash deploy`` and prefect.yaml schedule: a deployment loads its entrypoint as
+    decorated, so this wrapper starts :func:`sweep_flow` as a subflow on the configured runner."""
+    return run_configured(config_path, overrides, workdir)

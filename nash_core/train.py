@@ -339,6 +339,7 @@ def train_seq2seq(model, tokenizer, train_ds, val_ds, cfg: TrainConfig, out_dir:
         batches = batch_indices(len(train_ds), cfg.batch_size, seed, state["micro_batches"])
         started = time.monotonic() - state["elapsed_s"]
         window = {"loss": 0.0, "n": 0, "tokens": 0, "t0": time.monotonic(), "extra": {}}
+        window.update(state.get("log_window", {}))  # a checkpoint between two log steps
         bar = tqdm(total=steps, initial=state["step"], desc="train", unit="step",
                    disable=progress_disabled() or not main, dynamic_ncols=True)
         model.train()
@@ -427,6 +428,9 @@ def train_seq2seq(model, tokenizer, train_ds, val_ds, cfg: TrainConfig, out_dir:
                     state["stop_reason"] = "max_time" if step < steps else "completed"
                 if main and (step % cfg.checkpoint_every == 0 or last or stop):
                     state["elapsed_s"] = time.monotonic() - started
+                    # the partial log window too: the next logged train_loss after a resume
+                    # averages the same steps as without the interruption
+                    state["log_window"] = {k: window[k] for k in ("loss", "n", "extra")}
                     ckpt.save(model, optimizer, hooks, state)
                 if stop:
                     bar.close()
