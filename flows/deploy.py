@@ -94,10 +94,10 @@ def deploy(config_path: str, overrides: list[str], cron: str, name: str | None, 
 
     from prefect import serve
 
-    from flows.sweep_flow import sweep_flow
+    from flows.sweep_flow import scheduled_sweep
     from flows.watch import watch_flow
 
-    target = watch_flow if watch else sweep_flow
+    target = watch_flow if watch else scheduled_sweep
     name = name or f"{cfg.experiment.name}-{'watch' if watch else 'sweep'}"
     params = {"config_path": str(Path(config_path).resolve()), "overrides": list(overrides),
               "workdir": str(Path(workdir).resolve())}

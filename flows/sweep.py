@@ -45,11 +45,10 @@ def run_sweep(config_path: str, overrides: list[str], workdir: str) -> dict:
     from tasks.preflight import preflight
 
     preflight(cfg, workdir)  # bad data / model / store / disk: fails here, before Prefect starts
-    from flows.sweep_flow import make_task_runner, sweep_flow
+    from flows.sweep_flow import run_configured
     from nash_core.runtime import stop_on_signals
 
     # SIGINT/SIGTERM: training in Prefect's worker threads checkpoints at its next step and
     # stops, no new step starts, the runs are closed FAILED; KeyboardInterrupt reaches the CLI.
     with stop_on_signals():
-        return sweep_flow.with_options(task_runner=make_task_runner(cfg))(
-            str(config_path), list(overrides), str(Path(workdir).resolve()))
+        return run_configured(str(config_path), list(overrides), str(Path(workdir).resolve()))

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger
 
-from flows.sweep_flow import sweep_flow
+from flows.sweep_flow import run_configured
 from nash_core.config import NashConfig, load_config
 
 FINGERPRINT_TAG = "nash.base_fingerprint"
@@ -27,16 +27,16 @@ def base_fingerprint(cfg: NashConfig, workdir: str | Path) -> str:
     Reads no weights into memory for hub/local models (hashes files or asks the hub for the
     commit); for the demo it prepares (or reuses) the data splits the recipe hash depends on.
     """
-    from nash_core.base_model import fingerprint_base
+    from tasks.preflight import base_source_fingerprint
 
     if cfg.model.base == "demo":
+        from nash_core.base_model import fingerprint_base
         from nash_core.data import prepare_splits, splits_fingerprint
 
         splits = prepare_splits(cfg.data, Path(workdir) / "data")
         return fingerprint_base(cfg.model, "demo", data_cfg=cfg.data,
                                 splits_fp=splits_fingerprint(splits), seed=cfg.experiment.seed)
-    path = Path(cfg.model.base).expanduser()
-    return fingerprint_base(cfg.model, str(path) if path.is_dir() else cfg.model.base)
+    return base_source_fingerprint(cfg.model)
 
 
 def champion_fingerprint(cfg: NashConfig, workdir: str | Path) -> str | None:
@@ -66,7 +66,7 @@ def watch_flow(config_path: str, overrides: list[str], workdir: str) -> dict:
     result = {"changed": old != new, "previous": old, "fingerprint": new, "sweep": None}
     get_run_logger().info(describe(result))
     if result["changed"]:
-        result["sweep"] = sweep_flow(config_path, overrides, workdir)
+        result["sweep"] = run_configured(config_path, overrides, workdir)
     return result
 
 

@@ -159,9 +159,11 @@ def main(argv: list[str] | None = None) -> int:
     dist.init_process_group("nccl" if use_cuda else "gloo")
     try:
         main_rank = dist.get_rank() == 0
+        device = pick_device(cfg.experiment.device)
+        print(f"nash_core.launch: rank {dist.get_rank()}/{dist.get_world_size()} runs the "
+              f"{spec['step']} step on {device}", flush=True)
         out = STEPS[spec["step"]](cfg, spec["args"],
-                                  _append_curve(spec["curve"]) if main_rank else None,
-                                  pick_device(cfg.experiment.device))
+                                  _append_curve(spec["curve"]) if main_rank else None, device)
         if main_rank:
             atomic_write_json(spec_path, {**spec, "result": str(out)})
         dist.barrier()

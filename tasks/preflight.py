@@ -82,7 +82,8 @@ def base_step(cfg: NashConfig, workdir: str | Path, data: StepResult) -> StepRes
     from nash_core.base_model import prepare_base as build
 
     key = cache_key("base", ("nash_core.base_model",), data=data.meta["fingerprint"],
-                    model=cfg.section_hash("model", "experiment.seed"))
+                    model=cfg.section_hash("model", "experiment.seed"),
+                    source=base_source_fingerprint(cfg.model))
 
     def compute(rdir: Path) -> dict:
         info = build(cfg.model, data.meta["splits"], Path(workdir) / "models",
@@ -95,6 +96,21 @@ def base_step(cfg: NashConfig, workdir: str | Path, data: StepResult) -> StepRes
     except ValueError as exc:
         raise ConfigError("config", [str(exc)]) from None
     return res
+
+
+def base_source_fingerprint(model_cfg) -> str | None:
+    """What the base weights ARE, for a hub id (the commit its revision resolves to) or a local
+    directory (a hash of its files); None for the demo, whose recipe is in the config.
+
+    Part of the base step's key: new weights under an unchanged config (a directory rewritten
+    in place, a branch that moved) must rebuild the base step and everything keyed on it.
+    """
+    from nash_core.base_model import fingerprint_base
+
+    if model_cfg.base == "demo":
+        return None
+    path = Path(model_cfg.base).expanduser()
+    return fingerprint_base(model_cfg, path if path.is_dir() else model_cfg.base)
 
 
 # --------------------------------------------------------------------------- checks

@@ -104,7 +104,9 @@ def test_scheduled_sweep_runs_on_a_real_server(tmp_path):
         sweeps = client.search_runs([e.experiment_id for e in client.search_experiments()],
                                     "tags.`nash.kind` = 'sweep'")
         assert [r.info.status for r in sweeps] == ["FINISHED"]
-        assert sweeps[0].data.tags["prefect.flow_run_id"] == done[0]["id"]
+        sweep_run = _api(url, f"/flow_runs/{sweeps[0].data.tags['prefect.flow_run_id']}",
+                         method="GET")  # the sweep: a subflow of the scheduled run
+        assert sweep_run["parent_task_run_id"] and sweep_run["state_type"] == "COMPLETED"
     finally:
         if serving is not None:
             serving.send_signal(signal.SIGTERM)
