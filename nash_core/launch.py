@@ -100,9 +100,12 @@ def run_torchrun(step: str, cfg: NashConfig, args: dict, nproc: int, *,
             while proc.poll() is None:
                 curve.forward()
                 time.sleep(1.0)
-        except BaseException:  # Ctrl-C / a cancelled task: stop the ranks (they checkpoint)
-            proc.terminate()
-            proc.wait(timeout=120)
+        except BaseException:  # Ctrl-C / a cancelled task: torchrun forwards SIGTERM to the
+            proc.terminate()   # ranks, which checkpoint at their next step boundary
+            try:
+                proc.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                proc.kill()
             raise
     curve.forward()
     if proc.returncode != 0:
