@@ -2,14 +2,22 @@
 leaves behind in a comparable form -- for the crash/resume and determinism tests.
 
 Stages are 30 steps with a checkpoint every 5, long enough to be interrupted in the middle. The
-uninterrupted reference sweep is computed once per test session and shared.
+uninterrupted reference sweep is computed once per test session and shared, and every sweep of
+the session talks to one real Prefect server on 127.0.0.1 (``PREFECT_API_URL``, as a team with a
+server runs it): Prefect's temporary server costs 15-30 s of start-up per sweep on this machine,
+and its own start and stop are covered by test_sweep_e2e.
 """
 
 from __future__ import annotations
 
+import atexit
+import os
 import re
+import signal
+import socket
 import subprocess
 import time
+import urllib.request
 from pathlib import Path
 
 import torch
@@ -31,10 +39,35 @@ TIMING = re.compile(r"latency|speedup|_per_s|(^|_)ms(_|$)|_ms|mem|cost")
 _session: dict = {}
 
 
+def _prefect_server(home: Path) -> str:
+    """Start ``prefect server start`` on a free localhost port once; its API URL."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    home.mkdir(parents=True, exist_ok=True)
+    with (home / "server.log").open("w") as log:
+        proc = subprocess.Popen([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1",
+                                 "--port", str(port)], env=clean_env(home), stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    atexit.register(lambda: proc.poll() is None and os.killpg(proc.pid, signal.SIGTERM))
+    url = f"http://127.0.0.1:{port}/api"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, (home / "server.log").read_text()[-3000:]
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=3) as r:
+                if r.status == 200:
+                    return url
+        except OSError:
+            time.sleep(0.5)
+    raise AssertionError("the Prefect server did not answer /health within 180 s")
+
+
 def env(tmp_root: Path) -> dict:
-    """A fresh user's environment; one Prefect home per session (its database is set up once)."""
-    prefect = _session.setdefault("prefect", tmp_root / "prefect")
-    return clean_env(tmp_root, PREFECT_HOME=str(prefect))
+    """A fresh user's environment, pointed at the session's Prefect server."""
+    if "api" not in _session:
+        _session["api"] = _prefect_server(tmp_root / "prefect-server")
+    return clean_env(tmp_root, PREFECT_API_URL=_session["api"])
 
 
 def start(workdir: Path, environ: dict, *extra: str) -> subprocess.Popen:

@@ -1,5 +1,5 @@
-"""Crashes and restarts of a real sweep (`nash run` subprocesses, Prefect's temporary server, a
-SQLite MLflow store, real training), compared with an uninterrupted sweep in another workdir.
+"""Crashes and restarts of a real sweep (`nash run` subprocesses, a Prefect server, a SQLite
+MLflow store, real training), compared with an uninterrupted sweep in another workdir.
 
 One workdir lives through three attempts of the same command:
 1. SIGTERM while the first pruning stage trains: the stage checkpoints at its next step, the
@@ -56,7 +56,7 @@ def test_terminated_then_killed_sweep_resumes_to_the_same_result(tmp_path, tmp_p
     rc, log = finish(proc)
     assert rc == 130, log[-4000:]
     assert "interrupted; finished steps are checkpointed" in log
-    assert _group_gone(proc.pid), "the temporary Prefect server (or a worker) outlived nash"
+    assert _group_gone(proc.pid), "a child process (a worker, a launcher) outlived nash"
     term_step = stage_checkpoints(work)[first_stage]
     assert 5 <= term_step < 30                                # a step boundary, stage unfinished
     assert {r.info.status for r in all_runs(work)} == {"FAILED"}
