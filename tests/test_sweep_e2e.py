@@ -100,7 +100,9 @@ def test_smoke_sweep_layout_cache_and_partial_recompute(tmp_path):
     # --- 2. unchanged: everything from the cache, nothing retrained
     result_dirs = set((workdir / "runs").iterdir())
     second, t_second = sweep(workdir)
-    assert second["computed"] == [] and second["reused"] == first["computed"]
+    # preflight may already have prepared data/base before the first flow: compare with all of it
+    assert second["computed"] == []
+    assert second["reused"] == sorted(set(first["computed"]) | set(first["reused"]))
     assert set((workdir / "runs").iterdir()) == result_dirs
     rerun = children(client, second)
     assert all(r.data.tags.get("nash.cached.stage", "True") == "True" for r in rerun.values())
