@@ -154,19 +154,14 @@ def cmd_benchmark(args) -> int:
     return cli_main(args.rest)
 
 
-def tracking_uri_for(workdir: Path) -> str:
-    env = os.environ.get("MLFLOW_TRACKING_URI")
-    if env:
-        return env
-    return f"sqlite:///{(workdir / 'mlflow.db').resolve()}"
-
-
 def cmd_ui(args) -> int:
     import shutil
     import subprocess
 
     workdir = Path(args.workdir) if args.workdir else default_workdir()
-    uri = tracking_uri_for(workdir)
+    from tasks.tracking import default_tracking_uri
+
+    uri = default_tracking_uri(workdir)
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
         _err(f"no MLflow store at {uri.removeprefix('sqlite:///')}: run `make demo` or "
              f"`nash run CONFIG` first (or pass --workdir)")

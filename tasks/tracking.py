@@ -44,8 +44,11 @@ _BATCH = 900  # MLflow accepts at most 1000 metrics per log_batch call
 # --------------------------------------------------------------------------- store
 def resolve_tracking_uri(cfg: NashConfig, workdir: str | Path) -> str:
     """``experiment.tracking_uri``, else ``MLFLOW_TRACKING_URI``, else SQLite in the workdir."""
-    if cfg.experiment.tracking_uri:
-        return cfg.experiment.tracking_uri
+    return cfg.experiment.tracking_uri or default_tracking_uri(workdir)
+
+
+def default_tracking_uri(workdir: str | Path) -> str:
+    """Without a config (``nash ui``): ``MLFLOW_TRACKING_URI``, else SQLite in the workdir."""
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return os.environ["MLFLOW_TRACKING_URI"]
     return f"sqlite:///{(Path(workdir) / 'mlflow.db').resolve()}"
