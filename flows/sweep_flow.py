@@ -5,6 +5,8 @@
                             stage(t1) -> stage(t2) -> ...        (each continues the previous)
                                |            |
                            materialise  materialise -> fine-tune -> evaluate(vs teacher)
+                       \\-> with benchmark.quantize_int8, for the teacher and each candidate:
+                            int8 variant -> evaluate(vs teacher)
     benchmark(teacher first, all candidates, interleaved) -> log every candidate run
     -> select champion (Pareto, policy) -> register (alias) -> report
 
@@ -34,19 +36,29 @@ from tasks.context import CandidateSpec
 from tasks.measure import benchmark, evaluate
 from tasks.preflight import preflight
 from tasks.prepare import get_teacher, prepare_base, prepare_data
-from tasks.prune import finetune, materialize, prune_stage
+from tasks.prune import finetune, materialize, prune_stage, quantize
 from tasks.registry import serving_config
 from tasks.sweep_runs import close_sweep, open_sweep
 
 
 class Candidate(NamedTuple):
-    """One candidate's steps (futures while the arms run, results after)."""
+    """One candidate's steps (futures while the arms run, results after; an int8 variant has
+    no stage or export of its own)."""
 
     spec: CandidateSpec
-    stage: StepResult
-    export: StepResult
+    stage: StepResult | None
+    export: StepResult | None
     final: StepResult
     evaluation: StepResult
+
+    def trained(self) -> dict[str, StepResult]:
+        """The steps whose training curves belong on this candidate's run."""
+        if self.spec.quantized:
+            return {}
+        return {"stage": self.stage, "finetune": self.final}
+
+    def steps(self) -> list[StepResult]:
+        return [s for s in self[1:] if s is not None]
 
 
 def make_task_runner(cfg: NashConfig):
@@ -127,7 +139,9 @@ def sweep_flow(config_path: str, overrides: list[str], workdir: str) -> dict:
     preflight(cfg, workdir)  # no MLflow run exists until data, model, store and disk are fine
     ctx, specs = open_sweep(cfg.model_dump(mode="json"), workdir, config_path,
                             flow_run.id, flow_run.name)
-    teacher_spec, candidates = specs[0], specs[1:]
+    teacher_spec = specs[0]
+    candidates = [s for s in specs[1:] if not s.quantized]
+    int8_variants = [s for s in specs[1:] if s.quantized]
     try:
         data = prepare_data(ctx)
         base = prepare_base(ctx, data)
@@ -143,16 +157,20 @@ def sweep_flow(config_path: str, overrides: list[str], workdir: str) -> dict:
             final = finetune.submit(ctx, spec, data, teacher, export)
             runs.append(Candidate(spec, stage, export, final,
                                   evaluate.submit(ctx, data, final, teacher_eval)))
+        finals = {teacher_spec.label: teacher, **{c.spec.label: c.final for c in runs}}
+        for spec in int8_variants:
+            q = quantize.submit(ctx, spec, finals[spec.source_label])
+            runs.append(Candidate(spec, None, None, q, evaluate.submit(ctx, data, q, teacher_eval)))
         wait([c.evaluation for c in runs])
-        runs = [Candidate(c.spec, *(f.result() for f in c[1:])) for c in runs]
+        runs = [Candidate(c.spec, *(f if f is None else f.result() for f in c[1:])) for c in runs]
 
         bench = benchmark(ctx, data, [teacher] + [c.final for c in runs],
                           [teacher_spec.label] + [c.spec.label for c in runs])
         serving = serving_config(cfg)
         logged = [log_candidate.submit(ctx, teacher_spec, teacher, teacher_eval, bench,
                                        {"train": teacher}, serving)]
-        logged += [log_candidate.submit(ctx, c.spec, c.final, c.evaluation, bench,
-                                        {"stage": c.stage, "finetune": c.final}, serving)
+        logged += [log_candidate.submit(ctx, c.spec, c.final, c.evaluation, bench, c.trained(),
+                                        serving)
                    for c in runs]
         for f in logged:
             f.result()
@@ -167,7 +185,7 @@ def sweep_flow(config_path: str, overrides: list[str], workdir: str) -> dict:
             request_stop(type(exc).__name__)
         close_sweep(ctx, specs, ok=False)
         raise
-    steps = [data, base, teacher, teacher_eval, bench] + [s for c in runs for s in c[1:]]
+    steps = [data, base, teacher, teacher_eval, bench] + [s for c in runs for s in c.steps()]
     return {"sweep_run_id": ctx.sweep_run_id, "experiment_id": ctx.experiment_id,
             "tracking_uri": ctx.tracking_uri, "champion": champion["label"],
             "champion_run_id": champion["run_id"], "reason": champion["reason"],

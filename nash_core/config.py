@@ -180,6 +180,9 @@ class ArmConfig(_Section):
     layer_selection: Literal["uniform", "low", "high", "custom"] = "uniform"
     custom_layers: list[int] | None = None
     targets: list[float] = Field(default_factory=list, description="Increasing sparsity targets.")
+    hidden: bool | None = Field(
+        None, description="CoFi's hidden-dimension mask (one gate per d_model dimension, shared by "
+                          "the whole model). Default: on for cofi; only cofi accepts it.")
     name: str | None = None
 
     @model_validator(mode="after")
@@ -197,7 +200,14 @@ class ArmConfig(_Section):
             raise ValueError(f"targets must list at least one sparsity target for '{self.method}'")
         if self.method == "sft" and self.targets:
             raise ValueError("sft prunes no encoder units: leave targets empty")
+        if self.hidden and self.method != "cofi":
+            raise ValueError(f"hidden (the hidden-dimension mask) is a cofi option; method "
+                             f"'{self.method}' keeps the full width: remove hidden or set it to false")
         return self
+
+    @property
+    def uses_hidden_mask(self) -> bool:
+        return self.method == "cofi" if self.hidden is None else self.hidden
 
     @field_validator("targets")
     @classmethod
@@ -227,6 +237,7 @@ class PruneStageConfig(_Section):
         0.02, ge=0, description="Best checkpoint only within this distance of the target.")
     head_mask_init: float = 10.0
     ffn_mask_init: float = 0.0
+    hidden_mask_init: float = Field(10.0, description="log_alpha mean of the hidden-dimension mask (cofi).")
     distill: DistillConfig = Field(default_factory=DistillConfig)
 
 
@@ -286,7 +297,10 @@ class BenchmarkConfig(_Section):
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     price_per_hour: float = Field(0.0, ge=0, description="Hardware price (USD/h) for cost metrics.")
     hardware_name: str | None = None
-    quantize_int8: bool = Field(False, description="Also benchmark an int8 dynamic-quantised champion.")
+    quantize_int8: bool = Field(False, description=(
+        "Also evaluate, benchmark and log an int8 dynamic-quantised variant ('-int8') of the "
+        "teacher and of every candidate; they compete for champion. CPU serving only: with it "
+        "the whole benchmark runs on CPU."))
 
     @model_validator(mode="after")
     def _check(self):

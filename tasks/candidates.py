@@ -68,7 +68,9 @@ def log_candidate(ctx: SweepContext, spec: CandidateSpec, model: StepResult,
     run_id = spec.run_id
     report = read_json(bench.meta["benchmark_json"])
     bench_model = next(m for m in report["models"] if m["name"] == spec.label)
-    config = model_config(model.meta["model_dir"])
+    # an int8 variant is a marker dir: shapes, layers and the served weights are its source's
+    weights_dir = model.meta.get("source_dir", model.meta["model_dir"])
+    config = model_config(weights_dir)
     metrics = candidate_metrics(spec, evaluation, bench_model, config.get("nash", {}),
                                 ctx.cfg.selection.batch_size)
     tracking.log_metrics(client, run_id, metrics)
@@ -90,7 +92,8 @@ def log_candidate(ctx: SweepContext, spec: CandidateSpec, model: StepResult,
     picture = _mask_picture(config, files / "mask.png", spec.label)
     if picture:
         tracking.log_files(client, run_id, [picture])
-    log_candidate_model(client, run_id, model.meta["model_dir"], serving)
+    log_candidate_model(client, run_id, weights_dir,
+                        {**serving, "quantize": "int8"} if spec.quantized else serving)
     tracking.set_tags(client, run_id, {
         "nash.result_key": model.key, **{f"nash.cached.{p}": s.cached for p, s in trained.items()},
         "nash.model_dir": model.meta["model_dir"]})

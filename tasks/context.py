@@ -13,6 +13,8 @@ from pydantic import BaseModel
 from nash_core.config import ArmConfig, NashConfig
 
 TEACHER_LABEL = "teacher"
+#: Suffix of the label and method of an int8 dynamic-quantised variant (benchmark.quantize_int8).
+INT8 = "-int8"
 #: Tag of the tasks that use the accelerator (training, evaluation, benchmark): a Prefect
 #: concurrency limit on it (`prefect concurrency-limit create nash-gpu N`) caps them per GPU.
 GPU_TAG = "nash-gpu"
@@ -27,11 +29,22 @@ class CandidateSpec(BaseModel):
     stage: int = 0
     target: float | None = None
     decoder_layers: int | None = None  # None: all (teacher) or decided by masks (CoFi)
+    quantized: bool = False  # an int8 variant of the candidate labelled ``source_label``
     run_id: str | None = None
 
     @property
     def is_teacher(self) -> bool:
-        return self.arm_index is None
+        """The baseline itself (its int8 variant is a candidate like any other)."""
+        return self.arm_index is None and not self.quantized
+
+    @property
+    def source_label(self) -> str:
+        return self.label.removesuffix(INT8) if self.quantized else self.label
+
+    def int8(self) -> "CandidateSpec":
+        """This candidate's int8 dynamic-quantised variant (same arm, stage and target)."""
+        return self.model_copy(update={"label": self.label + INT8, "method": self.method + INT8,
+                                       "quantized": True, "run_id": None})
 
 
 def arm_candidates(arm: ArmConfig, index: int) -> list[CandidateSpec]:

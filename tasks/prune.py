@@ -92,3 +92,20 @@ def finetune(ctx: SweepContext, spec: CandidateSpec, data: StepResult, teacher: 
         return {"model_dir": str(out), "curves": {"finetune": "finetune.jsonl"}}
 
     return run_cached(ctx.workdir, "finetune", key, compute)
+
+
+@task(name="quantize-int8", cache_policy=NO_CACHE, task_run_name="int8-{spec.label}")
+def quantize(ctx: SweepContext, spec: CandidateSpec, model: StepResult) -> StepResult:
+    """The int8 dynamic-quantised variant of a finished model (``benchmark.quantize_int8``).
+
+    What is written is a marker naming the source dir and its weights' hash
+    (:mod:`nash_core.quantize`): loading re-quantises, so nothing is pickled.
+    """
+    from nash_core.quantize import quantize_dir
+
+    def compute(rdir: Path) -> dict:
+        return {"model_dir": str(quantize_dir(model.meta["model_dir"], rdir / "model")),
+                "source_dir": model.meta["model_dir"]}
+
+    return run_cached(ctx.workdir, "int8", cache_key("int8", ("nash_core.quantize",),
+                                                     source=model.key), compute)

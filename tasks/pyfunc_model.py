@@ -6,7 +6,8 @@ needs no import path at serving time. ``nash_core`` travels with the model (``co
 a pruned export (custom per-layer shapes) loads wherever the pip requirements are installed.
 
 Input: a DataFrame with a ``source`` column (or a single text column); output: one summary per
-row. ``model_config`` carries the decoding settings and the training-time source prefix.
+row. ``model_config`` carries the decoding settings and the training-time source prefix, and
+``quantize: int8`` for an int8 variant (re-quantised at load, CPU only: nothing is pickled).
 """
 
 from __future__ import annotations
@@ -26,9 +27,15 @@ class Seq2SeqSummarizer(PythonModel):
         self.prefix = cfg.pop("source_prefix", "")
         self.max_source_length = cfg.pop("max_source_length", None)
         self.eval_cfg = EvaluationConfig(**cfg.pop("evaluation", {}))
-        self.device = pick_device(cfg.pop("device", "auto"))
+        quantize = cfg.pop("quantize", None)
+        device = cfg.pop("device", "auto")
+        self.device = pick_device("cpu" if quantize else device)
         self.model, self.tokenizer = load_seq2seq(context.artifacts["model_dir"],
                                                   device=self.device)
+        if quantize == "int8":
+            from nash_core.quantize import quantize_dynamic_int8
+
+            self.model = quantize_dynamic_int8(self.model)
 
     def predict(self, context, model_input, params=None):
         from nash_core.evaluate import generate

@@ -27,8 +27,13 @@ def sweep_dir(ctx: SweepContext) -> Path:
 
 
 def candidate_specs(cfg: NashConfig) -> list[CandidateSpec]:
-    teacher = [CandidateSpec(label=TEACHER_LABEL, method="teacher")]
-    return teacher + [c for i, arm in enumerate(cfg.pruning.arms) for c in arm_candidates(arm, i)]
+    """The teacher, every arm's candidates in stage order, then (``benchmark.quantize_int8``)
+    an int8 variant of each of them, the teacher's included (what int8 alone buys)."""
+    teacher = CandidateSpec(label=TEACHER_LABEL, method="teacher")
+    specs = [teacher] + [c for i, arm in enumerate(cfg.pruning.arms) for c in arm_candidates(arm, i)]
+    if cfg.benchmark.quantize_int8:
+        specs += [s.int8() for s in specs]
+    return specs
 
 
 @task(name="open-sweep", cache_policy=NO_CACHE, **transient_retries())
@@ -67,7 +72,9 @@ def open_sweep(config: dict, workdir: str, config_path: str, flow_run_id: str | 
             "nash.config_name": cfg.experiment.name, "prefect.flow_run_id": flow_run_id,
             "prefect.flow_run_name": flow_run_name},
             params={"stage": spec.stage, "target_sparsity": spec.target or 0.0,
-                    "arm": spec.label.split("@")[0]}, parent_run_id=parent)
+                    "arm": spec.source_label.split("@")[0],
+                    "quantization": "int8-dynamic" if spec.quantized else "none"},
+            parent_run_id=parent)
         specs.append(spec.model_copy(update={"run_id": run_id}))
 
     url = tracking.run_url(uri, exp_id, parent)
