@@ -138,6 +138,9 @@ class TrainConfig(_Section):
     epochs: float | None = Field(None, gt=0)
     max_time_s: float | None = Field(None, gt=0, description="Stop after this many seconds.")
     batch_size: int = Field(16, ge=1)
+    group_by_length: bool = Field(False, description=(
+        "Batch examples of similar (source, target) length together (shuffled batches, each "
+        "example once per epoch): less padding, faster steps."))
     grad_accum: int = Field(1, ge=1)
     lr: float = Field(3e-4, gt=0)
     weight_decay: float = Field(0.0, ge=0)

@@ -62,6 +62,35 @@ def test_schedule_and_data_order():
     assert next(batch_indices(10, 4, seed=3, start=4)) == first[4]
 
 
+def test_group_by_length_pads_less_and_still_covers_every_example_once():
+    import random
+
+    rng = random.Random(0)
+    lengths = [(rng.randint(10, 80), rng.randint(5, 30)) for _ in range(1000)]
+    per_epoch = 1000 // 8
+    plain = batch_indices(1000, 8, seed=1)
+    grouped = batch_indices(1000, 8, seed=1, lengths=lengths)
+    epoch_p = [next(plain) for _ in range(per_epoch)]
+    epoch_g = [next(grouped) for _ in range(per_epoch)]
+    assert sorted(i for b in epoch_g for i in b) == list(range(1000))  # once per epoch
+    assert [len(b) for b in epoch_g] == [len(b) for b in epoch_p]       # same boundaries
+
+    def padded(batches):  # tokens the collator pads every batch to
+        return sum(len(b) * max(lengths[i][0] for i in b) for b in batches)
+
+    assert padded(epoch_g) < 0.8 * padded(epoch_p)
+    # the batch order is still random: not sorted by length over the epoch
+    firsts = [lengths[b[0]][0] for b in epoch_g]
+    assert firsts != sorted(firsts) and firsts != sorted(firsts, reverse=True)
+    # resumable: micro-batch k is reachable directly; the next epoch is reshuffled
+    again = batch_indices(1000, 8, seed=1, start=37, lengths=lengths)
+    assert next(again) == epoch_g[37]
+    assert next(grouped) != epoch_g[0]
+    odd = batch_indices(1003, 8, seed=1, lengths=lengths + [(5, 5)] * 3)
+    epoch_o = [next(odd) for _ in range(126)]
+    assert len(epoch_o[-1]) == 3 and sorted(i for b in epoch_o for i in b) == list(range(1003))
+
+
 def test_loss_goes_down_and_best_dir_loads(setup, tmp_path):
     model, result = run(setup, tmp_path)
     train = [h["train_loss"] for h in result.history if "train_loss" in h]
