@@ -38,7 +38,8 @@ def test_dialogue_shape(corpus):
         sentences = re.findall(r"[.!?](?:\s|$)", ex["target"])
         assert 1 <= len(sentences) <= 2, ex["target"]
     assert set(turns) == {4, 5, 6, 7, 8}
-    assert min(turns.values()) > 0.05 * len(corpus)
+    assert min(turns.values()) > 0.03 * len(corpus)  # 8 turns only when the plan itself is long
+    assert 5.0 <= sum(n * c for n, c in turns.items()) / len(corpus) <= 6.5  # short: learnable
 
 
 def test_variety_and_vocabulary(corpus):
