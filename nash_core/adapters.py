@@ -106,6 +106,43 @@ class Adapter:
     def move_position_table(self, old_first: nn.Module, new_first: nn.Module) -> None:
         """Give the new first decoder layer whatever only the old first layer owned."""
 
+    # ------------------------------------------------------------------ hidden dimension (CoFi)
+    # The residual stream is written by the embedding output and by every attention / FFN output
+    # projection; the hidden-dimension mask gates exactly those writes (masks.py), so a masked
+    # dimension of the residual stream is zero everywhere. What else the family needs for that
+    # (BART's LayerNorms) and for materialisation is described by the methods below.
+
+    def hidden_size(self, model: nn.Module) -> int:
+        """The residual-stream width of ``model`` as its modules have it (not the config)."""
+        return model.get_input_embeddings().embedding_dim
+
+    def embedding_writes(self, model: nn.Module) -> list[nn.Module]:
+        """Modules whose output is the embedding's write into the residual stream (per stack)."""
+        raise NotImplementedError
+
+    def hidden_norms(self, model: nn.Module) -> list[nn.Module]:
+        """Mean-subtracting LayerNorms that must be computed over the kept dimensions only."""
+        return []
+
+    def rms_norms(self, model: nn.Module) -> list[nn.Module]:
+        """RMS norms (mean of squares over the width): rescaled when the width shrinks."""
+        return []
+
+    def sublayer_norm(self, layer: nn.Module, stack: Stack, index: int, kind: str) -> nn.Module | None:
+        """A norm that belongs to the sub-layer and disappears with it (T5 pre-norm), else None."""
+        return None
+
+    def output_norm(self, model: nn.Module) -> nn.Module | None:
+        """The norm whose output feeds the LM head (used when the LM head is tied to the embedding)."""
+        return None
+
+    def hidden_params(self, model: nn.Module) -> list[tuple[nn.Parameter, int]]:
+        """Parameters outside the attention/FFN sub-layers that have a hidden axis, with that axis.
+
+        Tied parameters may appear more than once (callers de-duplicate by identity).
+        """
+        raise NotImplementedError
+
     def needs_self_attention(self, stack: Stack, index: int) -> bool:
         """True when this self-attention may lose heads but never all of them.
 
@@ -166,6 +203,31 @@ class T5Adapter(Adapter):
     def needs_self_attention(self, stack, index):
         return index == 0
 
+    def embedding_writes(self, model):
+        return [model.encoder.embed_tokens, model.decoder.embed_tokens]
+
+    def rms_norms(self, model):
+        norms = []
+        for stack in ("encoder", "decoder"):
+            for block in self.layers(model, stack):
+                norms += [sub.layer_norm for sub in block.layer if hasattr(sub, "layer_norm")]
+            norms.append(getattr(model, stack).final_layer_norm)
+        return norms
+
+    def sublayer_norm(self, layer, stack, index, kind):
+        sub = layer.layer[{"self": 0, "cross": 1, "ffn": -1}[kind]]
+        return getattr(sub, "layer_norm", None)
+
+    def output_norm(self, model):
+        return model.decoder.final_layer_norm
+
+    def hidden_params(self, model):
+        params = [(model.shared.weight, 1), (model.lm_head.weight, 1)]
+        for stack in ("encoder", "decoder"):
+            params += [(getattr(model, stack).embed_tokens.weight, 1),
+                       (getattr(model, stack).final_layer_norm.weight, 0)]
+        return params
+
 
 class BartAdapter(Adapter):
     """BART: post-norm, biases everywhere, FFN projections directly on the layer."""
@@ -190,6 +252,22 @@ class BartAdapter(Adapter):
     def set_decoder_depth(self, model, k):
         model.config.decoder_layers = k
         model.model.decoder.config.decoder_layers = k
+
+    def embedding_writes(self, model):
+        # gate after layernorm_embedding: token + position embeddings are normalised first
+        return [model.model.encoder.layernorm_embedding, model.model.decoder.layernorm_embedding]
+
+    def hidden_norms(self, model):
+        return [m for m in model.modules() if isinstance(m, nn.LayerNorm)]
+
+    def hidden_params(self, model):
+        params = [(model.model.shared.weight, 1), (model.lm_head.weight, 1)]
+        for stack in ("encoder", "decoder"):
+            part = getattr(model.model, stack)
+            params += [(part.embed_tokens.weight, 1), (part.embed_positions.weight, 1)]
+        for norm in self.hidden_norms(model):
+            params += [(p, 0) for p in (norm.weight, norm.bias) if p is not None]
+        return params
 
 
 _ADAPTERS: tuple[Adapter, ...] = (T5Adapter(), BartAdapter())

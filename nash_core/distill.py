@@ -92,8 +92,10 @@ class DistillHook(TrainHook):
         if self.uses_teacher and teacher is None:
             raise ValueError("distillation weights are set but no teacher was given")
         self.teacher = teacher.eval().requires_grad_(False).to(device) if self.uses_teacher else None
-        d_s = student.config.d_model
-        d_t = teacher.config.d_model if self.uses_teacher else d_s
+        # widths from the modules: a CoFi export with a pruned hidden dimension keeps the
+        # teacher's config.d_model but has a narrower residual stream
+        d_s = student.get_input_embeddings().embedding_dim
+        d_t = teacher.get_input_embeddings().embedding_dim if self.uses_teacher else d_s
         self.maps = nn.ModuleDict({"encoder": identity_linear(d_s, d_t),
                                    "decoder": identity_linear(d_s, d_t)}).to(device)
 

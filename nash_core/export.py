@@ -28,7 +28,8 @@ MODELING_FILE = Path(modeling_nash.__file__)
 
 
 def export_summary(model: nn.Module) -> dict:
-    """What was kept, in original indices: decoder layers, encoder heads, encoder FFN widths."""
+    """What was kept, in original indices: decoder layers, encoder heads, encoder FFN widths
+    (and the hidden width when CoFi's hidden-dimension mask pruned it)."""
     shapes = getattr(model.config, "nash", {}).get("shapes")
     decoder_kept = getattr(model.config, "nash_decoder_layers_kept", None)
     summary = {"decoder_layers_kept": decoder_kept}
@@ -36,6 +37,8 @@ def export_summary(model: nn.Module) -> dict:
         return summary
     summary["encoder_heads_kept"] = [layer["self"] or [] for layer in shapes["encoder"]]
     summary["encoder_ffn_dims"] = [layer["ffn"] or 0 for layer in shapes["encoder"]]
+    if "hidden" in shapes:  # CoFi's hidden-dimension mask: the residual width kept
+        summary["hidden_dims_kept"] = shapes["hidden"]["kept"]
     return summary
 
 

@@ -7,7 +7,15 @@ Hugging Face modules through removable hooks:
   views its input as (..., heads, head_dim) and scales each head; works with eager and SDPA
   because it runs after the attention kernel;
 - FFN unit gates: a forward pre-hook on ``wo`` / ``fc2`` scales each intermediate unit;
-- whole-sub-layer gates (CoFi): a forward hook scales the output of that same projection.
+- whole-sub-layer gates (CoFi): a forward hook scales the output of that same projection;
+- the hidden-dimension gate (CoFi; one gate per d_model dimension, shared by the whole model):
+  forward hooks scale every write into the residual stream -- the embedding output (T5: the
+  token embedding; BART: after ``layernorm_embedding``) and the output of every attention/FFN
+  output projection -- so a closed dimension is exactly zero in the residual stream. T5's RMS
+  norm keeps zeros at zero. BART's LayerNorm subtracts the mean and adds a bias, so a forward
+  hook on every ``nn.LayerNorm`` recomputes it over the open dimensions only and writes zeros
+  elsewhere (as CoFi's own code does); in training "open" means non-zero in the current sample.
+  Materialisation then slices every d_model-sized axis (see materialize.py).
 
 Training mode (taken from the hooked module, i.e. from ``model.train()``) uses a stochastic
 sample; the uniform noise is drawn once per optimizer step (:meth:`MaskSet.resample`) and the
@@ -22,6 +30,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from nash_core.adapters import Adapter, AttnKind, Stack, get_adapter
@@ -35,6 +44,7 @@ _EPS = 1e-6
 _SURVIVOR_SHARPNESS = 0.8  # reference: survivors keep sigmoid(log_alpha / beta * 0.8)
 
 Target = Literal["heads", "units", "layer"]
+HIDDEN = "model_hidden_units"  # name of the hidden-dimension group (stack "model", one row)
 
 
 @dataclass(frozen=True)
@@ -46,8 +56,8 @@ class GroupSpec:
     layer index of row r; ``min_keep[r]`` units of that row always survive the deterministic mask.
     """
 
-    stack: Stack
-    sublayer: Literal["self", "cross", "ffn"]
+    stack: Literal["encoder", "decoder", "model"]
+    sublayer: Literal["self", "cross", "ffn", "hidden"]
     target: Target
     layers: tuple[int, ...]
     units: int
@@ -150,6 +160,9 @@ class MaskSet(nn.Module):
         adapter = get_adapter(model)
         for group in self.groups.values():
             spec = group.spec
+            if spec.sublayer == "hidden":
+                self._attach_hidden(adapter, model, group)
+                continue
             for row, layer in enumerate(spec.layers):
                 proj, head_dim = _output_projection(adapter, model, spec, layer)
                 if spec.target == "layer":
@@ -157,6 +170,27 @@ class MaskSet(nn.Module):
                 else:
                     self._handles.append(proj.register_forward_pre_hook(_scale_input(group, row, head_dim)))
         return self
+
+    def _attach_hidden(self, adapter: Adapter, model: nn.Module, group: "HardConcrete") -> None:
+        width = adapter.hidden_size(model)
+        if group.spec.units != width:
+            raise ModelError(f"the hidden-dimension mask has {group.spec.units} gates but the model's "
+                             f"width is {width}: masks are trained on an unpruned student")
+        # norm hooks first: on BART's layernorm_embedding the gate scales the recomputed output
+        for norm in adapter.hidden_norms(model):
+            self._handles.append(norm.register_forward_hook(_layer_norm_over_kept(group)))
+        writes = list(adapter.embedding_writes(model))
+        for stack in ("encoder", "decoder"):
+            for i, layer in enumerate(adapter.layers(model, stack)):
+                for kind in ("self", "cross"):
+                    ref = adapter.attention(layer, stack, i, kind)
+                    if ref is not None:
+                        writes.append(ref.o)
+                ffn = adapter.ffn(layer, stack, i)
+                if ffn is not None:
+                    writes.append(ffn.output)
+        for module in writes:
+            self._handles.append(module.register_forward_hook(_scale_output(group, 0)))
 
     def detach(self) -> None:
         for h in self._handles:
@@ -189,15 +223,33 @@ def _scale_output(group: HardConcrete, row: int):
     return hook
 
 
+def _layer_norm_over_kept(group: HardConcrete):
+    """LayerNorm over the open hidden dimensions only; zeros on the closed ones."""
+    def hook(module, args, output):
+        z = group.gate(0, module.training)
+        kept = torch.nonzero(z).flatten()
+        if kept.numel() == z.numel():
+            return None
+        x = args[0].index_select(-1, kept)
+        weight = module.weight.index_select(0, kept) if module.weight is not None else None
+        bias = module.bias.index_select(0, kept) if module.bias is not None else None
+        normed = F.layer_norm(x, (kept.numel(),), weight, bias, module.eps)
+        return output.new_zeros(output.shape).index_copy(-1, kept, normed.to(output.dtype))
+    return hook
+
+
 # ---------------------------------------------------------------------- plans
 def plan_groups(model: nn.Module, *, stacks: tuple[Stack, ...] = ("encoder",), heads: bool = True,
                 ffn_units: bool = True, sublayers: bool = False, cross: bool = False,
-                head_init: float = 10.0, ffn_init: float = 0.0) -> list[GroupSpec]:
+                hidden: bool = False, head_init: float = 10.0, ffn_init: float = 0.0,
+                hidden_init: float = 10.0) -> list[GroupSpec]:
     """The mask groups for the chosen stacks.
 
     NASH: encoder heads + encoder FFN units. CoFi: heads, FFN units and whole sub-layers in both
-    stacks, including decoder cross-attention. Sub-layers that must stay alive (see
-    :meth:`Adapter.needs_self_attention`) keep >= 1 head and get no whole-sub-layer gate.
+    stacks, including decoder cross-attention, plus (``hidden``) one gate per d_model dimension
+    shared by the whole model (at least one dimension always survives). Sub-layers that must
+    stay alive (see :meth:`Adapter.needs_self_attention`) keep >= 1 head and get no
+    whole-sub-layer gate.
     """
     adapter = get_adapter(model)
     specs: list[GroupSpec] = []
@@ -223,6 +275,9 @@ def plan_groups(model: nn.Module, *, stacks: tuple[Stack, ...] = ("encoder",), h
                 specs.append(GroupSpec(stack, "ffn", "units", rows, refs[0].units, (0,) * n_layers, ffn_init))
             if sublayers:
                 specs.append(GroupSpec(stack, "ffn", "layer", rows, 1, (0,) * n_layers, head_init))
+    if hidden:
+        specs.append(GroupSpec("model", "hidden", "units", (0,), adapter.hidden_size(model), (1,),
+                               hidden_init))
     return specs
 
 

@@ -12,8 +12,9 @@ and resume them:
 - :func:`finetune` trains the exported model a little more (task loss + optional KD).
 
 Methods: ``nash`` (k decoder layers; encoder heads + FFN units; target on encoder sparsity),
-``cofi`` (full decoder depth; heads, FFN units and whole sub-layers in both stacks; one global
-target), ``sft`` (k decoder layers, no masks: a single distillation fine-tune).
+``cofi`` (full decoder depth; heads, FFN units and whole sub-layers in both stacks, and by
+default (``arm.hidden``) the hidden-dimension mask; one global target), ``sft`` (k decoder
+layers, no masks: a single distillation fine-tune).
 """
 
 from __future__ import annotations
@@ -36,8 +37,8 @@ from nash_core.loading import load_seq2seq
 from nash_core.masks import MaskSet, plan_groups
 from nash_core.materialize import materialize
 from nash_core.runtime import seed_everything
-from nash_core.sparsity import (Constraint, SparsityHook, count_prunable, load_pruning_state,
-                                save_pruning_state)
+from nash_core.sparsity import (Constraint, SparsityHook, count_parameters, count_prunable,
+                                load_pruning_state, save_pruning_state)
 from nash_core.train import train_seq2seq
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,7 @@ def plan_masks(student: nn.Module, arm: ArmConfig, stage_cfg: PruneStageConfig) 
         return MaskSet(plan_groups(student, stacks=("encoder",), **inits))
     if arm.method == "cofi":
         return MaskSet(plan_groups(student, stacks=("encoder", "decoder"), sublayers=True, cross=True,
+                                   hidden=arm.uses_hidden_mask, hidden_init=stage_cfg.hidden_mask_init,
                                    **inits))
     return None
 
@@ -163,6 +165,7 @@ def materialize_stage(stage_dir: str | Path, out_dir: str | Path) -> Path:
     meta = read_json(stage_dir / STAGE_META)
     model, tokenizer = load_seq2seq(stage_dir)
     before = {"encoder": count_prunable(model, ("encoder",)), "total": count_prunable(model)}
+    params_before = count_parameters(model)
     masks = None
     if (stage_dir / "nash_masks.pt").is_file():
         state = load_pruning_state(stage_dir)
@@ -173,6 +176,7 @@ def materialize_stage(stage_dir: str | Path, out_dir: str | Path) -> Path:
     nash_meta = {"method": meta["method"], "arm": meta["arm"], "target": meta["target"],
                  "teacher": meta["teacher"], "on_target": meta["on_target"],
                  "prunable_params_before": before, "prunable_params_after": after,
+                 "params_before": params_before, "params_after": count_parameters(model),
                  "encoder_sparsity": 1 - after["encoder"] / before["encoder"]}
     return save_exported(model, tokenizer, out_dir, nash_meta)
 

@@ -111,6 +111,7 @@ def mask_heatmap(shapes: dict, num_heads: int, d_ff: int, path: str | Path,
     ``shapes`` is ``config.json["nash"]["shapes"]`` of a pruned export: per encoder layer the
     kept head indices of ``self`` (``None``: the attention sub-layer was dropped) and the kept
     FFN unit count ``ffn`` (``None``: dropped). ``num_heads`` / ``d_ff`` are the unpruned sizes.
+    A CoFi export whose hidden dimension was pruned (``shapes["hidden"]``) says so in the title.
     """
     import numpy as np
 
@@ -136,5 +137,9 @@ def mask_heatmap(shapes: dict, num_heads: int, d_ff: int, path: str | Path,
     ax_f.set_xticks([])
     ax_f.set_yticks(range(len(layers)))
     ax_f.set_title("FFN units kept", fontsize=8)
-    fig.suptitle(title or "encoder units kept", fontsize=9)
+    heading = title or "encoder units kept"
+    hidden = shapes.get("hidden")
+    if hidden:
+        heading += f" | hidden {hidden['kept']}/{hidden['full']}"
+    fig.suptitle(heading, fontsize=9)
     return _save(fig, path)

@@ -3,8 +3,11 @@
 Sizes are read from the modules (via the adapter), never assumed: a head costs its q/k/v rows,
 its o columns and its q/k/v biases, whatever d_kv is; a gated FFN unit costs three d_model
 vectors. Parameters that belong to a sub-layer as a whole (BART's output biases) count as long
-as the sub-layer survives. The same accounting applied to a materialised model (no masks) gives
-its real prunable parameter count, which must equal the deterministic masks' expected size.
+as the sub-layer survives. With CoFi's hidden-dimension mask every d_model-sized factor is
+multiplied by the number of open dimensions. The same accounting applied to a materialised
+model (no masks) gives its real prunable parameter count, which must equal the deterministic
+masks' expected size; :meth:`SizeModel.total` also covers embeddings, LM head and norms and
+equals the materialised model's whole parameter count.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from torch import nn
 
 from nash_core.adapters import Stack, get_adapter
 from nash_core.io import atomic_write_json
-from nash_core.masks import GroupSpec, MaskSet
+from nash_core.masks import HIDDEN, GroupSpec, MaskSet
 from nash_core.train import TrainHook
 
 STACKS: tuple[Stack, ...] = ("encoder", "decoder")
@@ -25,34 +28,84 @@ STACKS: tuple[Stack, ...] = ("encoder", "decoder")
 
 @dataclass(frozen=True)
 class Sublayer:
-    """One prunable sub-layer: ``units`` units of ``per_unit`` parameters plus ``fixed`` ones."""
+    """One prunable sub-layer, its parameters split by what they scale with.
+
+    A unit (head / FFN unit) costs ``per_unit_h`` parameters per hidden dimension (its q/k/v rows
+    and o column, or its FFN rows and column) plus ``per_unit_c`` that do not depend on the
+    width (q/k/v or input biases). The sub-layer as a whole owns ``fixed_h`` per hidden dimension
+    (BART's output bias) plus ``fixed_c``; ``norm_h`` per hidden dimension is a norm that exists
+    only while the sub-layer keeps a unit (T5's pre-norm goes with a dropped sub-layer).
+    ``hidden`` is the model's current width.
+    """
 
     stack: Stack
     kind: str  # "self", "cross" or "ffn"
     layer: int
     units: int
-    per_unit: int
-    fixed: int
+    per_unit_h: int
+    per_unit_c: int
+    fixed_h: int
+    fixed_c: int
+    norm_h: int
+    hidden: int
+
+    @property
+    def per_unit(self) -> int:
+        return self.per_unit_h * self.hidden + self.per_unit_c
+
+    @property
+    def fixed(self) -> int:
+        return self.fixed_h * self.hidden + self.fixed_c
 
     @property
     def size(self) -> int:
+        """Prunable parameters (projections and their biases; norms excluded)."""
         return self.units * self.per_unit + self.fixed
+
+
+def _exact_div(total: int, by: int, what: str) -> int:
+    if by == 0:
+        return 0
+    if total % by:
+        raise ValueError(f"{what}: {total} parameters do not split evenly into {by} parts")
+    return total // by
 
 
 def sublayers(model: nn.Module) -> list[Sublayer]:
     """Every attention and FFN sub-layer that still exists in ``model``, with its unit costs."""
     adapter = get_adapter(model)
+    hidden = adapter.hidden_size(model)
     found = []
     for stack in STACKS:
         for i, layer in enumerate(adapter.layers(model, stack)):
             for kind in ("self", "cross"):
                 ref = adapter.attention(layer, stack, i, kind)
-                if ref is not None:
-                    found.append(Sublayer(stack, kind, i, ref.num_heads, ref.params_per_head, ref.fixed_params))
+                if ref is None:
+                    continue
+                weights = sum(p.weight.numel() for p in (ref.q, ref.k, ref.v, ref.o))
+                biases = sum(p.bias.numel() for p in (ref.q, ref.k, ref.v) if p.bias is not None)
+                found.append(_sublayer(adapter, layer, stack, kind, i, ref.num_heads, weights, biases,
+                                       ref.o.bias, hidden))
             ffn = adapter.ffn(layer, stack, i)
             if ffn is not None:
-                found.append(Sublayer(stack, "ffn", i, ffn.units, ffn.params_per_unit, ffn.fixed_params))
+                weights = sum(p.weight.numel() for p in (*ffn.inputs, ffn.output))
+                biases = sum(p.bias.numel() for p in ffn.inputs if p.bias is not None)
+                found.append(_sublayer(adapter, layer, stack, "ffn", i, ffn.units, weights, biases,
+                                       ffn.output.bias, hidden))
     return found
+
+
+def _sublayer(adapter, layer, stack, kind, i, units, weights, biases, out_bias, hidden) -> Sublayer:
+    what = f"{stack} layer {i} {kind}"
+    norm = adapter.sublayer_norm(layer, stack, i, kind)
+    return Sublayer(stack, kind, i, units,
+                    per_unit_h=_exact_div(weights, units * hidden, what),
+                    per_unit_c=_exact_div(biases, units, what),
+                    fixed_h=_exact_div(out_bias.numel(), hidden, what) if out_bias is not None else 0,
+                    fixed_c=0,
+                    norm_h=_exact_div(sum(p.numel() for p in norm.parameters()), hidden, what)
+                    if norm is not None else 0,
+                    hidden=hidden)
 
 
 def count_prunable(model: nn.Module, stacks: tuple[Stack, ...] = STACKS) -> int:
@@ -60,35 +113,82 @@ def count_prunable(model: nn.Module, stacks: tuple[Stack, ...] = STACKS) -> int:
     return sum(s.size for s in sublayers(model) if s.stack in stacks)
 
 
+def count_parameters(model: nn.Module) -> int:
+    """Every parameter of ``model``, tied ones once (what materialisation must match exactly)."""
+    return sum(p.numel() for p in model.parameters())
+
+
 class SizeModel:
-    """Expected size of the student under its masks, differentiable in the masks' log_alpha."""
+    """Expected size of the student under its masks, differentiable in the masks' log_alpha.
+
+    With a hidden-dimension mask every d_model-sized factor is multiplied by the number of
+    open dimensions (expected: sum of P(nonzero); materialised: the kept count), as in CoFi's
+    expected-size formula; products of expectations are the smooth surrogate the Lagrangian uses.
+    """
 
     def __init__(self, model: nn.Module, masks: MaskSet):
+        adapter = get_adapter(model)
         self.entries = sublayers(model)
+        self.width = adapter.hidden_size(model)
         self.rows: dict[tuple[str, str, int], tuple[str, int]] = {}
+        self.hidden_group: str | None = None
         for spec in masks.specs:
+            if spec.name == HIDDEN:
+                self.hidden_group = spec.name
+                continue
             for row, layer in enumerate(spec.layers):
                 self.rows[(spec.stack, f"{spec.sublayer}:{spec.target}", layer)] = (spec.name, row)
+        # everything outside the sub-layers: the width-dependent part (embeddings, LM head, norms,
+        # BART positions) and the rest (T5 relative-position tables)
+        seen, rest_h = set(), 0
+        for p, axis in adapter.hidden_params(model):
+            if id(p) not in seen:
+                seen.add(id(p))
+                rest_h += _exact_div(p.numel(), self.width, "embedding/norm parameters")
+        in_sublayers = sum(e.size + e.norm_h * e.hidden for e in self.entries)
+        self.rest_h = rest_h
+        self.rest_c = count_parameters(model) - in_sublayers - rest_h * self.width
 
     def prunable(self, stacks: tuple[Stack, ...]) -> int:
         return sum(e.size for e in self.entries if e.stack in stacks)
 
+    def hidden(self, values: dict[str, torch.Tensor]) -> torch.Tensor | float:
+        """Open hidden dimensions (expected or kept); the full width without a hidden mask."""
+        if self.hidden_group is None:
+            return float(self.width)
+        return values[self.hidden_group][0].sum()
+
     def size(self, values: dict[str, torch.Tensor], stacks: tuple[Stack, ...]) -> torch.Tensor:
-        """Sum over sub-layers of gate(sub-layer) * (sum of unit gates * per_unit + fixed).
+        """Sum over sub-layers of gate * (kept units * (per_unit_h * h + per_unit_c) + fixed_h * h + fixed_c).
 
         ``values`` maps group names to per-unit P(nonzero) (expected size) or to 0/1 indicators
-        of the deterministic mask (the materialised size).
+        of the deterministic mask (the materialised size); ``h`` is the open hidden width.
         """
-        device = next(iter(values.values())).device if values else torch.device("cpu")
-        total = torch.zeros((), device=device)
+        return self._size(values, stacks, norms=False)
+
+    def total(self, values: dict[str, torch.Tensor]) -> torch.Tensor:
+        """All parameters of the model under ``values``: sub-layers, their norms, embeddings, LM
+        head, other norms and tables. With 0/1 indicators this is the materialised model's
+        :func:`count_parameters` exactly."""
+        h = self.hidden(values)
+        return self._size(values, STACKS, norms=True) + self.rest_h * h + self.rest_c
+
+    def _size(self, values, stacks, norms: bool) -> torch.Tensor:
+        first = next(iter(values.values())) if values else torch.zeros(())
+        total = torch.zeros((), device=first.device, dtype=first.dtype)
+        h = self.hidden(values)
         for e in self.entries:
             if e.stack not in stacks:
                 continue
             unit_target = "heads" if e.kind in ("self", "cross") else "units"
             units = self._lookup(values, e, unit_target)
-            kept_units = units.sum() if units is not None else torch.tensor(float(e.units), device=device)
+            kept_units = units.sum() if units is not None else float(e.units)
             gate = self._lookup(values, e, "layer")
-            sub = kept_units * e.per_unit + e.fixed
+            sub = kept_units * (e.per_unit_h * h + e.per_unit_c) + e.fixed_h * h + e.fixed_c
+            if norms and e.norm_h:
+                # the norm exists while at least one unit does: P(any unit) = 1 - prod(1 - p)
+                alive = 1.0 - torch.prod(1.0 - units) if units is not None else 1.0
+                sub = sub + alive * e.norm_h * h
             total = total + (sub * gate[0] if gate is not None else sub)
         return total
 
@@ -101,8 +201,11 @@ class SizeModel:
 
 
 def hard_values(masks: MaskSet) -> dict[str, torch.Tensor]:
-    """0/1 survival indicators of the deterministic masks (what materialisation keeps)."""
-    return {name: (z > 0).float() for name, z in masks.deterministic().items()}
+    """0/1 survival indicators of the deterministic masks (what materialisation keeps).
+
+    float64, so that sizes computed from them are exact integers even for billions of parameters.
+    """
+    return {name: (z > 0).double() for name, z in masks.deterministic().items()}
 
 
 # ---------------------------------------------------------------------- Lagrangian
@@ -190,6 +293,9 @@ class SparsityHook(TrainHook):
                 out[f"sparsity_expected_{c.name}"] = float(self.sizes.sparsity(probs, c.stacks))
                 out[f"sparsity_hard_{c.name}"] = float(self.sizes.sparsity(hard, c.stacks))
                 out[f"sparsity_target_{c.name}"] = c.end
+            if self.sizes.hidden_group is not None:
+                out["hidden_kept"] = float(self.sizes.hidden(hard))
+                out["hidden_expected"] = float(self.sizes.hidden(probs))
             return out
 
     def is_eligible(self, metrics: dict) -> bool:

@@ -29,12 +29,16 @@ for path, ids, mask in json.loads(sys.argv[1]):
 print(json.dumps(results))
 """
 FAMILIES = {"t5": pt.t5, "t5-gated": lambda: pt.t5(gated=True), "bart": pt.bart}
+# name -> (model, CoFi hidden-dimension mask on)
+EXPORTS = {**{name: (make, False) for name, make in FAMILIES.items()},
+           **{f"{name}-hidden": (make, True) for name, make in FAMILIES.items()}}
 
 
-def _pruned(make):
+def _pruned(make, hidden=False):
     model = make()
     keep_decoder_layers(model, [1, 2])
-    masks = MaskSet(plan_groups(model, stacks=("encoder", "decoder"), sublayers=True, cross=True)).attach(model)
+    masks = MaskSet(plan_groups(model, stacks=("encoder", "decoder"), sublayers=True, cross=True,
+                                hidden=hidden)).attach(model)
     pt.randomize_masks(masks, seed=4)
     return materialize(model.eval(), masks)
 
@@ -42,8 +46,8 @@ def _pruned(make):
 def test_fresh_process_generates_like_load_exported(tmp_path):
     b = pt.batch()
     expected, jobs = {}, []
-    for name, make in FAMILIES.items():
-        model = _pruned(make)
+    for name, (make, hidden) in EXPORTS.items():
+        model = _pruned(make, hidden)
         out = save_exported(model, pt.tokenizer(), tmp_path / name, {"method": "cofi", "target": 0.3,
                                                                      "teacher": "teacher-dir"})
         config = json.loads((out / "config.json").read_text())
@@ -52,7 +56,14 @@ def test_fresh_process_generates_like_load_exported(tmp_path):
         assert nash["encoder_heads_kept"] == [layer["self"] or [] for layer in nash["shapes"]["encoder"]]
         assert config["auto_map"]["AutoModelForSeq2SeqLM"].startswith("modeling_nash.Nash")
         assert (out / "modeling_nash.py").is_file() and (out / "model.safetensors").is_file()
+        if hidden:  # the residual width shrank; config.d_model stays the teacher's
+            kept = nash["shapes"]["hidden"]["kept"]
+            assert nash["hidden_dims_kept"] == kept < config["d_model"] == 32
+        else:
+            assert "hidden" not in nash["shapes"] and "hidden_dims_kept" not in nash
         ours, _ = load_exported(out)
+        assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in model.parameters())
+        assert ours.get_input_embeddings().embedding_dim == model.get_input_embeddings().embedding_dim
         ids = dict(input_ids=b["input_ids"], attention_mask=b["attention_mask"])
         expected[str(out)] = ours.generate(**ids, **GEN)
         assert torch.equal(expected[str(out)], model.generate(**ids, **GEN))

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import pruning_tiny as pt
-from nash_core.masks import (BETA, GAMMA, LOG_ALPHA_MAX, LOG_ALPHA_MIN, ZETA, GroupSpec, HardConcrete, MaskSet,
+from nash_core.masks import (BETA, GAMMA, HIDDEN, LOG_ALPHA_MAX, LOG_ALPHA_MIN, ZETA, GroupSpec, HardConcrete, MaskSet,
                              plan_groups)
 
 
@@ -119,3 +119,32 @@ def test_eager_and_sdpa_agree_under_masks():
         model.train()
         outs.append(model(**pt.batch()).logits.detach())
     assert torch.allclose(outs[0], outs[1], atol=1e-5)
+
+
+@pytest.mark.parametrize("make", [pt.t5, pt.bart], ids=["t5", "bart"])
+def test_hidden_mask_zeroes_closed_dimensions_of_the_residual_stream(make):
+    model = make()
+    b = pt.batch()
+    with torch.no_grad():
+        ref = model(**b).logits
+    masks = MaskSet(plan_groups(model, stacks=("encoder", "decoder"), hidden=True, head_init=LOG_ALPHA_MAX,
+                                ffn_init=LOG_ALPHA_MAX, hidden_init=LOG_ALPHA_MAX)).attach(model)
+    assert masks.groups[HIDDEN].spec.units == 32 and masks.groups[HIDDEN].spec.min_keep == (1,)
+    closed = [3, 17, 30]
+    with torch.no_grad():  # open gates soft enough that a training sample is not clamped (gradients)
+        masks.groups[HIDDEN].log_alpha.fill_(2.0)
+        masks.groups[HIDDEN].log_alpha[0, closed] = LOG_ALPHA_MIN
+    for train in (False, True):  # deterministic mask, then a training sample (closed gates sample 0)
+        model.train(train)
+        out = model(**b, output_hidden_states=True)
+        for states in (out.encoder_hidden_states, out.decoder_hidden_states):
+            for h in states:  # embeddings and every layer output (BART: after its LayerNorm)
+                assert float(h[..., closed].detach().abs().max()) == 0.0
+                assert float(h.detach().abs().max()) > 0
+    assert (out.logits - ref).abs().max() > 1e-3
+    out.loss.backward()  # gradients reach the hidden gates through every residual write
+    assert float(masks.groups[HIDDEN].log_alpha.grad.abs().sum()) > 0
+    masks.detach()
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(**b).logits, ref)

@@ -5,7 +5,7 @@ import torch
 
 import pruning_tiny as pt
 from nash_core.layer_selection import keep_decoder_layers
-from nash_core.masks import LOG_ALPHA_MIN, MaskSet, plan_groups
+from nash_core.masks import HIDDEN, LOG_ALPHA_MIN, MaskSet, plan_groups
 from nash_core.materialize import materialize
 
 GEN = dict(max_new_tokens=8, min_new_tokens=8, do_sample=False, suppress_tokens=[0, 1])
@@ -18,19 +18,22 @@ MODELS = {
 }
 
 
-def _masked(make, cofi: bool, seed: int = 3):
+def _masked(make, cofi: bool, seed: int = 3, hidden: bool = False):
     model = make()
     keep_decoder_layers(model, [0, 2, 3])
-    kwargs = dict(stacks=("encoder", "decoder"), sublayers=True, cross=True) if cofi else {}
+    kwargs = dict(stacks=("encoder", "decoder"), sublayers=True, cross=True, hidden=hidden) if cofi else {}
     masks = MaskSet(plan_groups(model, **kwargs)).attach(model)
     pt.randomize_masks(masks, seed=seed)
     return model.eval(), masks
 
 
-@pytest.mark.parametrize("cofi", [False, True], ids=["nash", "cofi"])
+MODES = {"nash": dict(cofi=False), "cofi": dict(cofi=True), "cofi-hidden": dict(cofi=True, hidden=True)}
+
+
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("name", MODELS)
-def test_logits_equal_masked_model(name, cofi):
-    model, masks = _masked(MODELS[name], cofi)
+def test_logits_equal_masked_model(name, mode):
+    model, masks = _masked(MODELS[name], **MODES[mode])
     b = pt.batch()
     with torch.no_grad():
         masked = model(**b).logits
@@ -40,12 +43,58 @@ def test_logits_equal_masked_model(name, cofi):
         pruned = model(**b).logits
     assert (masked - pruned).abs().max().item() <= 1e-5
     assert sum(p.numel() for p in model.parameters()) < before
+    if mode == "cofi-hidden":
+        kept = int((masks.deterministic()[HIDDEN] > 0).sum())
+        assert 0 < kept < 32  # the width really shrank ...
+        assert model.get_input_embeddings().weight.shape[1] == kept
+        assert model.get_output_embeddings().weight.shape[1] == kept
+        assert model.config.nash["shapes"]["hidden"] == {"kept": kept, "full": 32}
 
 
+def _t5_eps(gated: bool, untie: bool, eps: float = 0.5):
+    """A T5 whose RMS-norm epsilon matters (random tiny activations dwarf the default 1e-6).
+
+    transformers 5 always ties T5's LM head to the embedding (T5Config forces
+    tie_word_embeddings=True; the flag only switches the d_model**-0.5 output scale), so the
+    untied case is built by hand, in process only.
+    """
+    model = pt.t5(gated=gated, dec=4)
+    model.config.layer_norm_epsilon = eps
+    for module in model.modules():
+        if hasattr(module, "variance_epsilon"):
+            module.variance_epsilon = eps
+    if untie:
+        model.lm_head.weight = torch.nn.Parameter(model.lm_head.weight.detach() * 1.5)
+    return model
+
+
+@pytest.mark.parametrize("untie", [False, True], ids=["tied", "untied"])
+@pytest.mark.parametrize("gated", [False, True], ids=["t5", "t5-gated"])
+def test_hidden_mask_t5_norm_rescale_is_exact_with_large_eps(gated, untie):
+    # the kept width k < d changes RMS norm's mean: weights * sqrt(d/k) and eps * d/k restore it
+    # (a wrong epsilon such as eps * k/d is off by ~0.27 here); a tied LM head needs the hidden
+    # gate divided out of the decoder's final norm, an untied one must not get that correction
+    model, masks = _masked(lambda: _t5_eps(gated, untie), cofi=True, hidden=True, seed=4)
+    assert (model.lm_head.weight is model.shared.weight) == (not untie)
+    b = pt.batch()
+    with torch.no_grad():
+        masked = model(**b).logits
+    materialize(model, masks)
+    with torch.no_grad():
+        pruned = model(**b).logits
+    assert (masked - pruned).abs().max().item() <= 1e-5
+    assert (model.lm_head.weight is model.shared.weight) == (not untie)  # ties survive, none appear
+    assert model.encoder.embed_tokens.weight is model.shared.weight
+    kept = model.config.nash["shapes"]["hidden"]["kept"]
+    norm = model.encoder.final_layer_norm
+    assert norm.weight.shape == (kept,) and norm.variance_epsilon == pytest.approx(0.5 * 32 / kept)
+
+
+@pytest.mark.parametrize("hidden", [False, True], ids=["cofi", "cofi-hidden"])
 @pytest.mark.parametrize("make", [lambda: pt.t5(enc=3, dec=4), lambda: pt.bart(dec=4)], ids=["t5", "bart"])
-def test_cached_generation_after_materialise(make):
+def test_cached_generation_after_materialise(make, hidden):
     # enc=3: a T5 decoder deeper than its encoder needs an explicit growing cache (stack-notes)
-    model, masks = _masked(make, cofi=True, seed=5)
+    model, masks = _masked(make, cofi=True, seed=5, hidden=hidden)
     with torch.no_grad():  # drop decoder layer 1's self-attention (its KV-cache slot goes unused)
         masks.groups["decoder_self_layer"].log_alpha[0] = LOG_ALPHA_MIN
     b = pt.batch()

@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 from transformers import T5Config, T5ForConditionalGeneration
 
 from nash_core.base_model import build_demo_tokenizer
-from nash_core.config import ArmConfig, DataConfig, FinetuneConfig, PruneStageConfig, TrainConfig
+from nash_core.config import ArmConfig, DataConfig, DistillConfig, FinetuneConfig, PruneStageConfig, TrainConfig
 from nash_core.data import prepare_splits, read_split
 from nash_core.loading import load_seq2seq
 from nash_core import prune
@@ -78,14 +78,34 @@ def test_staged_nash_materialise_finetune(setup):
 def test_cofi_and_sft_arms(setup):
     root, _ = setup
     cofi = ArmConfig(method="cofi", targets=[0.3])
-    stage = _run(setup, cofi, None, 0.0, 0.3, "cofi-s1")
+    # hidden gates start soft (log_alpha 0.5: P(open) ~ 0.89) so a few dimensions are really pruned
+    stage = _run(setup, cofi, None, 0.0, 0.3, "cofi-s1", cfg=_stage_cfg(hidden_mask_init=0.5))
     names = {(s["stack"], s["sublayer"], s["target"])
              for s in torch.load(stage / "nash_masks.pt", weights_only=True)["specs"]}
     assert ("decoder", "cross", "heads") in names and ("encoder", "ffn", "layer") in names
-    assert json.loads((stage / "stage_meta.json").read_text())["sparsity"]["sparsity_target_model"] == 0.3
+    assert ("model", "hidden", "units") in names  # the hidden-dimension mask is on by default
+    sparsity = json.loads((stage / "stage_meta.json").read_text())["sparsity"]
+    assert sparsity["sparsity_target_model"] == 0.3 and 1 <= sparsity["hidden_kept"] < 32
     student, _ = load_seq2seq(stage)
     assert len(student.decoder.block) == 3  # cofi keeps the full decoder depth
-    assert (prune.materialize_stage(stage, root / "cofi-e1") / "modeling_nash.py").is_file()
+    export = prune.materialize_stage(stage, root / "cofi-e1")
+    assert (export / "modeling_nash.py").is_file()
+    nash = json.loads((export / "config.json").read_text())["nash"]
+    assert nash["shapes"]["hidden"] == {"kept": sparsity["hidden_kept"], "full": 32}
+    assert nash["params_after"] <= nash["params_before"]
+    # the final fine-tune with hidden-state distillation: the student's width is read from its
+    # modules (config.d_model stays the teacher's)
+    ft_cfg = FinetuneConfig(train=TrainConfig(max_steps=2, batch_size=8, eval_every=2, eval_examples=8),
+                            distill=DistillConfig(kd_weight=0.5, layer_weight=0.01))
+    final = prune.finetune(export, root / "teacher", ft_cfg, root / "cofi-f1", splits_dir=setup[1], data_cfg=DATA)
+    assert json.loads((final / "config.json").read_text())["nash"]["shapes"] == nash["shapes"]
+
+    no_hidden = _run(setup, ArmConfig(method="cofi", targets=[0.3], hidden=False, name="cofi-nohidden"), None,
+                     0.0, 0.3, "cofi-nohidden-s1", cfg=_stage_cfg(steps=2))
+    assert not any(s["sublayer"] == "hidden" for s in
+                   torch.load(no_hidden / "nash_masks.pt", weights_only=True)["specs"])
+    with pytest.raises(ValueError, match="hidden"):
+        ArmConfig(method="nash", decoder_layers=2, targets=[0.3], hidden=True)
 
     sft = ArmConfig(method="sft", decoder_layers=1)
     stage = _run(setup, sft, None, 0.0, 0.0, "sft-s1")

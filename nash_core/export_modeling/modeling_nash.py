@@ -11,6 +11,14 @@ A head list names the ORIGINAL head indices kept; ``[]`` means no head is left b
 still adds its output bias (BART); ``None`` means the whole sub-layer is gone. An FFN of ``None``
 is gone (T5: the block skips it; BART: its output bias goes too).
 
+CoFi's hidden-dimension pruning adds ``shapes["hidden"] = {"kept": k, "full": d}``: every
+d_model-sized axis (embeddings, BART positions, norms, q/k/v and FFN input columns, output
+projection rows, LM head) is resized to k. ``config.d_model`` stays d, so T5's d_model**-0.5
+output scale and BART's head size / embedding scale keep their values. T5's RMS norm averages
+over the width, so each T5 norm's epsilon becomes eps * d / k (its weights were multiplied by
+sqrt(d / k) when the model was materialised); together they give exactly the full-width norm
+of a vector whose pruned dimensions are zero.
+
 T5 subtlety: block 0 computes the relative-position bias for all original heads and hands it to
 every later block, so a block with fewer heads must take its heads' slice. That happens in the
 attention functions registered below under ``nash_t5_sdpa`` / ``nash_t5_eager``; the same names
@@ -177,9 +185,98 @@ def _bart_ffn(layer, units) -> None:
     layer.fc2 = _linear_like(layer.fc2, units or 0, layer.fc2.out_features, bias=units is not None)
 
 
+# ---------------------------------------------------------------------- hidden width (CoFi)
+def _t5_hidden_targets(model: nn.Module):
+    """(module, parameter name, hidden axis) of every d_model-sized parameter of a T5."""
+    yield model.shared, "weight", 1
+    yield model.lm_head, "weight", 1
+    for stack in (model.encoder, model.decoder):
+        yield stack.embed_tokens, "weight", 1
+        yield stack.final_layer_norm, "weight", 0
+        for block in stack.block:
+            for sub in block.layer:
+                if hasattr(sub, "layer_norm"):
+                    yield sub.layer_norm, "weight", 0
+                attn = getattr(sub, "SelfAttention", None) or getattr(sub, "EncDecAttention", None)
+                if attn is not None:
+                    yield from ((getattr(attn, n), "weight", 1) for n in ("q", "k", "v"))
+                    yield attn.o, "weight", 0
+                dense = getattr(sub, "DenseReluDense", None)
+                if dense is not None:
+                    yield from ((getattr(dense, n), "weight", 1) for n in ("wi", "wi_0", "wi_1")
+                                if hasattr(dense, n))
+                    yield dense.wo, "weight", 0
+
+
+def _bart_hidden_targets(model: nn.Module):
+    yield model.model.shared, "weight", 1
+    yield model.lm_head, "weight", 1
+    for stack in (model.model.encoder, model.model.decoder):
+        yield stack.embed_tokens, "weight", 1
+        yield stack.embed_positions, "weight", 1
+        for layer in stack.layers:
+            for attr in ("self_attn", "encoder_attn"):
+                attn = getattr(layer, attr, None)
+                if attn is not None:
+                    yield from ((getattr(attn, n), "weight", 1) for n in ("q_proj", "k_proj", "v_proj"))
+                    yield attn.out_proj, "weight", 0
+                    yield attn.out_proj, "bias", 0
+            yield layer.fc1, "weight", 1
+            yield layer.fc2, "weight", 0
+            yield layer.fc2, "bias", 0
+    for norm in model.modules():
+        if isinstance(norm, nn.LayerNorm):
+            yield norm, "weight", 0
+            yield norm, "bias", 0
+
+
+def _shrink_hidden(model: nn.Module, shapes: dict) -> None:
+    hidden = shapes.get("hidden")
+    if not hidden or hidden["kept"] == hidden["full"]:
+        return
+    k, full = int(hidden["kept"]), int(hidden["full"])
+    family = shapes["family"]
+    targets = list((_t5_hidden_targets if family == "t5" else _bart_hidden_targets)(model))
+    # tied parameters stay tied: one new tensor per old one (the old ones are kept alive in
+    # ``replaced`` until the end, so that their ids cannot be reused by a later allocation)
+    replaced: dict[int, tuple[nn.Parameter, nn.Parameter]] = {}
+    for module, name, axis in targets:
+        old = module._parameters.get(name)
+        if old is None:
+            continue
+        new = replaced[id(old)][1] if id(old) in replaced else None
+        if new is None:
+            if old.shape[axis] != full:
+                raise ValueError(f"cannot shrink {type(module).__name__}.{name} {tuple(old.shape)} "
+                                 f"on axis {axis}: expected width {full}")
+            shape = list(old.shape)
+            shape[axis] = k
+            new = nn.Parameter(torch.empty(shape, dtype=old.dtype, device=old.device),
+                               requires_grad=old.requires_grad)
+            replaced[id(old)] = (old, new)
+        module._parameters[name] = new
+        if isinstance(module, nn.Linear):
+            module.in_features, module.out_features = module.weight.shape[1], module.weight.shape[0]
+        elif isinstance(module, nn.Embedding):
+            module.embedding_dim = k
+        elif isinstance(module, nn.LayerNorm):
+            module.normalized_shape = (k,)
+    if family == "t5":
+        for module in model.modules():
+            if type(module).__name__ == "T5LayerNorm":
+                module.variance_epsilon = model.config.layer_norm_epsilon * full / k
+            if hasattr(module, "key_value_proj_dim") and hasattr(module, "d_model"):
+                module.d_model = k
+    else:
+        for module in model.modules():
+            if hasattr(module, "embed_dim") and (hasattr(module, "q_proj") or hasattr(module, "fc1")):
+                module.embed_dim = k
+
+
 def restructure(model: nn.Module, shapes: dict) -> nn.Module:
     """Resize ``model``'s modules (in place) to the recorded per-layer shapes."""
     {"t5": restructure_t5, "bart": restructure_bart}[shapes["family"]](model, shapes)
+    _shrink_hidden(model, shapes)
     return model
 
 
