@@ -53,14 +53,16 @@ def device_sync(device: torch.device | str) -> Callable[[], None]:
 
 def timed_rounds(fns: Sequence[Callable[[], Any]], warmup: int, repeats: int,
                  clock: Clock = time.perf_counter, sync: Callable[[], None] = lambda: None,
-                 desc: str = "timing") -> tuple[list[list[float]], list[Any]]:
+                 desc: str = "timing", keep_outputs: bool = False) -> tuple[list[list[float]], list[Any]]:
     """Call ``fns`` interleaved, round after round: f0 f1 ... f0 f1 ...
 
     The first ``warmup`` rounds are run and discarded. Each call is bracketed by
-    sync-then-clock on both sides. Returns (seconds per fn per kept round, last result per fn).
+    sync-then-clock on both sides. Returns (seconds per fn per kept round, last result per fn),
+    or with ``keep_outputs`` (seconds, every kept round's result per fn).
     """
     times: list[list[float]] = [[] for _ in fns]
     last: list[Any] = [None] * len(fns)
+    kept: list[list[Any]] = [[] for _ in fns]
     for r in tqdm(range(warmup + repeats), desc=desc, unit="round", leave=False,
                   disable=progress_disabled()):
         for i, fn in enumerate(fns):
@@ -71,7 +73,9 @@ def timed_rounds(fns: Sequence[Callable[[], Any]], warmup: int, repeats: int,
             t1 = clock()
             if r >= warmup:
                 times[i].append(t1 - t0)
-    return times, last
+                if keep_outputs:
+                    kept[i].append(last[i])
+    return times, (kept if keep_outputs else last)
 
 
 def latency_stats(seconds: Sequence[float]) -> dict[str, float]:
@@ -173,9 +177,9 @@ def random_inputs(num_inputs: int, source_length: int, vocab_size: int, seed: in
 
 
 def make_batch(rows: Sequence[Sequence[int]], batch_size: int, pad_id: int,
-               device: torch.device | str) -> dict[str, torch.Tensor]:
-    """The first ``batch_size`` rows (cycled when there are fewer), right-padded."""
-    picked = [list(rows[i % len(rows)]) for i in range(batch_size)]
+               device: torch.device | str, start: int = 0) -> dict[str, torch.Tensor]:
+    """``batch_size`` rows from row ``start`` on (cycled when there are fewer), right-padded."""
+    picked = [list(rows[(start + i) % len(rows)]) for i in range(batch_size)]
     width = max(len(r) for r in picked)
     ids = torch.full((batch_size, width), pad_id, dtype=torch.long)
     mask = torch.zeros((batch_size, width), dtype=torch.long)
@@ -191,17 +195,37 @@ def _pad_id(model) -> int:
 
 
 # --------------------------------------------------------------------------- measurement
-def _generate_fn(model, batch, gen_cfg):
-    return lambda: run_generate(model, batch, gen_cfg)
+def input_batches(rows: Sequence[Sequence[int]], batch_size: int, pad_id: int,
+                  device: torch.device | str) -> list[dict[str, torch.Tensor]]:
+    """Consecutive batches covering every row once (the last one wraps around)."""
+    return [make_batch(rows, batch_size, pad_id, device, start)
+            for start in range(0, max(len(rows), 1), batch_size)]
 
 
-def _encoder_fn(model, batch):
-    encoder = model.get_encoder()
+def _cycling(batches: Sequence[dict], call: Callable[[dict], Any]) -> Callable[[], Any]:
+    """A timed fn whose k-th call runs on batch k (cycled). Models timed interleaved advance in
+    lockstep, so every round times all of them on the same inputs, and the rounds go through
+    all the inputs: natural-decoding latency is a median over inputs, not one input's."""
+    calls = [0]
 
     def run():
+        batch = batches[calls[0] % len(batches)]
+        calls[0] += 1
+        return call(batch)
+    return run
+
+
+def _generate_fn(model, batches, gen_cfg):
+    return _cycling(batches, lambda b: run_generate(model, b, gen_cfg))
+
+
+def _encoder_fn(model, batches):
+    encoder = model.get_encoder()
+
+    def run(batch):
         with torch.inference_mode():
             return encoder(**batch)
-    return run
+    return _cycling(batches, run)
 
 
 def _cost(price_per_hour: float, seconds_per_request: float, tokens_per_s: float) -> dict:
@@ -227,7 +251,8 @@ def benchmark_loaded(cands: Sequence[Candidate], input_rows: Sequence[Sequence[S
     sync = sync or device_sync(device)
     out = [{"name": c.name, **c.info, "results": {m: {} for m in modes}} for c in cands]
     for bs in bench_cfg.batch_sizes:
-        batches = [make_batch(rows, bs, _pad_id(c.model), device) for c, rows in zip(cands, input_rows)]
+        batches = [input_batches(rows, bs, _pad_id(c.model), device)
+                   for c, rows in zip(cands, input_rows)]
         enc_times, _ = timed_rounds([_encoder_fn(c.model, b) for c, b in zip(cands, batches)],
                                     bench_cfg.warmup, bench_cfg.repeats, clock, sync, f"encoder bs{bs}")
         for mode in modes:
@@ -235,22 +260,25 @@ def benchmark_loaded(cands: Sequence[Candidate], input_rows: Sequence[Sequence[S
             cfgs = [generation_config_for(c.model, eval_cfg, fixed) for c in cands]
             fns = [_generate_fn(c.model, b, g) for c, b, g in zip(cands, batches, cfgs)]
             times, outputs = timed_rounds(fns, bench_cfg.warmup, bench_cfg.repeats, clock, sync,
-                                          f"{mode} bs{bs}")
+                                          f"{mode} bs{bs}", keep_outputs=True)
             base_median = float(np.median(times[0]))
-            for i, (c, t, seqs, g) in enumerate(zip(cands, times, outputs, cfgs)):
+            for i, (c, t, outs, g) in enumerate(zip(cands, times, outputs, cfgs)):
                 stats = latency_stats(t)
                 enc = latency_stats(enc_times[i])
                 median_s = stats["median_ms"] / 1000.0
-                tokens = int(sum(generated_lengths(seqs, g.eos_token_id)))
-                steps = int(seqs.shape[1]) - 1
-                tps = tokens / median_s if median_s > 0 else float("inf")
+                # rounds ran on different inputs: throughput = all tokens / all time
+                total_s = float(sum(t))
+                tokens = sum(int(sum(generated_lengths(seqs, g.eos_token_id))) for seqs in outs)
+                steps = sum(int(seqs.shape[1]) - 1 for seqs in outs)
+                tps = tokens / total_s if total_s > 0 else float("inf")
                 res = {
                     "latency": stats, "encoder": enc,
                     "decoder_median_ms": stats["median_ms"] - enc["median_ms"],
-                    "new_tokens_per_sequence": steps, "generated_tokens": tokens,
-                    "sequences_per_s": bs / median_s if median_s > 0 else float("inf"),
+                    "new_tokens_per_sequence": steps / len(outs),
+                    "generated_tokens": tokens / len(outs),  # per batch
+                    "sequences_per_s": bs * len(outs) / total_s if total_s > 0 else float("inf"),
                     "tokens_per_s": tps,
-                    "ms_per_token": stats["median_ms"] / steps if steps else None,
+                    "ms_per_token": 1000.0 * total_s / steps if steps else None,
                     "speedup": base_median / median_s if median_s > 0 else None,
                     **_cost(bench_cfg.price_per_hour, median_s / bs, tps),
                 }

@@ -68,8 +68,10 @@ class FakeModel:
     PAD, EOS, START, TOKEN = 0, 1, 0, 7
 
     def __init__(self, clock: FakeClock, enc_ms: float, step_ms: float, natural_len: int = 5,
-                 slow_first: int = 0, slow_ms: float = 0.0, name: str = "m", log: list | None = None):
+                 slow_first: int = 0, slow_ms: float = 0.0, name: str = "m", log: list | None = None,
+                 len_from_input: bool = False):
         self.clock, self.enc_ms, self.step_ms = clock, enc_ms, step_ms
+        self.len_from_input = len_from_input  # natural length = the first row's first token id
         self.natural_len, self.slow_first, self.slow_ms = natural_len, slow_first, slow_ms
         self.name, self.log, self.calls = name, log if log is not None else [], 0
         self.generation_config = GenerationConfig(decoder_start_token_id=self.START,
@@ -83,13 +85,14 @@ class FakeModel:
 
     def generate(self, input_ids, attention_mask, generation_config, **kwargs):
         gc = generation_config
-        steps = max(min(self.natural_len, gc.max_new_tokens), gc.min_new_tokens or 0)
+        natural = int(input_ids[0, 0]) if self.len_from_input else self.natural_len
+        steps = max(min(natural, gc.max_new_tokens), gc.min_new_tokens or 0)
         extra = self.slow_ms if self.calls < self.slow_first else 0.0
         self.calls += 1
         self.clock.advance(self.enc_ms + steps * self.step_ms + extra)
         self.log.append((self.name, "generate"))
         out = torch.full((input_ids.shape[0], steps + 1), self.TOKEN)
         out[:, 0] = self.START
-        if steps == self.natural_len:  # stopped by EOS
+        if steps == natural:  # stopped by EOS
             out[:, -1] = self.EOS
         return out

@@ -82,6 +82,29 @@ def test_benchmark_loaded_statistics_with_fake_model():
     assert gens[:6] == ["teacher", "student"] * 3
 
 
+def test_rounds_go_through_all_inputs_in_lockstep():
+    """Natural decoding depends on the input: rounds cycle through the inputs (the same ones
+    for every model in a round), so latency is a median over inputs and throughput counts the
+    tokens of every timed round, not one input's."""
+    clock, log = FakeClock(), []
+    teacher = FakeModel(clock, enc_ms=4.0, step_ms=3.0, name="teacher", log=log, len_from_input=True)
+    student = FakeModel(clock, enc_ms=4.0, step_ms=1.0, name="student", log=log, len_from_input=True)
+    cands = [B.Candidate("teacher", teacher), B.Candidate("student", student)]
+    rows = [[2, 9], [4, 9], [9, 9], [20, 9]]  # natural lengths 2, 4, 9, 20 new tokens
+    bench = BenchmarkConfig(batch_sizes=[1], warmup=0, repeats=8, fixed_new_tokens=None)
+    res = B.benchmark_loaded(cands, [rows, rows], bench, EvaluationConfig(max_new_tokens=64),
+                             clock=clock, measure_memory=False, modes=("natural",))
+    t, s = (r["results"]["natural"]["1"] for r in res)
+    per_input = [4.0 + 3.0 * n for n in (2, 4, 9, 20)]       # teacher ms on each input
+    assert (t["latency"]["min_ms"], t["latency"]["max_ms"]) == (pytest.approx(10.0), pytest.approx(64.0))
+    assert t["latency"]["median_ms"] == pytest.approx(float(np.median(per_input * 2)))
+    assert t["latency"]["n"] == 8
+    # every round on the same input for both models: the ratio of medians is the per-input one
+    assert s["latency"]["median_ms"] == pytest.approx(float(np.median([4.0 + n for n in (2, 4, 9, 20)])))
+    assert t["new_tokens_per_sequence"] == pytest.approx((2 + 4 + 9 + 20) / 4)
+    assert t["tokens_per_s"] == pytest.approx((2 + 4 + 9 + 20) / (sum(per_input) / 1000))
+
+
 def test_interleaving_cancels_drift_that_sequential_timing_suffers():
     """The machine slows down steadily (thermal, a neighbour): +50% latency per second."""
     true_ratio = 3.0
