@@ -71,7 +71,7 @@ def test_fresh_process_generates_like_load_exported(tmp_path):
     assert not list(tmp_path.glob(".*"))  # atomic writes left nothing temporary behind
 
     proc = subprocess.run([sys.executable, "-I", "-c", FRESH, json.dumps(jobs)], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=180)
+                          capture_output=True, text=True, timeout=480)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads(proc.stdout.strip().splitlines()[-1])
     for path, want in expected.items():
