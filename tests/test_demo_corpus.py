@@ -59,11 +59,18 @@ def test_counter_proposals_and_small_talk_are_common(corpus):
     countered = sum("could not make it" in ex["target"] or "instead" in ex["target"]
                     for ex in corpus)
     assert 0.3 < countered / len(corpus) < 0.8
-    small_talk = sum(any(s in ex["source"].lower() for s in
-                         ("weekend", "game", "mum", "series", "keys", "book", "phone", "traffic",
-                          "running", "cold", "dog", "cafe near work", "talked to", "moving to"))
-                     for ex in corpus)
-    assert small_talk / len(corpus) > 0.3
+    small_talk = ("weekend", "game", "mum", "series", "keys", "book", "phone", "traffic",
+                  "running", "cold", "dog", "cafe near work", "talked to", "moving to")
+    chit_chat = ("hi ", "hey ", "hello ", "morning", "quick question", "see you", "thanks", "bye",
+                 "it's a plan", "no problem", "any time")
+
+    def share(words):
+        return sum(any(w in ex["source"].lower() for w in words) for ex in corpus) / len(corpus)
+
+    # small talk pads short exchanges only (4-6 turns): ~18% of dialogues; with greetings and
+    # closings more than half carry turns the summary must ignore
+    assert share(small_talk) > 0.15
+    assert share(small_talk + chit_chat) > 0.5
 
 
 def test_summary_facts_come_from_the_dialogue(corpus):
