@@ -42,13 +42,21 @@ class AttentionRef:
         return self.q.out_features // self.head_dim
 
     @property
+    def weight_params(self) -> int:
+        """q/k/v/o weights of the whole sub-layer: every head's rows and columns."""
+        return sum(p.weight.numel() for p in (self.q, self.k, self.v, self.o))
+
+    @property
+    def unit_bias_params(self) -> int:
+        """q/k/v biases (they go with the heads; none in T5)."""
+        return sum(p.bias.numel() for p in (self.q, self.k, self.v) if p.bias is not None)
+
+    @property
     def params_per_head(self) -> int:
         """q/k/v rows + o columns of one head, with the q/k/v biases where the family has them."""
         if self.num_heads == 0:
             return 0
-        total = sum(p.weight.numel() for p in (self.q, self.k, self.v, self.o))
-        total += sum(p.bias.numel() for p in (self.q, self.k, self.v) if p.bias is not None)
-        return total // self.num_heads
+        return (self.weight_params + self.unit_bias_params) // self.num_heads
 
     @property
     def fixed_params(self) -> int:
@@ -70,13 +78,21 @@ class FFNRef:
         return self.output.in_features
 
     @property
+    def weight_params(self) -> int:
+        """Input and output projection weights of the whole sub-layer."""
+        return sum(p.weight.numel() for p in (*self.inputs, self.output))
+
+    @property
+    def unit_bias_params(self) -> int:
+        """Input projection biases (they go with the units)."""
+        return sum(p.bias.numel() for p in self.inputs if p.bias is not None)
+
+    @property
     def params_per_unit(self) -> int:
         """Rows of every input projection (+ their biases) and one column of the output."""
         if self.units == 0:
             return 0
-        total = sum(p.weight.numel() for p in (*self.inputs, self.output))
-        total += sum(p.bias.numel() for p in self.inputs if p.bias is not None)
-        return total // self.units
+        return (self.weight_params + self.unit_bias_params) // self.units
 
     @property
     def fixed_params(self) -> int:

@@ -80,28 +80,22 @@ def sublayers(model: nn.Module) -> list[Sublayer]:
         for i, layer in enumerate(adapter.layers(model, stack)):
             for kind in ("self", "cross"):
                 ref = adapter.attention(layer, stack, i, kind)
-                if ref is None:
-                    continue
-                weights = sum(p.weight.numel() for p in (ref.q, ref.k, ref.v, ref.o))
-                biases = sum(p.bias.numel() for p in (ref.q, ref.k, ref.v) if p.bias is not None)
-                found.append(_sublayer(adapter, layer, stack, kind, i, ref.num_heads, weights, biases,
-                                       ref.o.bias, hidden))
+                if ref is not None:
+                    found.append(_sublayer(adapter, layer, stack, kind, i, ref.num_heads, ref, hidden))
             ffn = adapter.ffn(layer, stack, i)
             if ffn is not None:
-                weights = sum(p.weight.numel() for p in (*ffn.inputs, ffn.output))
-                biases = sum(p.bias.numel() for p in ffn.inputs if p.bias is not None)
-                found.append(_sublayer(adapter, layer, stack, "ffn", i, ffn.units, weights, biases,
-                                       ffn.output.bias, hidden))
+                found.append(_sublayer(adapter, layer, stack, "ffn", i, ffn.units, ffn, hidden))
     return found
 
 
-def _sublayer(adapter, layer, stack, kind, i, units, weights, biases, out_bias, hidden) -> Sublayer:
+def _sublayer(adapter, layer, stack, kind, i, units, ref, hidden) -> Sublayer:
+    """``ref`` (an AttentionRef or FFNRef) counts the parameters; here they are split by width."""
     what = f"{stack} layer {i} {kind}"
     norm = adapter.sublayer_norm(layer, stack, i, kind)
     return Sublayer(stack, kind, i, units,
-                    per_unit_h=_exact_div(weights, units * hidden, what),
-                    per_unit_c=_exact_div(biases, units, what),
-                    fixed_h=_exact_div(out_bias.numel(), hidden, what) if out_bias is not None else 0,
+                    per_unit_h=_exact_div(ref.weight_params, units * hidden, what),
+                    per_unit_c=_exact_div(ref.unit_bias_params, units, what),
+                    fixed_h=_exact_div(ref.fixed_params, hidden, what),
                     fixed_c=0,
                     norm_h=_exact_div(sum(p.numel() for p in norm.parameters()), hidden, what)
                     if norm is not None else 0,
