@@ -91,9 +91,14 @@ def peak_memory(fn: Callable[[], Any], device: torch.device | str,
     """Peak memory of one call of ``fn`` above what was in use before it.
 
     CPU: resident set size sampled every ``interval_s`` by a thread (psutil), so a spike shorter
-    than the interval can be missed. CUDA: ``max_memory_allocated`` (exact, torch allocations).
+    than the interval can be missed. The C allocator keeps freed memory mapped for reuse, so in
+    a warm process (after warm-up calls) a call would reuse pages that are already resident and
+    show a delta near 0; freed heap pages are handed back to the OS first
+    (:func:`release_free_memory`), so the delta is the memory the call itself touches.
+    CUDA: ``max_memory_allocated`` (exact, torch allocations).
     """
     proc = psutil.Process()
+    release_free_memory()
     before = proc.memory_info().rss
     peak = [before]
     stop = threading.Event()
@@ -125,6 +130,24 @@ def peak_memory(fn: Callable[[], Any], device: torch.device | str,
         out["cuda_peak_allocated_mb"] = top / 2**20
         out["cuda_peak_delta_mb"] = (top - cuda_before) / 2**20
     return out
+
+
+def release_free_memory() -> bool:
+    """Return the C heap's free pages to the OS (glibc ``malloc_trim``); False where unavailable."""
+    import ctypes
+    import ctypes.util
+    import gc
+
+    gc.collect()
+    name = ctypes.util.find_library("c")
+    try:
+        trim = ctypes.CDLL(name).malloc_trim if name else None
+    except (OSError, AttributeError):  # not glibc (macOS, musl, Windows)
+        return False
+    if trim is None:
+        return False
+    trim(0)
+    return True
 
 
 # --------------------------------------------------------------------------- models and inputs
