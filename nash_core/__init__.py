@@ -1,5 +1,5 @@
 """NASH pruning library: pure PyTorch / transformers (no Prefect, no MLflow)."""
 
-from nash_core.runtime import quiet_library_progress
+from nash_core.progress import quiet_library_progress
 
 quiet_library_progress()  # NASH_NO_PROGRESS=1 quiets transformers' and datasets' bars as well

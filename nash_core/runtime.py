@@ -13,6 +13,8 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from nash_core.progress import progress_disabled  # noqa: F401  (re-exported)
+
 
 def pick_device(pref: str = "auto") -> torch.device:
     if pref == "cuda" or (pref == "auto" and torch.cuda.is_available()):
@@ -36,36 +38,6 @@ def seed_everything(seed: int) -> None:
 def set_threads(n: int | None) -> None:
     if n:
         torch.set_num_threads(n)
-
-
-def progress_disabled() -> bool:
-    return os.environ.get("NASH_NO_PROGRESS", "") not in ("", "0", "false")
-
-
-def quiet_library_progress() -> None:
-    """With ``NASH_NO_PROGRESS`` set, silence the libraries' progress bars too (transformers'
-    "Loading weights", datasets' "Map", hub downloads), not only nash's own.
-
-    Environment defaults cover libraries imported later; the switches cover those already in.
-    """
-    if not progress_disabled():
-        return
-    import sys
-
-    for var in ("HF_HUB_DISABLE_PROGRESS_BARS", "HF_DATASETS_DISABLE_PROGRESS_BARS"):
-        os.environ.setdefault(var, "1")
-    if "transformers" in sys.modules:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
-    if "datasets" in sys.modules:
-        import datasets
-
-        datasets.disable_progress_bars()
-    if "huggingface_hub" in sys.modules:
-        from huggingface_hub.utils import disable_progress_bars
-
-        disable_progress_bars()
 
 
 # --------------------------------------------------------------------------- stopping
