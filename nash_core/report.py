@@ -77,6 +77,41 @@ def _save(fig, path: str | Path) -> Path:
     return path
 
 
+# where a point's label may go, in points from the point: right-above first, then around it
+_LABEL_SPOTS = ((5, 4, "left", "bottom"), (5, -4, "left", "top"), (-5, 4, "right", "bottom"),
+                (-5, -4, "right", "top"), (0, 9, "center", "bottom"), (0, -9, "center", "top"))
+
+
+def _place_labels(fig, ax, data: pd.DataFrame) -> None:
+    """Label every point, moving a label around its point until it overlaps no earlier label
+    or other point (close candidates such as two k=2 students otherwise print on top of each
+    other); the first spot is kept when none is free."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    points = ax.transData.transform(data[["_t", "_q"]].to_numpy(dtype=float))
+    taken = []
+    for i, (_, row) in enumerate(data.iterrows()):
+        others = [pt for j, pt in enumerate(points) if j != i]
+        first = None
+        for dx, dy, ha, va in _LABEL_SPOTS:
+            text = ax.annotate(str(row["label"]), (row["_t"], row["_q"]), textcoords="offset points",
+                               xytext=(dx, dy), ha=ha, va=va, fontsize=7)
+            box = text.get_window_extent(renderer).expanded(1.05, 1.15)
+            clash = (any(box.overlaps(b) for b in taken)
+                     or any(box.contains(x, y) for x, y in others))
+            if not clash:
+                if first is not None:
+                    first[0].remove()
+                taken.append(box)
+                break
+            if first is None:
+                first = (text, box)
+            else:
+                text.remove()
+        else:
+            taken.append(first[1])
+
+
 def pareto_plot(df: pd.DataFrame, quality: str, latency: str, frontier: pd.Series,
                 champion: str, path: str | Path, title: str = "") -> Path:
     """Quality vs latency, every candidate labelled, the frontier drawn, the champion starred."""
@@ -85,9 +120,8 @@ def pareto_plot(df: pd.DataFrame, quality: str, latency: str, frontier: pd.Serie
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
     for method, group in data.groupby("method", sort=True):
         ax.scatter(group["_t"], group["_q"], label=method, s=40, zorder=3)
-    for _, row in data.iterrows():
-        ax.annotate(str(row["label"]), (row["_t"], row["_q"]), textcoords="offset points",
-                    xytext=(5, 4), fontsize=7)
+    ax.margins(x=0.1, y=0.08)  # room for the labels of the outermost points
+    _place_labels(fig, ax, data)
     front = data[frontier.reindex(data.index).fillna(False).astype(bool)].sort_values("_t")
     if len(front):
         ax.step(front["_t"], front["_q"], where="post", color="grey", ls="--", lw=1,

@@ -61,3 +61,25 @@ def test_mask_heatmap_draws_kept_units(tmp_path):
         colours = {rgb.getpixel((x, y)) for x in range(0, im.size[0], 4)
                    for y in range(0, im.size[1], 4)}
     assert len(colours) > 10  # the grid is drawn, not a blank canvas
+
+
+def test_pareto_labels_of_close_candidates_do_not_overlap():
+    """The demo's nash-k2@0.2 and sft-k2 sit 12 ms apart at the same ROUGE-L: their labels used
+    to print on top of each other."""
+    import matplotlib.pyplot as plt
+
+    from nash_core.report import _place_labels
+
+    df = pd.DataFrame({"label": ["nash-k2@0.3", "nash-k2@0.2", "sft-k2", "nash-k3@0.3", "teacher"],
+                       "_t": [101.3, 104.8, 117.2, 138.6, 246.0],
+                       "_q": [0.7986, 0.7738, 0.7735, 0.8028, 0.8591]})
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    ax.scatter(df["_t"], df["_q"])
+    _place_labels(fig, ax, df)
+    renderer = fig.canvas.get_renderer()
+    boxes = [t.get_window_extent(renderer) for t in ax.texts]
+    plt.close(fig)
+    assert sorted(t.get_text() for t in ax.texts) == sorted(df["label"])  # one label each
+    clashes = [(i, j) for i in range(len(boxes)) for j in range(i + 1, len(boxes))
+               if boxes[i].overlaps(boxes[j])]
+    assert not clashes
