@@ -16,7 +16,8 @@ def progress_disabled() -> bool:
 
 def quiet_library_progress() -> None:
     """With ``NASH_NO_PROGRESS`` set, silence the libraries' progress bars too (transformers'
-    "Loading weights", datasets' "Map", hub downloads), not only nash's own.
+    "Loading weights", datasets' "Map", hub downloads, MLflow's artifact copies), not only
+    nash's own.
 
     Environment defaults cover libraries imported later; the switches cover those already in.
     """
@@ -24,6 +25,7 @@ def quiet_library_progress() -> None:
         return
     for var in ("HF_HUB_DISABLE_PROGRESS_BARS", "HF_DATASETS_DISABLE_PROGRESS_BARS"):
         os.environ.setdefault(var, "1")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # read per call
     if "transformers" in sys.modules:
         from transformers.utils import logging as hf_logging
 

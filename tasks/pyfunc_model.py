@@ -37,7 +37,9 @@ class Seq2SeqSummarizer(PythonModel):
 
             self.model = quantize_dynamic_int8(self.model)
 
-    def predict(self, context, model_input, params=None):
+    # the DataFrame hint tells MLflow there is nothing to infer from it (its schema is the
+    # logged signature); without any hint MLflow warns on every save and load
+    def predict(self, context, model_input: pd.DataFrame, params=None):
         from nash_core.evaluate import generate
 
         if isinstance(model_input, pd.DataFrame):

@@ -30,3 +30,33 @@ def test_no_progress_also_silences_transformers_loading_bars(tmp_path, quiet):
                          timeout=120)
     assert out.returncode == 0 and "loaded" in out.stdout, out.stderr[-2000:]
     assert ("Loading weights" in out.stderr) is not quiet, out.stderr[-500:]
+
+
+LOG_MODEL = """
+import sys
+sys.path.insert(0, {tests!r})
+from pathlib import Path
+from measure_tiny import save_tiny_t5
+from nash_core.config import load_config
+from tasks import tracking
+from tasks.registry import log_candidate_model, serving_config
+tmp = Path({out!r})
+cfg = load_config("configs/smoke.yaml")
+uri = tracking.resolve_tracking_uri(cfg, tmp)
+client = tracking.make_client(uri)
+run = tracking.create_run(client, tracking.ensure_experiment(client, "quiet", uri), "c", {{}})
+print(log_candidate_model(client, run, save_tiny_t5(tmp / "m"), serving_config(cfg)))
+"""
+
+
+def test_logging_a_candidate_model_prints_no_mlflow_nags_or_bars(tmp_path):
+    """Each candidate's pyfunc used to print MLflow's "Add type hints" warning (which a
+    warnings filter cannot catch: MLflow puts its own "once" filter first) and, even with
+    NASH_NO_PROGRESS=1, an artifact-copy progress bar."""
+    env = {**os.environ, "NASH_NO_PROGRESS": "1"}
+    env.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
+    code = LOG_MODEL.format(tests=str(ROOT / "tests"), out=str(tmp_path))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT,
+                         timeout=300)
+    assert out.returncode == 0 and "runs:/" in out.stdout, out.stderr[-2000:]
+    assert "type hints" not in out.stderr and "Downloading artifacts" not in out.stderr, out.stderr[-1500:]
