@@ -140,8 +140,15 @@ def run_stage(teacher_dir: str | Path, init_dir: str | Path | None, arm: ArmConf
         if on_target:
             shutil.copytree(result.best_dir, tmp, dirs_exist_ok=True)
         else:
-            log.warning("stage %s: no evaluation was within %.3f of target %.3f; saving the final "
-                        "state", out_dir, stage_cfg.sparsity_epsilon, target)
+            reached = sparsity.eval_metrics() if sparsity is not None else {}
+            ended = ", ".join(f"{k.removeprefix('sparsity_expected_')} {v:.3f}"
+                              for k, v in reached.items() if k.startswith("sparsity_expected_"))
+            log.warning("stage %s: no evaluation was within %.3f of target %.3f (expected sparsity "
+                        "at the end: %s); saving the final state, marked on_target=false. The "
+                        "Lagrangian had not settled: give the stage more steps "
+                        "(pruning.stage.train.max_steps), evaluate more often (eval_every), split "
+                        "the target into stages, or widen pruning.stage.sparsity_epsilon.",
+                        out_dir, stage_cfg.sparsity_epsilon, target, ended or "n/a")
             student.save_pretrained(str(tmp), safe_serialization=True)
             tokenizer.save_pretrained(str(tmp))
             if sparsity is not None:

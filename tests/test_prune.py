@@ -134,3 +134,21 @@ def test_interrupted_stage_resumes_to_the_same_result(setup):
     ma, mb = (torch.load(d / "nash_masks.pt", weights_only=True) for d in (whole, resumed))
     assert all(torch.equal(ma["masks"][k], mb["masks"][k]) for k in ma["masks"])
     assert all(torch.equal(ma["lagrangian"][k], mb["lagrangian"][k]) for k in ma["lagrangian"])
+
+
+def test_off_target_stage_keeps_its_final_state_and_says_what_to_change(setup, caplog):
+    """A stage whose expected sparsity never comes within epsilon of the target still yields a
+    loadable snapshot, marked on_target=false, and the warning tells the user which knobs move it."""
+    arm = ArmConfig(method="nash", decoder_layers=2, targets=[0.9])
+    cfg = _stage_cfg(steps=4, head_mask_init=10.0)
+    cfg = cfg.model_copy(update={"sparsity_epsilon": 0.01})
+    with caplog.at_level("WARNING", logger="nash_core.prune"):
+        d = _run(setup, arm, None, 0.0, 0.9, "off_target", cfg=cfg)
+    meta = json.loads((d / "stage_meta.json").read_text())
+    assert meta["on_target"] is False and meta["best_metrics"] is None
+    reached = meta["sparsity"]["sparsity_expected_encoder"]
+    assert abs(reached - 0.9) > 0.01
+    assert (d / "nash_masks.pt").is_file() and (d / "model.safetensors").is_file()
+    message = " ".join(r.getMessage() for r in caplog.records)
+    assert f"encoder {reached:.3f}" in message and "max_steps" in message and "sparsity_epsilon" in message
+    prune.materialize_stage(d, setup[0] / "off_target_export")  # the snapshot is usable as is
