@@ -176,6 +176,25 @@ class Adapter:
     def ffns(self, model: nn.Module, stack: Stack) -> list[FFNRef | None]:
         return [self.ffn(layer, stack, i) for i, layer in enumerate(self.layers(model, stack))]
 
+    def sublayers(self, model: nn.Module):
+        """(stack, kind, index, layer, ref) for every attention ("self"/"cross") and FFN ("ffn")
+        sub-layer that exists, encoder first, in layer order."""
+        for stack in ("encoder", "decoder"):
+            for i, layer in enumerate(self.layers(model, stack)):
+                for kind in ("self", "cross"):
+                    ref = self.attention(layer, stack, i, kind)
+                    if ref is not None:
+                        yield stack, kind, i, layer, ref
+                ffn = self.ffn(layer, stack, i)
+                if ffn is not None:
+                    yield stack, "ffn", i, layer, ffn
+
+    def residual_writes(self, model: nn.Module) -> list[nn.Module]:
+        """Every module whose output is written into the residual stream: the embedding writes
+        and each attention / FFN output projection (what the hidden-dimension gate scales)."""
+        return [*self.embedding_writes(model),
+                *(ref.output if kind == "ffn" else ref.o for _, kind, _, _, ref in self.sublayers(model))]
+
 
 class T5Adapter(Adapter):
     """T5, T5 v1.1 / Flan-T5 (gated FFN ``wi_0``/``wi_1``) and mT5: pre-norm, no biases."""

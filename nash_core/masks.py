@@ -179,17 +179,7 @@ class MaskSet(nn.Module):
         # norm hooks first: on BART's layernorm_embedding the gate scales the recomputed output
         for norm in adapter.hidden_norms(model):
             self._handles.append(norm.register_forward_hook(_layer_norm_over_kept(group)))
-        writes = list(adapter.embedding_writes(model))
-        for stack in ("encoder", "decoder"):
-            for i, layer in enumerate(adapter.layers(model, stack)):
-                for kind in ("self", "cross"):
-                    ref = adapter.attention(layer, stack, i, kind)
-                    if ref is not None:
-                        writes.append(ref.o)
-                ffn = adapter.ffn(layer, stack, i)
-                if ffn is not None:
-                    writes.append(ffn.output)
-        for module in writes:
+        for module in adapter.residual_writes(model):
             self._handles.append(module.register_forward_hook(_scale_output(group, 0)))
 
     def detach(self) -> None:

@@ -82,13 +82,8 @@ class _Plan:
 
     def _refs(self):
         """(stack, sub-layer kind, layer, ref) for every attention and FFN of the model."""
-        for stack in STACKS:
-            for i, layer in enumerate(self.adapter.layers(self.model, stack)):
-                for kind in ("self", "cross"):
-                    ref = self.adapter.attention(layer, stack, i, kind)
-                    if ref is not None:
-                        yield stack, kind, i, ref
-                yield stack, "ffn", i, self.adapter.ffn(layer, stack, i)
+        for stack, kind, i, _, ref in self.adapter.sublayers(self.model):
+            yield stack, kind, i, ref
 
     def fold(self) -> None:
         for stack, kind, i, ref in self._refs():
@@ -118,10 +113,7 @@ class _Plan:
             shape[axis] = -1
             param.mul_(factor.to(param).view(shape))
 
-        writes = list(self.adapter.embedding_writes(self.model))
-        for stack, kind, i, ref in self._refs():
-            writes.append(ref.output if kind == "ffn" else ref.o)
-        for module in writes:
+        for module in self.adapter.residual_writes(self.model):
             if isinstance(module, nn.Embedding):  # T5: embedding columns
                 scale(module.weight, 1, z)
             else:  # output projections (rows) and BART's layernorm_embedding

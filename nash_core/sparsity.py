@@ -75,17 +75,9 @@ def sublayers(model: nn.Module) -> list[Sublayer]:
     """Every attention and FFN sub-layer that still exists in ``model``, with its unit costs."""
     adapter = get_adapter(model)
     hidden = adapter.hidden_size(model)
-    found = []
-    for stack in STACKS:
-        for i, layer in enumerate(adapter.layers(model, stack)):
-            for kind in ("self", "cross"):
-                ref = adapter.attention(layer, stack, i, kind)
-                if ref is not None:
-                    found.append(_sublayer(adapter, layer, stack, kind, i, ref.num_heads, ref, hidden))
-            ffn = adapter.ffn(layer, stack, i)
-            if ffn is not None:
-                found.append(_sublayer(adapter, layer, stack, "ffn", i, ffn.units, ffn, hidden))
-    return found
+    return [_sublayer(adapter, layer, stack, kind, i, ref.units if kind == "ffn" else ref.num_heads,
+                      ref, hidden)
+            for stack, kind, i, layer, ref in adapter.sublayers(model)]
 
 
 def _sublayer(adapter, layer, stack, kind, i, units, ref, hidden) -> Sublayer:
