@@ -16,6 +16,7 @@ known exactly instead of asserting on wall-clock time.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import platform
 import subprocess
@@ -36,7 +37,7 @@ from nash_core.config import BenchmarkConfig, EvaluationConfig
 from nash_core.errors import DataError, ModelError, NashError
 from nash_core.evaluate import generated_lengths, generation_config_for, run_generate
 from nash_core.io import atomic_write_json
-from nash_core.runtime import progress_disabled
+from nash_core.progress import progress_disabled
 
 Clock = Callable[[], float]
 MODES = ("natural", "fixed")
@@ -132,18 +133,25 @@ def peak_memory(fn: Callable[[], Any], device: torch.device | str,
     return out
 
 
-def release_free_memory() -> bool:
-    """Return the C heap's free pages to the OS (glibc ``malloc_trim``); False where unavailable."""
+@functools.cache
+def _malloc_trim():
+    """glibc's ``malloc_trim``, looked up once (``find_library`` runs ``ldconfig``); None elsewhere."""
     import ctypes
     import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        return ctypes.CDLL(name).malloc_trim if name else None
+    except (OSError, AttributeError):  # not glibc (macOS, musl, Windows)
+        return None
+
+
+def release_free_memory() -> bool:
+    """Return the C heap's free pages to the OS (glibc ``malloc_trim``); False where unavailable."""
     import gc
 
     gc.collect()
-    name = ctypes.util.find_library("c")
-    try:
-        trim = ctypes.CDLL(name).malloc_trim if name else None
-    except (OSError, AttributeError):  # not glibc (macOS, musl, Windows)
-        return False
+    trim = _malloc_trim()
     if trim is None:
         return False
     trim(0)

@@ -35,7 +35,7 @@ from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 from nash_core.config import EvaluationConfig
 from nash_core.errors import DataError
 from nash_core.io import atomic_dir, read_json
-from nash_core.runtime import progress_disabled
+from nash_core.progress import progress_disabled
 
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL", "rougeLsum")
 #: Token-id fields taken from the model; every search setting comes from EvaluationConfig.

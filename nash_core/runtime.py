@@ -4,7 +4,6 @@ stage."""
 from __future__ import annotations
 
 import contextlib
-import os
 import random
 import signal
 import threading
@@ -12,8 +11,6 @@ from typing import Iterator
 
 import numpy as np
 import torch
-
-from nash_core.progress import progress_disabled  # noqa: F401  (re-exported)
 
 
 def pick_device(pref: str = "auto") -> torch.device:

@@ -62,7 +62,8 @@ from nash_core.config import TrainConfig
 from nash_core.data import Seq2SeqCollator
 from nash_core.errors import TrainingError
 from nash_core.io import atomic_dir, atomic_write_json, read_json
-from nash_core.runtime import progress_disabled, stop_on_signals, stop_requested
+from nash_core.progress import progress_disabled
+from nash_core.runtime import stop_on_signals, stop_requested
 
 
 class TrainingInterrupted(KeyboardInterrupt):
