@@ -152,7 +152,7 @@ def run_stage(teacher_dir: str | Path, init_dir: str | Path | None, arm: ArmConf
             student.save_pretrained(str(tmp), safe_serialization=True)
             tokenizer.save_pretrained(str(tmp))
             if sparsity is not None:
-                save_pruning_state(tmp, masks, sparsity.lagrangian, sparsity.eval_metrics())
+                save_pruning_state(tmp, masks, sparsity.lagrangian, reached)
         if sparsity is not None:
             meta["sparsity"] = read_json(tmp / "nash_sparsity.json")
         atomic_write_json(tmp / STAGE_META, meta)
