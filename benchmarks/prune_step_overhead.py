@@ -22,12 +22,12 @@ own short subprocess. Prints a table and one JSON line.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import resource
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -95,29 +95,20 @@ def make_step(args, variant: str, teacher, device):
     return step
 
 
-def _timed(step, i, device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    step(i)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - t0
-
-
 def time_interleaved(args) -> dict:
     """Median step times of all variants, timed round-robin in this process."""
+    from nash_core.benchmark import device_sync, timed_rounds
+
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     teacher = build_teacher(args).to(device)
-    steps = {v: make_step(args, v, teacher, device) for v in VARIANTS}
-    times: dict[str, list[float]] = {v: [] for v in VARIANTS}
-    for i in range(args.warmup + args.steps):
-        shift = i % len(VARIANTS)
-        for v in VARIANTS[shift:] + VARIANTS[:shift]:
-            t = _timed(steps[v], i, device)
-            if i >= args.warmup:
-                times[v].append(t)
+    fns = []
+    for v in VARIANTS:
+        step, calls = make_step(args, v, teacher, device), itertools.count()
+        fns.append(lambda step=step, calls=calls: step(next(calls)))
+    per_fn, _ = timed_rounds(fns, args.warmup, args.steps, sync=device_sync(device),
+                             desc="rounds", rotate=True)
+    times = dict(zip(VARIANTS, per_fn))
     base = times["plain"]
     out = {}
     for v, ts in times.items():

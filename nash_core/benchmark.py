@@ -54,19 +54,24 @@ def device_sync(device: torch.device | str) -> Callable[[], None]:
 
 def timed_rounds(fns: Sequence[Callable[[], Any]], warmup: int, repeats: int,
                  clock: Clock = time.perf_counter, sync: Callable[[], None] = lambda: None,
-                 desc: str = "timing", keep_outputs: bool = False) -> tuple[list[list[float]], list[Any]]:
+                 desc: str = "timing", keep_outputs: bool = False,
+                 rotate: bool = False) -> tuple[list[list[float]], list[Any]]:
     """Call ``fns`` interleaved, round after round: f0 f1 ... f0 f1 ...
 
     The first ``warmup`` rounds are run and discarded. Each call is bracketed by
     sync-then-clock on both sides. Returns (seconds per fn per kept round, last result per fn),
-    or with ``keep_outputs`` (seconds, every kept round's result per fn).
+    or with ``keep_outputs`` (seconds, every kept round's result per fn). With ``rotate`` round
+    r starts at fn r mod n (f0 f1 f2, f1 f2 f0, ...), so no fn always runs right after the same
+    neighbour.
     """
     times: list[list[float]] = [[] for _ in fns]
     last: list[Any] = [None] * len(fns)
     kept: list[list[Any]] = [[] for _ in fns]
     for r in tqdm(range(warmup + repeats), desc=desc, unit="round", leave=False,
                   disable=progress_disabled()):
-        for i, fn in enumerate(fns):
+        shift = r % len(fns) if rotate and fns else 0
+        for i in [*range(shift, len(fns)), *range(shift)]:
+            fn = fns[i]
             sync()
             t0 = clock()
             last[i] = fn()

@@ -42,6 +42,21 @@ def test_timed_rounds_interleaves_discards_warmup_and_syncs_around_each_call():
     assert last == ["A", "B"]
 
 
+
+def test_timed_rounds_rotate_changes_who_goes_first_but_not_what_is_attributed():
+    clock, events = FakeClock(), []
+    costs = {"A": 10.0, "B": 20.0, "C": 30.0}
+
+    def fn(name):
+        def run():
+            clock.advance(costs[name])
+            events.append(name)
+        return run
+
+    times, _ = B.timed_rounds([fn("A"), fn("B"), fn("C")], warmup=1, repeats=3, clock=clock, rotate=True)
+    assert events == ["A", "B", "C", "B", "C", "A", "C", "A", "B", "A", "B", "C"]  # warm-up round first
+    assert times == [[pytest.approx(0.010)] * 3, [pytest.approx(0.020)] * 3, [pytest.approx(0.030)] * 3]
+
 def _cands(clock, log, **kw):
     teacher = FakeModel(clock, enc_ms=4.0, step_ms=3.0, name="teacher", log=log, **kw)
     student = FakeModel(clock, enc_ms=4.0, step_ms=1.0, name="student", log=log, **kw)
