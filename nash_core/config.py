@@ -313,17 +313,51 @@ class BenchmarkConfig(_Section):
 
 
 class SelectionConfig(_Section):
-    min_retention: float = Field(0.95, gt=0, le=1.5, description="ROUGE-L student / teacher.")
-    max_drop: float = Field(
-        0.02, ge=0, description="Reject if the CI low end of (candidate - teacher) ROUGE-L < -max_drop.")
+    """Who may replace the teacher: quality as a fraction of the teacher's ROUGE-L, twice."""
+
+    min_retention: float = Field(0.95, gt=0, le=1.5, description=(
+        "Point estimate: candidate ROUGE-L / teacher ROUGE-L must be at least this."))
+    min_retention_low: float = Field(0.95, gt=0, le=1.5, description=(
+        "Confidence bound: 1 + (low end of the paired-bootstrap interval of candidate - teacher "
+        "ROUGE-L) / teacher ROUGE-L must be at least this (0.95: the test set cannot show the "
+        "candidate keeps less than 95%)."))
     latency_metric: str = "latency_p50_ms"
     batch_size: int = Field(1, ge=1, description="Batch size whose latency ranks candidates.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data):
+        if isinstance(data, dict) and "max_drop" in data:
+            raise ValueError(
+                "selection.max_drop (an absolute ROUGE-L drop) was replaced by "
+                "selection.min_retention_low, the retention's lower confidence bound as a fraction "
+                "of the teacher: max_drop 0.03 on a teacher at ROUGE-L 0.86 is min_retention_low "
+                "0.965 (1 - 0.03 / 0.86); remove max_drop")
+        return data
 
 
 class RegistryConfig(_Section):
     enabled: bool = True
     model_name: str | None = Field(None, description="Registered model; default '<experiment name>'.")
-    alias: str = "champion"
+    alias: str = Field("champion", pattern=r"^[A-Za-z0-9_-]+$",
+                       description="Alias of the model in service.")
+    challenger_alias: str = Field("challenger", pattern=r"^[A-Za-z0-9_-]+$", description=(
+        "Alias a sweep gives its selected model; it becomes the champion through the "
+        "promotion gate (auto) or `nash promote` (manual)."))
+    promotion: Literal["auto", "manual"] = Field("auto", description=(
+        "'auto': at the end of a sweep the challenger replaces the champion if the promotion "
+        "gate passes (current champion re-evaluated on the same test examples: the challenger "
+        "must qualify under the selection policy with the champion as the baseline, and not be "
+        "slower); 'manual': the gate is measured and logged, `nash promote VERSION` decides."))
+    max_slowdown: float = Field(0.05, ge=0, description=(
+        "Promotion gate: how much slower than the champion (a fraction of its latency, timed "
+        "interleaved) the challenger may be."))
+
+    @model_validator(mode="after")
+    def _aliases(self):
+        if self.alias == self.challenger_alias:
+            raise ValueError("registry.alias and registry.challenger_alias must differ")
+        return self
 
 
 class NashConfig(_Section):

@@ -260,7 +260,10 @@ def compare_with_teacher(per_example: list[dict], teacher_eval_dir: str | Path,
     c_mean, t_mean = float(np.mean(cand)), float(np.mean(teach))
     return {"teacher_rougeL": t_mean, "rougeL_retention": quality_retention(c_mean, t_mean),
             "rougeL_delta": c_mean - t_mean, "rougeL_delta_ci_low": low,
-            "rougeL_delta_ci_high": high}
+            "rougeL_delta_ci_high": high,
+            # the same interval as a fraction of the teacher (what the selection policy reads)
+            "rougeL_retention_ci_low": 1.0 + low / t_mean if t_mean > 0 else None,
+            "rougeL_retention_ci_high": 1.0 + high / t_mean if t_mean > 0 else None}
 
 
 # --------------------------------------------------------------------------- evaluate_model

@@ -4,8 +4,16 @@ Pure pandas: the flow builds the table with ``mlflow.search_runs`` and hands it 
 policy can be tested and reasoned about without a tracking store.
 
 Columns used (names as logged on the candidate runs):
-``label``, ``method`` (``teacher`` marks the baseline), ``rougeL_retention``,
-``rougeL_delta_ci_low`` and the latency column of :func:`latency_column`.
+``label``, ``method`` (``teacher`` marks the baseline), ``rougeL`` (the teacher's row gives the
+scale), ``rougeL_retention``, ``rougeL_delta_ci_low`` and the latency column of
+:func:`latency_column`.
+
+The policy speaks one language: quality as a fraction of the teacher's ROUGE-L. A candidate
+qualifies when its retention (candidate / teacher ROUGE-L) is at least ``min_retention`` AND the
+low end of the paired-bootstrap interval of (candidate - teacher) ROUGE-L, divided by the
+teacher's ROUGE-L, is at least ``min_retention_low - 1``; i.e. the retention's lower confidence
+bound ``1 + ci_low / teacher`` is at least ``min_retention_low``. With both at 0.95 this reads
+"keeps 95% of the teacher's quality, and the test set cannot show it keeps less".
 """
 
 from __future__ import annotations
@@ -63,6 +71,16 @@ class Decision:
         return "\n".join(lines) + "\n"
 
 
+def retention_low(delta_ci_low: float, teacher_rougeL: float) -> float:
+    """Lower confidence bound of retention: ``1 + ci_low(candidate - teacher) / teacher``
+    (NaN when the teacher scores 0 or a value is missing)."""
+    try:
+        low, t = float(delta_ci_low), float(teacher_rougeL)
+    except (TypeError, ValueError):
+        return math.nan
+    return 1.0 + low / t if t > 0 and not math.isnan(low) else math.nan
+
+
 def _fmt(x: float) -> str:
     return "missing" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.4g}"
 
@@ -70,13 +88,13 @@ def _fmt(x: float) -> str:
 def choose_champion(df: pd.DataFrame, sel: SelectionConfig) -> Decision:
     """The fastest candidate that keeps quality, else the teacher.
 
-    A candidate qualifies when ``rougeL_retention >= min_retention`` and the low end of the
-    bootstrap CI of (candidate - teacher) ROUGE-L is ``>= -max_drop``; the fastest qualifier by
+    A candidate qualifies when ``rougeL_retention >= min_retention`` and the lower confidence
+    bound of its retention (:func:`retention_low`) is ``>= min_retention_low``; the fastest qualifier by
     :func:`latency_column` wins, unless it is not faster than the teacher (then compressing buys
     nothing and the teacher stays). Missing metrics disqualify (never a silent pass).
     """
     lat = latency_column(sel)
-    for col in ("label", "method", "rougeL_retention", "rougeL_delta_ci_low", lat):
+    for col in ("label", "method", "rougeL", "rougeL_retention", "rougeL_delta_ci_low", lat):
         if col not in df.columns:
             raise KeyError(f"selection needs column '{col}' in the candidate table "
                            f"(have {sorted(df.columns)})")
@@ -85,6 +103,7 @@ def choose_champion(df: pd.DataFrame, sel: SelectionConfig) -> Decision:
         raise ValueError("selection needs the teacher's row (method 'teacher') as the baseline")
     teacher = teachers.iloc[0]
     t_lat = float(teacher[lat]) if pd.notna(teacher[lat]) else math.inf
+    t_quality = pd.to_numeric(teacher["rougeL"], errors="coerce")
 
     rejected: dict[str, str] = {}
     qualified = []
@@ -94,8 +113,10 @@ def choose_champion(df: pd.DataFrame, sel: SelectionConfig) -> Decision:
         why = []
         if not ret >= sel.min_retention:  # NaN fails too
             why.append(f"rougeL_retention {_fmt(ret)} < {sel.min_retention}")
-        if not low >= -sel.max_drop:
-            why.append(f"rougeL_delta_ci_low {_fmt(low)} < -{sel.max_drop}")
+        ret_low = retention_low(low, t_quality)
+        if not ret_low >= sel.min_retention_low:
+            why.append(f"retention lower bound {_fmt(ret_low)} < {sel.min_retention_low} "
+                       f"(rougeL_delta_ci_low {_fmt(low)} on a teacher at {_fmt(t_quality)})")
         if pd.isna(ms):
             why.append(f"{lat} missing")
         if why:
@@ -103,8 +124,8 @@ def choose_champion(df: pd.DataFrame, sel: SelectionConfig) -> Decision:
         else:
             qualified.append(row)
 
-    rule = (f"rougeL_retention >= {sel.min_retention} and rougeL_delta_ci_low >= "
-            f"-{sel.max_drop}, ranked by {lat}")
+    rule = (f"rougeL_retention >= {sel.min_retention} and its lower confidence bound "
+            f">= {sel.min_retention_low}, ranked by {lat}")
     names = [r["label"] for r in qualified]
     if not qualified:
         return Decision(teacher["label"], teacher.get("run_id"), True,
@@ -123,6 +144,7 @@ def choose_champion(df: pd.DataFrame, sel: SelectionConfig) -> Decision:
     speedup = t_lat / float(best[lat])
     reason = (f"fastest of {len(qualified)} qualifying candidate(s) ({rule}): "
               f"{lat} {_fmt(float(best[lat]))} vs teacher {_fmt(t_lat)} ({speedup:.2f}x), "
-              f"rougeL_retention {_fmt(float(best['rougeL_retention']))}, "
+              f"rougeL_retention {_fmt(float(best['rougeL_retention']))} (lower bound "
+              f"{_fmt(retention_low(best['rougeL_delta_ci_low'], t_quality))}), "
               f"rougeL_delta_ci_low {_fmt(float(best['rougeL_delta_ci_low']))}")
     return Decision(best["label"], best.get("run_id"), False, reason, names, rejected)

@@ -20,7 +20,8 @@ HEADLINE = ("latency_p50_ms", "latency_p90_ms", "speedup", "tokens_per_s", "peak
             "cost_per_1k_requests", "ms_per_token", "encoder_ms", "decoder_ms")
 #: The teacher compared with itself: what retention and the delta CI are by definition.
 TEACHER_SELF = {"rougeL_retention": 1.0, "rougeL_delta": 0.0, "rougeL_delta_ci_low": 0.0,
-                "rougeL_delta_ci_high": 0.0}
+                "rougeL_delta_ci_high": 0.0, "rougeL_retention_ci_low": 1.0,
+                "rougeL_retention_ci_high": 1.0}
 
 
 def model_config(model_dir: str | Path) -> dict:

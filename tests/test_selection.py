@@ -39,12 +39,13 @@ def test_fastest_qualifier_wins_with_reason():
                ("fast-good", "nash", 0.77, 0.9625, -0.015, 30.0, "r2"),
                ("fastest-bad", "sft", 0.60, 0.75, -0.2, 10.0, "r3"),
                ("ci-bad", "cofi", 0.79, 0.99, -0.05, 20.0, "r4"))
-    d = choose_champion(df, SelectionConfig(min_retention=0.95, max_drop=0.02))
+    d = choose_champion(df, SelectionConfig(min_retention=0.95, min_retention_low=0.975))
     assert (d.label, d.run_id, d.is_teacher) == ("fast-good", "r2", False)
     assert d.qualified == ["slow-good", "fast-good"]
     assert "3.33x" in d.reason
     assert "rougeL_retention 0.75 < 0.95" in d.rejected["fastest-bad"]
-    assert "rougeL_delta_ci_low -0.05 < -0.02" in d.rejected["ci-bad"]
+    # -0.05 on a teacher at 0.80: the retention's lower bound is 1 - 0.05 / 0.80 = 0.9375
+    assert "retention lower bound 0.9375 < 0.975" in d.rejected["ci-bad"]
     assert "slower" in d.rejected["slow-good"]
     assert "champion: fast-good (run r2)" in d.as_text()
 
@@ -67,3 +68,23 @@ def test_missing_metric_disqualifies_and_missing_column_is_named():
     assert d.is_teacher and "missing" in d.rejected["z"]
     with pytest.raises(KeyError, match="latency_p50_ms_bs1"):
         choose_champion(df.drop(columns=[LAT]), SelectionConfig())
+
+
+def test_both_bounds_are_relative_to_the_teacher():
+    """The same absolute CI means more on a weak teacher: the bound scales with its ROUGE-L."""
+    for teacher_q, qualifies in ((0.80, True), (0.40, False)):
+        t = ("teacher", "teacher", teacher_q, 1.0, 0.0, 100.0, "t")
+        # delta CI low -0.03: 1 - 0.03/0.80 = 0.9625 >= 0.95, but 1 - 0.03/0.40 = 0.925 < 0.95
+        df = table(t, ("s", "nash", teacher_q, 1.0, -0.03, 40.0, "s"))
+        d = choose_champion(df, SelectionConfig(min_retention=0.95, min_retention_low=0.95))
+        assert (d.label == "s") is qualifies, d.as_text()
+    assert "lower confidence bound >= 0.95" in d.reason
+
+
+def test_old_max_drop_key_says_what_replaced_it():
+    from nash_core.config import ConfigError, validate_config
+    import yaml
+    raw = yaml.safe_load(open("configs/smoke.yaml"))
+    raw["selection"] = {"max_drop": 0.03}
+    with pytest.raises(ConfigError, match="min_retention_low"):
+        validate_config(raw, "smoke.yaml")
