@@ -166,6 +166,12 @@ class DistillConfig(_Section):
     kd_weight: float = Field(0.5, ge=0, description="Prediction-layer KL weight.")
     temperature: float = Field(2.0, gt=0)
     layer_weight: float = Field(0.001, ge=0, description="Hidden-state distillation weight.")
+    layer_map: Literal["aligned", "source"] = Field("aligned", description=(
+        "Which teacher layer each student layer's output is matched to. 'aligned': evenly spaced "
+        "teacher layers, each paired with the closest student layer in order (CoFi's matching, "
+        "any depths). 'source': the teacher layer the student layer was copied from (NASH's "
+        "kept decoder layers, the same index in a masked encoder); 'aligned' where the origin "
+        "is unknown."))
 
 
 class TeacherConfig(_Section):

@@ -8,7 +8,9 @@ we do, with configurable weights ``config.DistillConfig``):
 - hidden states: a learned linear map (initialised to the identity) takes student layer outputs
   to the teacher's space; for evenly spaced teacher layers, each is matched to the student layer
   with the smallest MSE under an order constraint (later teacher layers to strictly later student
-  layers), in the encoder and in the decoder, for any depths (CoFi's matching).
+  layers), in the encoder and in the decoder, for any depths (CoFi's matching); or, with
+  ``layer_map: source``, each student layer to the teacher layer it was copied from (NASH keeps
+  decoder layers [0, 5] of 6: student 0 <- teacher 0, student 1 <- teacher 5).
 
 The teacher runs in eval mode under no_grad, once per training forward.
 """
@@ -72,6 +74,33 @@ def hidden_loss(student_hidden, teacher_hidden, mask: torch.Tensor, project: nn.
     return sum(dist[row, s] for row, s in enumerate(picks))
 
 
+def source_pairs(student, teacher, stack: str) -> list[tuple[int, int]] | None:
+    """(student layer, teacher layer) pairs by origin, or None when the origin is unknown.
+
+    The decoder's kept layers are recorded by :func:`nash_core.layer_selection.keep_decoder_layers`
+    (``config.nash_decoder_layers_kept``); a stack of the teacher's depth is matched index for
+    index (masks remove units, never layers, from it).
+    """
+    n_s = _num_layers(student.config, stack)
+    n_t = _num_layers(teacher.config, stack)
+    kept = getattr(student.config, "nash_decoder_layers_kept", None) if stack == "decoder" else None
+    if kept and len(kept) == n_s and max(kept) < n_t:
+        return list(enumerate(kept))
+    return list(zip(range(n_s), range(n_t))) if n_s == n_t else None
+
+
+def _num_layers(config, stack: str) -> int:
+    if stack == "encoder":
+        return getattr(config, "num_layers", None) or config.encoder_layers
+    return getattr(config, "num_decoder_layers", None) or config.decoder_layers
+
+
+def paired_hidden_loss(student_hidden, teacher_hidden, mask: torch.Tensor, project: nn.Module,
+                       pairs: list[tuple[int, int]]) -> torch.Tensor:
+    """Sum of the MSEs of fixed (student layer, teacher layer) pairs."""
+    return sum(_masked_mse(project(student_hidden[s]), teacher_hidden[t], mask) for s, t in pairs)
+
+
 def identity_linear(d_in: int, d_out: int) -> nn.Linear:
     lin = nn.Linear(d_in, d_out, bias=True)
     with torch.no_grad():
@@ -98,6 +127,8 @@ class DistillHook(TrainHook):
         d_t = teacher.get_input_embeddings().embedding_dim if self.uses_teacher else d_s
         self.maps = nn.ModuleDict({"encoder": identity_linear(d_s, d_t),
                                    "decoder": identity_linear(d_s, d_t)}).to(device)
+        self.pairs = ({stack: source_pairs(student, teacher, stack) for stack in self.maps}
+                      if self.uses_teacher and cfg.layer_map == "source" else {})
 
     def param_groups(self, model) -> list[dict]:
         if self.cfg.layer_weight <= 0:
@@ -120,13 +151,19 @@ class DistillHook(TrainHook):
             loss = loss + cfg.kd_weight * kd
             metrics["kd_loss"] = kd.item()
         if cfg.layer_weight > 0:
-            enc = hidden_loss(outputs.encoder_hidden_states[1:], t_out.encoder_hidden_states[1:],
-                              batch["attention_mask"], self.maps["encoder"])
-            dec = hidden_loss(outputs.decoder_hidden_states[1:], t_out.decoder_hidden_states[1:],
-                              batch["labels"] != -100, self.maps["decoder"])
+            enc = self._hidden("encoder", outputs.encoder_hidden_states[1:],
+                               t_out.encoder_hidden_states[1:], batch["attention_mask"])
+            dec = self._hidden("decoder", outputs.decoder_hidden_states[1:],
+                               t_out.decoder_hidden_states[1:], batch["labels"] != -100)
             loss = loss + cfg.layer_weight * (enc + dec)
             metrics["layer_loss"] = (enc + dec).item()
         return loss, metrics
+
+    def _hidden(self, stack: str, student_hidden, teacher_hidden, mask) -> torch.Tensor:
+        pairs = self.pairs.get(stack)
+        if pairs is None:
+            return hidden_loss(student_hidden, teacher_hidden, mask, self.maps[stack])
+        return paired_hidden_loss(student_hidden, teacher_hidden, mask, self.maps[stack], pairs)
 
     def state_dict(self) -> dict:
         return {"maps": self.maps.state_dict()}

@@ -8,7 +8,8 @@ import torch.nn.functional as F
 
 import pruning_tiny as pt
 from nash_core.config import DistillConfig
-from nash_core.distill import DistillHook, align, hidden_loss, identity_linear, kd_loss, teacher_layers
+from nash_core.distill import (DistillHook, align, hidden_loss, identity_linear, kd_loss, source_pairs,
+                               teacher_layers)
 from nash_core.layer_selection import keep_decoder_layers
 
 
@@ -77,3 +78,35 @@ def test_task_weight_rescales_task_loss_without_teacher():
     assert (out.loss + extra).item() == pytest.approx(0.25 * out.loss.item(), rel=1e-6)
     with pytest.raises(ValueError):
         DistillHook(None, student, DistillConfig(kd_weight=0.5))
+
+
+@pytest.mark.parametrize("make", [pt.t5, pt.bart])
+def test_source_layer_map_pairs_each_kept_layer_with_its_origin(make):
+    """layer_map 'source': a kept decoder layer is matched to the teacher layer it was copied
+    from, so a student that is exactly that copy has zero layer loss at those layers."""
+    teacher = make(dec=4)
+    student = copy.deepcopy(teacher)
+    keep_decoder_layers(student, [0, 3])
+    assert source_pairs(student, teacher, "decoder") == [(0, 0), (1, 3)]
+    assert source_pairs(student, teacher, "encoder") == [(0, 0), (1, 1)]
+    keep_decoder_layers(student, [1])  # composes with the earlier removal: teacher layer 3
+    assert source_pairs(student, teacher, "decoder") == [(0, 3)]
+
+    student = copy.deepcopy(teacher)
+    keep_decoder_layers(student, [0, 3])
+    b = pt.batch()
+    out = student(**b, output_hidden_states=True)
+    source = DistillHook(teacher, student, DistillConfig(kd_weight=0.0, layer_weight=1.0,
+                                                         layer_map="source"))
+    aligned = DistillHook(teacher, student, DistillConfig(kd_weight=0.0, layer_weight=1.0))
+    # the encoder is an exact copy and the first kept decoder layer is teacher layer 0: under
+    # 'source' only the last layer (teacher 3 after student 0 instead of teacher 2) differs;
+    # 'aligned' compares teacher layers 1 and 3 (evenly spaced), so layer 1 adds a distance
+    t_out = teacher(**b, output_hidden_states=True)
+    mask = b["labels"] != -100
+    last = source.maps["decoder"](out.decoder_hidden_states[2])
+    expected = ((last - t_out.decoder_hidden_states[4]) ** 2 * mask[..., None]).sum() / (
+        mask.sum() * last.shape[-1])
+    assert source.extra_loss(student, b, out, 0)[1]["layer_loss"] == pytest.approx(
+        expected.item(), rel=1e-5)
+    assert aligned.extra_loss(student, b, out, 0)[1]["layer_loss"] > expected.item() * 1.01
