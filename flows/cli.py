@@ -6,6 +6,9 @@
     nash deploy CONFIG --cron "0 3 * * *" [--name NAME] [--watch] [--start-server]
     nash watch CONFIG [--set ...] [--workdir DIR]
     nash ui [--workdir DIR] [--port 5000]
+    nash benchmark --sweep RUN_ID [--hardware-name NAME] [--price-per-hour P] [--tracking-uri URI]
+    nash select --sweep RUN_ID --hardware NAME
+    nash promote VERSION | nash rollback | nash serve     (flows/rollout.py)
 
 Exit codes: 0 success, 2 bad input (config, data, model; every problem is listed, nothing is
 trained or tracked), 1 an unexpected failure (traceback), 130 interrupted.
@@ -100,6 +103,9 @@ def cmd_run(args) -> int:
         champ = result.get("champion")
         if champ:
             print(f"champion: {champ}")
+        promotion = result.get("promotion")
+        if promotion:
+            print(f"promotion: {promotion['decision']} ({promotion['reason']})")
         if result.get("tracking_uri"):
             print(f"results: MLflow store {result['tracking_uri']} (open it with `nash ui"
                   f"{' --workdir ' + str(workdir) if args.workdir else ''}`)")
@@ -239,13 +245,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bind address (default 127.0.0.1; anything else exposes the UI)")
     u.add_argument("--port", type=int, default=5000)
     u.set_defaults(func=cmd_ui)
+
+    from flows.rollout import add_rollout_commands
+
+    add_rollout_commands(sub)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
-    if argv[:1] == ["benchmark"]:  # its own parser (nash_core.benchmark), options first included
+    from flows.rollout import sweep_benchmark_parser, wants_sweep_benchmark
+
+    if argv[:1] == ["benchmark"] and wants_sweep_benchmark(argv[1:]):
+        args = sweep_benchmark_parser().parse_args(argv[1:])
+    elif argv[:1] == ["benchmark"]:  # its own parser (nash_core.benchmark), options first included
         args = argparse.Namespace(func=cmd_benchmark, rest=argv[1:])
     else:
         args = parser.parse_args(argv)

@@ -8,7 +8,7 @@
                        \\-> with benchmark.quantize_int8, for the teacher and each candidate:
                             int8 variant -> evaluate(vs teacher)
     benchmark(teacher first, all candidates, interleaved) -> log every candidate run
-    -> select champion (Pareto, policy) -> register (alias) -> report
+    -> select (Pareto, policy) -> register -> challenger -> promotion gate (vs the champion)
 
 Import this module only after the environment is prepared (flows/sweep.py does it): importing
 prefect fixes PREFECT_HOME.
@@ -36,6 +36,7 @@ from tasks.context import CandidateSpec
 from tasks.measure import benchmark, evaluate
 from tasks.preflight import preflight
 from tasks.prepare import get_teacher, prepare_base, prepare_data
+from tasks.promotion import promote_challenger
 from tasks.prune import finetune, materialize, prune_stage, quantize
 from tasks.registry import serving_config
 from tasks.sweep_runs import close_sweep, open_sweep
@@ -177,6 +178,9 @@ def sweep_flow(config_path: str, overrides: list[str], workdir: str) -> dict:
 
         champion = select_champion(ctx)
         version = register(ctx, champion, base.meta["fingerprint"])
+        selected = {teacher_spec.label: (teacher, teacher_eval),
+                    **{c.spec.label: (c.final, c.evaluation) for c in runs}}[champion["label"]]
+        promotion = promote_challenger(ctx, data, champion, version, *selected)
         close_sweep(ctx, specs, ok=True)
     except BaseException as exc:
         if isinstance(exc, (KeyboardInterrupt, TerminationSignal)):
@@ -189,7 +193,8 @@ def sweep_flow(config_path: str, overrides: list[str], workdir: str) -> dict:
     return {"sweep_run_id": ctx.sweep_run_id, "experiment_id": ctx.experiment_id,
             "tracking_uri": ctx.tracking_uri, "champion": champion["label"],
             "champion_run_id": champion["run_id"], "reason": champion["reason"],
-            "registered_version": version, "candidates": [s.label for s in specs],
+            "registered_version": version, "promotion": promotion,
+            "candidates": [s.label for s in specs],
             "computed": sorted({f"{s.kind}-{s.key}" for s in steps if not s.cached}),
             "reused": sorted({f"{s.kind}-{s.key}" for s in steps if s.cached})}
 

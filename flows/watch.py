@@ -4,7 +4,9 @@ The base model's fingerprint (hub: the commit its revision resolves to; local di
 content hash of its config, weights and tokenizer files; demo: a hash of its recipe) is compared
 with the ``nash.base_fingerprint`` tag of the registered model version the ``champion`` alias
 points at. Different, or no champion yet: the sweep runs (its runs carry the new fingerprint;
-the old champion keeps its version until the new selection moves the alias). Equal: nothing starts.
+the old champion keeps its version; the new selection becomes the ``challenger`` and replaces the
+champion only through the promotion gate, tasks/promotion.py). Equal to the champion's or to the
+challenger's: nothing starts.
 
 Import after the environment is prepared (flows.sweep.prepare_environment): this imports prefect.
 """
@@ -39,15 +41,18 @@ def base_fingerprint(cfg: NashConfig, workdir: str | Path) -> str:
     return base_source_fingerprint(cfg.model)
 
 
-def champion_fingerprint(cfg: NashConfig, workdir: str | Path) -> str | None:
-    """The base fingerprint recorded on the current champion, or None when there is none."""
+def champion_fingerprint(cfg: NashConfig, workdir: str | Path,
+                         alias: str | None = None) -> str | None:
+    """The base fingerprint recorded on the current champion (or on the version ``alias``
+    points at), or None when there is none."""
     from mlflow.exceptions import MlflowException
 
     from tasks.tracking import make_client, resolve_tracking_uri
 
     client = make_client(resolve_tracking_uri(cfg, workdir))
     try:
-        version = client.get_model_version_by_alias(cfg.registered_model_name(), cfg.registry.alias)
+        version = client.get_model_version_by_alias(cfg.registered_model_name(),
+                                                    alias or cfg.registry.alias)
     except MlflowException:
         return None
     return version.tags.get(FINGERPRINT_TAG)
@@ -63,7 +68,10 @@ def watch_flow(config_path: str, overrides: list[str], workdir: str) -> dict:
     cfg = load_config(config_path, overrides)
     new = base_fingerprint(cfg, workdir)
     old = champion_fingerprint(cfg, workdir)
-    result = {"changed": old != new, "previous": old, "fingerprint": new, "sweep": None}
+    # a challenger the promotion gate kept out (or awaiting `nash promote`) was trained on it
+    pending = champion_fingerprint(cfg, workdir, cfg.registry.challenger_alias)
+    result = {"changed": new not in (old, pending), "previous": old, "fingerprint": new,
+              "challenger": pending == new != old, "sweep": None}
     get_run_logger().info(describe(result))
     if result["changed"]:
         result["sweep"] = run_configured(config_path, overrides, workdir)
@@ -73,5 +81,6 @@ def watch_flow(config_path: str, overrides: list[str], workdir: str) -> dict:
 def describe(result: dict) -> str:
     """``unchanged: FP`` or ``changed: OLD -> NEW`` (``<no champion>`` before the first sweep)."""
     if not result["changed"]:
-        return f"unchanged: {result['fingerprint']}"
+        waiting = " (its model is the challenger: see the sweep's promotion decision)"
+        return f"unchanged: {result['fingerprint']}" + (waiting if result.get("challenger") else "")
     return f"changed: {result['previous'] or '<no champion>'} -> {result['fingerprint']}"

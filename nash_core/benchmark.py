@@ -488,7 +488,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="nash benchmark",
         description="Time generate() of seq2seq model dirs (the first is the baseline) in one "
-                    "process, interleaved; print a table and write the full results as JSON.")
+                    "process, interleaved; print a table and write the full results as JSON.",
+        epilog="To re-benchmark a finished sweep from MLflow on this machine: nash benchmark "
+               "--sweep RUN_ID (nash benchmark --sweep RUN_ID --help).")
     p.add_argument("model_dirs", nargs="+", metavar="MODEL_DIR")
     p.add_argument("--batch-sizes", type=_int_list, default=d_b.batch_sizes, help="e.g. 1,8")
     p.add_argument("--new-tokens", type=int, default=d_b.fixed_new_tokens,

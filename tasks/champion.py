@@ -76,7 +76,8 @@ def select_champion(ctx: SweepContext) -> dict:
 
 @task(name="register-champion", cache_policy=NO_CACHE, **transient_retries())
 def register(ctx: SweepContext, champion: dict, base_fingerprint: str) -> str | None:
-    """Register the champion's pyfunc model and move the alias to it (previous versions stay)."""
+    """Register the champion's pyfunc model (previous versions stay); the aliases are moved by
+    the promotion gate (tasks/promotion.py)."""
     cfg = ctx.cfg
     if not cfg.registry.enabled:
         return None
@@ -86,8 +87,7 @@ def register(ctx: SweepContext, champion: dict, base_fingerprint: str) -> str | 
                  "nash.sweep_run_id": ctx.sweep_run_id, "nash.config_name": cfg.experiment.name,
                  "nash.decision_reason": champion["reason"][:5000]})
     version = register_champion(client, cfg.registered_model_name(), champion["run_id"],
-                                cfg.registry.alias, tags, champion["result_key"])
+                                None, tags, champion["result_key"])
     tracking.set_tags(client, ctx.sweep_run_id, {
-        "nash.registered_model": cfg.registered_model_name(), "nash.registered_version": version,
-        "nash.registered_alias": cfg.registry.alias})
+        "nash.registered_model": cfg.registered_model_name(), "nash.registered_version": version})
     return version

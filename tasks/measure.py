@@ -60,14 +60,31 @@ def benchmark(ctx: SweepContext, data: StepResult, models: list[StepResult],
                                               "data.max_source_length"),
                     hardware={k: hardware[k] for k in _MACHINE})
 
+    rows = read_split(data.meta["splits"], "test", limit=cfg.benchmark.num_inputs)
+    texts = [cfg.data.source_prefix + r["source"] for r in rows]
+
     def compute(rdir: Path) -> dict:
-        rows = read_split(data.meta["splits"], "test", limit=cfg.benchmark.num_inputs)
         result = benchmark_models(
             [m.meta["model_dir"] for m in models], cfg.benchmark, cfg.evaluation,
-            texts=[cfg.data.source_prefix + r["source"] for r in rows],
-            max_source_length=cfg.data.max_source_length, device=device, names=names,
-            seed=cfg.experiment.seed)
+            texts=texts, max_source_length=cfg.data.max_source_length, device=device,
+            names=names, seed=cfg.experiment.seed)
         atomic_write_json(rdir / "benchmark.json", result)
         return {"benchmark_json": str(rdir / "benchmark.json")}
 
-    return run_cached(ctx.workdir, "bench", key, compute)
+    result = run_cached(ctx.workdir, "bench", key, compute)
+    log_benchmark_inputs(ctx, texts)
+    return result
+
+
+def log_benchmark_inputs(ctx: SweepContext, texts: list[str]) -> None:
+    """Record on the sweep run the texts the benchmark timed (prefix included), so that
+    ``nash benchmark --sweep`` times the same inputs on another machine without the data."""
+    from nash_core.io import atomic_write_json
+    from tasks import tracking
+    from tasks.rollout import INPUTS_ARTIFACT
+
+    path = atomic_write_json(
+        Path(ctx.workdir) / "sweeps" / ctx.sweep_run_id / INPUTS_ARTIFACT,
+        {"texts": texts, "max_source_length": ctx.cfg.data.max_source_length})
+    tracking.make_client(ctx.tracking_uri).log_artifact(
+        ctx.sweep_run_id, str(path), str(Path(INPUTS_ARTIFACT).parent))

@@ -5,8 +5,10 @@ MLflow copies this file into every logged model and executes it when the model i
 needs no import path at serving time. ``nash_core`` travels with the model (``code_paths``), so
 a pruned export (custom per-layer shapes) loads wherever the pip requirements are installed.
 
-Input: a DataFrame with a ``source`` column (or a single text column); output: one summary per
-row. ``model_config`` carries the decoding settings and the training-time source prefix, and
+Input: a DataFrame with a string column named ``source`` (the logged signature, which MLflow
+enforces before ``predict`` runs, in process and behind ``mlflow models serve``: another column
+name is refused with an error naming ``source``); output: one summary per row.
+``model_config`` carries the decoding settings and the training-time source prefix, and
 ``quantize: int8`` for an int8 variant (re-quantised at load, CPU only: nothing is pickled).
 """
 
@@ -42,16 +44,12 @@ class Seq2SeqSummarizer(PythonModel):
     def predict(self, context, model_input: pd.DataFrame, params=None):
         from nash_core.evaluate import generate
 
-        if isinstance(model_input, pd.DataFrame):
-            if "source" in model_input.columns:
-                texts = model_input["source"]
-            elif model_input.shape[1] == 1:
-                texts = model_input.iloc[:, 0]
-            else:
-                raise ValueError("expected a 'source' column with the texts to summarise "
-                                 f"(got columns {list(model_input.columns)})")
-        else:
-            texts = pd.Series(model_input)
+        if not isinstance(model_input, pd.DataFrame) or "source" not in model_input.columns:
+            got = list(model_input.columns) if isinstance(model_input, pd.DataFrame) else \
+                type(model_input).__name__
+            raise ValueError(f"expected a DataFrame with a 'source' column of texts to "
+                             f"summarise (got {got})")
+        texts = model_input["source"]
         sources = [self.prefix + str(t) for t in texts]
         return generate(self.model, self.tokenizer, sources, self.eval_cfg, self.device,
                         max_source_length=self.max_source_length)

@@ -60,9 +60,11 @@ def log_candidate_model(client: MlflowClient, run_id: str, model_dir: str | Path
     return f"runs:/{run_id}/{MODEL_ARTIFACT}"
 
 
-def register_champion(client: MlflowClient, name: str, run_id: str, alias: str,
+def register_champion(client: MlflowClient, name: str, run_id: str, alias: str | None,
                       tags: dict[str, Any], result_key: str) -> str:
     """Register the champion's model and point ``alias`` at it; return the version.
+
+    ``alias`` None registers the version only (tasks/rollout.py moves aliases and records it).
 
     A re-run that picks the same result (same ``nash.result_key``) re-uses its version instead
     of piling up identical ones; earlier champions keep their versions either way.
@@ -82,7 +84,8 @@ def register_champion(client: MlflowClient, name: str, run_id: str, alias: str,
     for k, v in {**tags, "nash.result_key": result_key, "nash.run_id": run_id}.items():
         if v is not None:
             client.set_model_version_tag(name, version, k, str(v))
-    client.set_registered_model_alias(name, alias, version)
+    if alias:
+        client.set_registered_model_alias(name, alias, version)
     return str(version)
 
 

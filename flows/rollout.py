@@ -1,0 +1,187 @@
+"""The ``nash`` commands that take a finished sweep to serving (README, "From sweep to serving").
+
+    nash benchmark --sweep RUN_ID [--hardware-name NAME] [--price-per-hour P] [--tracking-uri URI]
+    nash select --sweep RUN_ID --hardware NAME [--tracking-uri URI]
+    nash promote VERSION [--model NAME] [--reason TEXT]
+    nash rollback [--model NAME] [--reason TEXT]
+    nash serve [--model NAME] [--alias champion] [--port 5001]
+
+The work is in tasks/rollout.py (MLflow only: no Prefect server starts). The store is
+``--tracking-uri``, else ``MLFLOW_TRACKING_URI``, else the workdir's SQLite file; a store that
+does not exist is an error (exit 2), never created empty.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+
+def _store(args) -> str:
+    from nash_core.errors import TrackingError
+    from tasks.tracking import default_tracking_uri
+
+    if args.tracking_uri:
+        uri = args.tracking_uri
+    else:
+        workdir = Path(args.workdir) if args.workdir else Path(os.environ.get("NASH_HOME", ".nash"))
+        uri = default_tracking_uri(workdir)
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        raise TrackingError(f"no MLflow store at {uri.removeprefix('sqlite:///')}: pass "
+                            "--tracking-uri (or set MLFLOW_TRACKING_URI, or --workdir)")
+    return uri
+
+
+def _store_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tracking-uri", help="MLflow store (default MLFLOW_TRACKING_URI, else the "
+                                          "workdir's mlflow.db)")
+    p.add_argument("--workdir", help="default $NASH_HOME or ./.nash (its mlflow.db)")
+
+
+# --------------------------------------------------------------------------- benchmark --sweep
+def wants_sweep_benchmark(rest: list[str]) -> bool:
+    return any(a == "--sweep" or a.startswith("--sweep=") for a in rest)
+
+
+def sweep_benchmark_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="nash benchmark",
+        description="Re-benchmark a finished sweep on this machine: fetch its teacher's and "
+                    "candidates' models from MLflow, time them with the sweep's protocol on the "
+                    "inputs it timed (interleaved, teacher first), and log the figures to the "
+                    "same runs as hw/<NAME>/<metric> (the sweep's own figures stay), with a "
+                    "trade-off table, Pareto plot and hardware fingerprint on the sweep run "
+                    "under hardware/<NAME>/.")
+    p.add_argument("--sweep", required=True, metavar="RUN_ID", help="the sweep (parent) run id")
+    p.add_argument("--hardware-name", help="name of this machine in metric keys and aliases "
+                                           "(letters, digits, '_', '-'; default from the "
+                                           "hardware fingerprint)")
+    p.add_argument("--price-per-hour", type=float, default=None,
+                   help="this hardware's price (USD/h) for cost per 1k requests / 1M tokens "
+                        "(default: the sweep's benchmark.price_per_hour)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None,
+                   help="default: the sweep's experiment.device")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: the sweep's experiment.torch_threads, else torch's)")
+    _store_args(p)
+    p.set_defaults(func=cmd_benchmark_sweep)
+    return p
+
+
+def cmd_benchmark_sweep(args) -> int:
+    from tasks.rollout import rebenchmark_sweep
+
+    out = rebenchmark_sweep(_store(args), args.sweep, hardware_name=args.hardware_name,
+                            price_per_hour=args.price_per_hour, device=args.device,
+                            threads=args.threads)
+    from nash_core.benchmark import format_table
+
+    print(format_table(out["result"]))
+    print(f"hardware '{out['hardware_name']}': figures logged to {len(out['metrics'])} candidate "
+          f"runs as hw/{out['hardware_name']}/...; table and Pareto plot on sweep run "
+          f"{args.sweep} under hardware/{out['hardware_name']}/")
+    return 0
+
+
+# --------------------------------------------------------------------------- select / promote / rollback
+def cmd_select(args) -> int:
+    from tasks.rollout import select_for_hardware
+
+    out = select_for_hardware(_store(args), args.sweep, args.hardware)
+    print(f"{out['model']}@{out['alias']} -> version {out['version']} ({out['label']}"
+          f"{'' if out['moved'] else ', unchanged'}): {out['reason']}")
+    return 0
+
+
+def cmd_promote(args) -> int:
+    from tasks.rollout import promote
+
+    out = promote(_store(args), args.version, model=args.model, alias=args.alias,
+                  why=args.reason)
+    if out["moved"]:
+        print(f"{out['model']}@{out['alias']}: version {out['from'] or '-'} -> {out['to']}")
+    else:
+        print(f"{out['model']}@{out['alias']} already is version {out['to']}: nothing moved")
+    return 0
+
+
+def cmd_rollback(args) -> int:
+    from tasks.rollout import rollback
+
+    out = rollback(_store(args), model=args.model, alias=args.alias, why=args.reason)
+    print(f"{out['model']}@{out['alias']}: version {out['from']} -> {out['to']} (rolled back)")
+    return 0
+
+
+# --------------------------------------------------------------------------- serve
+def cmd_serve(args) -> int:
+    """``mlflow models serve`` from this installation, on the model an alias points at.
+
+    MLflow's server starts ``uvicorn`` found on PATH; run as ``.venv/bin/mlflow`` without an
+    activated venv it is not there (exit 127). This puts the interpreter's own ``bin`` first on
+    PATH and replaces this process with the server (Ctrl-C / SIGTERM stop it)."""
+    from tasks.rollout import RolloutError, alias_version, resolve_model
+    from tasks.tracking import make_client
+
+    uri = _store(args)
+    client = make_client(uri)
+    model = resolve_model(client, args.model, uri)
+    version = alias_version(client, model, args.alias)
+    if version is None:
+        raise RolloutError(f"{model} has no alias {args.alias!r}: run a sweep, `nash promote "
+                           f"VERSION` or `nash select --hardware NAME` first")
+    bindir = Path(sys.executable).parent
+    mlflow_bin = bindir / "mlflow"
+    if not mlflow_bin.is_file():
+        raise RolloutError(f"no mlflow executable next to {sys.executable}: install nash-pipeline "
+                           "into this environment (make install)")
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri,
+           "PATH": f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    cmd = [str(mlflow_bin), "models", "serve", "-m", f"models:/{model}@{args.alias}",
+           "--env-manager", "local", "-h", args.host, "-p", str(args.port)]
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: binding to {args.host} lets anyone who reaches this port use the model; "
+              "the server has no authentication.", file=sys.stderr)
+    print(f"serving {model}@{args.alias} (version {version}) on http://{args.host}:{args.port}"
+          f"/invocations  (store {uri}; Ctrl-C to stop)", flush=True)
+    os.execve(str(mlflow_bin), cmd, env)
+    return 0  # not reached
+
+
+# --------------------------------------------------------------------------- parsers
+def add_rollout_commands(sub) -> None:
+    """``select``, ``promote``, ``rollback`` and ``serve`` on the ``nash`` parser."""
+    s = sub.add_parser("select", help="choose a sweep's champion for a named hardware (after "
+                                      "`nash benchmark --sweep`): alias champion-<hardware>")
+    s.add_argument("--sweep", required=True, metavar="RUN_ID")
+    s.add_argument("--hardware", required=True, metavar="NAME",
+                   help="a hardware name the sweep was re-benchmarked under")
+    _store_args(s)
+    s.set_defaults(func=cmd_select)
+
+    def model_args(p):
+        p.add_argument("--model", help="registered model (default: the store's only one)")
+        p.add_argument("--alias", default="champion", help="default %(default)s")
+        p.add_argument("--reason", help="why (recorded with the move)")
+        _store_args(p)
+
+    pr = sub.add_parser("promote", help="point the champion alias at a registered version "
+                                        "(recorded in the registered model's tags)")
+    pr.add_argument("version", help="registered model version, e.g. 3")
+    model_args(pr)
+    pr.set_defaults(func=cmd_promote)
+
+    rb = sub.add_parser("rollback", help="point the champion alias back at the previous champion")
+    model_args(rb)
+    rb.set_defaults(func=cmd_rollback)
+
+    sv = sub.add_parser("serve", help="serve the champion (or another alias) over HTTP with "
+                                      "`mlflow models serve` from this installation")
+    sv.add_argument("--model", help="registered model (default: the store's only one)")
+    sv.add_argument("--alias", default="champion", help="default %(default)s; e.g. champion-<hw>")
+    sv.add_argument("--host", default="127.0.0.1")
+    sv.add_argument("--port", type=int, default=5001)
+    _store_args(sv)
+    sv.set_defaults(func=cmd_serve)
