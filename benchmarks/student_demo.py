@@ -43,6 +43,8 @@ def parse_variant(text: str) -> tuple[str, list[str], dict | None]:
     for item in filter(None, (s.strip() for s in rest.split(";"))):
         if item.startswith("arm="):
             arm = json.loads(item[4:])
+        elif item.startswith("finetune_seed="):  # the fine-tune's data order (default: seed)
+            arm = {**(arm or {}), "_finetune_seed": int(item.split("=", 1)[1])}
         else:
             overrides.append(item)
     return name, overrides, arm
@@ -50,14 +52,19 @@ def parse_variant(text: str) -> tuple[str, list[str], dict | None]:
 
 def run_variant(args, name: str, overrides: list[str], arm_dict: dict, prepared: dict) -> dict:
     cfg = load_config(args.config, args.set + overrides)
+    finetune_seed = arm_dict.pop("_finetune_seed", cfg.experiment.seed)
     arm = ArmConfig.model_validate(arm_dict)
     out = Path(args.workdir) / "students" / name
     if out.exists() and not args.keep:
         shutil.rmtree(out)
     curve: list[dict] = []
+    last_train: dict[str, dict] = {}
 
     def record(phase: str):
         def cb(step: int, metrics: dict) -> None:
+            if "train_loss" in metrics:
+                last_train[phase] = {k: round(v, 4) for k, v in metrics.items()
+                                     if k.endswith("loss")}
             if "eval_val_loss" in metrics:
                 curve.append({"phase": phase, "step": step, "val_loss": metrics["eval_val_loss"],
                               **{k.removeprefix("eval_"): v for k, v in metrics.items()
@@ -79,7 +86,7 @@ def run_variant(args, name: str, overrides: list[str], arm_dict: dict, prepared:
     timings["materialize_s"] = round(time.perf_counter() - t, 1)
     t = time.perf_counter()
     final = finetune(export, prepared["teacher"], cfg.finetune, out / "final",
-                     callback=record("finetune"), **common)
+                     callback=record("finetune"), **{**common, "seed": finetune_seed})
     timings["finetune_s"] = round(time.perf_counter() - t, 1)
     train_s = time.perf_counter() - t0
     t = time.perf_counter()
@@ -98,7 +105,7 @@ def run_variant(args, name: str, overrides: list[str], arm_dict: dict, prepared:
         "retention": round(quality["rougeL"] / prepared["teacher_rougeL"], 4),
         "test_exact_match": round(quality["exact_match"], 4),
         "encoder_sparsity": round(float(nash.get("encoder_sparsity", 0.0)), 3),
-        "curve": curve,
+        "last_train": last_train, "curve": curve,
     }
 
 
@@ -139,6 +146,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     results = []
     for text in args.variant or ["base:"]:
         name, overrides, arm = parse_variant(text)
+        arm = {**json.loads(args.arm), **arm} if arm and "method" not in arm else arm
         r = run_variant(args, name, overrides, arm or json.loads(args.arm), prepared)
         results.append(r)
         print(json.dumps({k: v for k, v in r.items() if k != "curve"}), flush=True)

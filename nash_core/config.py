@@ -193,6 +193,11 @@ class ArmConfig(_Section):
         None, description="CoFi's hidden-dimension mask (one gate per d_model dimension, shared by "
                           "the whole model). Default: on for cofi; only cofi accepts it.")
     name: str | None = None
+    stage_steps: int | None = Field(
+        None, ge=1, description="This arm's optimizer steps per pruning stage (default "
+                                "pruning.stage.train.max_steps): e.g. a shorter CoFi arm.")
+    finetune_steps: int | None = Field(
+        None, ge=1, description="This arm's final fine-tune steps (default finetune.train.max_steps).")
 
     @model_validator(mode="after")
     def _check(self):
@@ -396,6 +401,22 @@ class NashConfig(_Section):
         data = self.data.name or ("demo-dialogues" if self.data.kind == "demo" else "local")
         base = self.model.base if self.model.base == "demo" else Path(self.model.base).name
         return f"nash/{base}/{data.split('/')[-1]}"
+
+    def stage_config(self, arm_index: int) -> PruneStageConfig:
+        """``pruning.stage`` with the arm's own step count, if it sets one."""
+        arm, stage = self.pruning.arms[arm_index], self.pruning.stage
+        if arm.stage_steps is None:
+            return stage
+        return stage.model_copy(update={"train": stage.train.model_copy(
+            update={"max_steps": arm.stage_steps, "epochs": None})})
+
+    def finetune_config(self, arm_index: int) -> FinetuneConfig:
+        """``finetune`` with the arm's own step count, if it sets one."""
+        arm, ft = self.pruning.arms[arm_index], self.finetune
+        if arm.finetune_steps is None:
+            return ft
+        return ft.model_copy(update={"train": ft.train.model_copy(
+            update={"max_steps": arm.finetune_steps, "epochs": None})})
 
     def registered_model_name(self) -> str:
         return self.registry.model_name or f"nash-{self.experiment.name}"

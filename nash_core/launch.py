@@ -45,7 +45,7 @@ def _stage(cfg: NashConfig, args: dict, callback: Callback, device) -> Path:
     from nash_core.prune import run_stage
 
     return run_stage(args["teacher_dir"], args["init_dir"], cfg.pruning.arms[args["arm_index"]],
-                     cfg.pruning.stage, args["prev_target"], args["target"], args["out_dir"],
+                     cfg.stage_config(args["arm_index"]), args["prev_target"], args["target"], args["out_dir"],
                      splits_dir=args["splits_dir"], data_cfg=cfg.data, callback=callback,
                      seed=cfg.experiment.seed, device=device)
 
@@ -53,7 +53,8 @@ def _stage(cfg: NashConfig, args: dict, callback: Callback, device) -> Path:
 def _finetune(cfg: NashConfig, args: dict, callback: Callback, device) -> Path:
     from nash_core.prune import finetune
 
-    return finetune(args["export_dir"], args["teacher_dir"], cfg.finetune, args["out_dir"],
+    ft = cfg.finetune if args.get("arm_index") is None else cfg.finetune_config(args["arm_index"])
+    return finetune(args["export_dir"], args["teacher_dir"], ft, args["out_dir"],
                     splits_dir=args["splits_dir"], data_cfg=cfg.data, callback=callback,
                     seed=cfg.experiment.seed, device=device)
 

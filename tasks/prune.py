@@ -26,8 +26,10 @@ _TRAINING = ("data.source_prefix", "data.max_source_length", "data.max_target_le
 
 def _arm_identity(ctx: SweepContext, spec: CandidateSpec) -> dict:
     """What of the arm shapes the student (its name does not)."""
-    return ctx.cfg.pruning.arms[spec.arm_index].model_dump(
-        include={"method", "decoder_layers", "layer_selection", "custom_layers"})
+    arm = ctx.cfg.pruning.arms[spec.arm_index]
+    identity = arm.model_dump(include={"method", "decoder_layers", "layer_selection",
+                                       "custom_layers"})
+    return identity if arm.stage_steps is None else {**identity, "stage_steps": arm.stage_steps}
 
 
 def _curve(ctx: SweepContext, spec: CandidateSpec, phase: str, rdir: Path):
@@ -80,13 +82,16 @@ def finetune(ctx: SweepContext, spec: CandidateSpec, data: StepResult, teacher: 
     cfg = ctx.cfg
     if not cfg.finetune.enabled:
         return export
+    steps = cfg.pruning.arms[spec.arm_index].finetune_steps
     key = cache_key("finetune", PRUNE, export=export.key, teacher=teacher.key,
                     data=data.meta["fingerprint"], sections=cfg.section_hash("finetune",
-                                                                             *_TRAINING))
+                                                                             *_TRAINING),
+                    **({"steps": steps} if steps is not None else {}))
 
     def compute(rdir: Path) -> dict:
         out = run_step("finetune", cfg, {
             "export_dir": export.meta["model_dir"], "teacher_dir": teacher.meta["model_dir"],
+            "arm_index": spec.arm_index,
             "out_dir": str(rdir / "model"), "splits_dir": data.meta["splits"]},
             callback=_curve(ctx, spec, "finetune", rdir), device=pick_device(cfg.experiment.device))
         return {"model_dir": str(out), "curves": {"finetune": "finetune.jsonl"}}

@@ -133,3 +133,17 @@ def test_cli_local_files_must_exist(tmp_path):
     cfg_path.write_text(yaml.safe_dump(raw))
     res = nash("validate", cfg_path)
     assert res.returncode == 2 and "data.files.train: file not found" in res.stderr
+
+
+def test_arm_step_counts_override_the_shared_training_sections():
+    cfg = load_config(REPO / "configs" / "smoke.yaml", [
+        "pruning.arms.3.stage_steps=7", "pruning.arms.3.finetune_steps=3"])
+    shared_stage, shared_ft = cfg.pruning.stage.train.max_steps, cfg.finetune.train.max_steps
+    assert (cfg.stage_config(3).train.max_steps, cfg.finetune_config(3).train.max_steps) == (7, 3)
+    # the other arms and the shared sections are untouched
+    assert cfg.stage_config(0) is cfg.pruning.stage and cfg.finetune_config(0) is cfg.finetune
+    assert (cfg.pruning.stage.train.max_steps, cfg.finetune.train.max_steps) == (shared_stage,
+                                                                                 shared_ft)
+    assert cfg.stage_config(3).mask_lr == cfg.pruning.stage.mask_lr
+    with pytest.raises(ConfigError, match="pruning.arms.0.stage_steps"):
+        load_config(REPO / "configs" / "smoke.yaml", ["pruning.arms.0.stage_steps=0"])
