@@ -103,13 +103,18 @@ def cmd_run(args) -> int:
         champ = result.get("champion")
         if champ:
             print(f"champion: {champ}")
-        promotion = result.get("promotion")
-        if promotion:
-            print(f"promotion: {promotion['decision']} ({promotion['reason']})")
+        _print_promotion(result)
         if result.get("tracking_uri"):
             print(f"results: MLflow store {result['tracking_uri']} (open it with `nash ui"
                   f"{' --workdir ' + str(workdir) if args.workdir else ''}`)")
     return 0
+
+
+def _print_promotion(result: dict) -> None:
+    """What the promotion gate decided (tasks/promotion.py)."""
+    promotion = result.get("promotion")
+    if promotion:
+        print(f"promotion: {promotion['decision']} ({promotion['reason']})")
 
 
 def _workdir(args) -> Path:
@@ -151,6 +156,7 @@ def cmd_watch(args) -> int:
     print(describe(result))
     if result["sweep"]:
         print(f"champion: {result['sweep']['champion']}")
+        _print_promotion(result["sweep"])
     return 0
 
 

@@ -112,7 +112,8 @@ def promotion_gate(champion: dict, challenger: dict, sel: SelectionConfig,
     examples and decoding; latencies interleaved in one benchmark); ``challenger`` also carries
     ``rougeL_delta_ci_low`` / ``rougeL_delta_ci_high``: the paired-bootstrap interval of
     (challenger - champion) ROUGE-L over the examples. Quality: the selection policy's own rule
-    (:func:`choose_champion` with the champion as the baseline) must qualify the challenger.
+    (:func:`choose_champion` with the champion as the baseline) must qualify the challenger;
+    a champion that scores ROUGE-L 0 has no quality to lose (retention is undefined).
     Speed: its latency may exceed the champion's by at most ``max_slowdown`` (a fraction: the
     two are timed interleaved, but a machine's noise never makes equal models exactly equal).
     """
@@ -137,7 +138,9 @@ def promotion_gate(champion: dict, challenger: dict, sel: SelectionConfig,
                f"champion_{lat}": c_t, f"challenger_{lat}": n_t, "slowdown": slowdown,
                "max_slowdown": max_slowdown}
     why = []
-    if challenger["label"] not in decision.qualified:
+    if c_q <= 0:  # retention means nothing against 0; nothing can be lost either
+        pass
+    elif challenger["label"] not in decision.qualified:
         why.append(f"quality: {decision.rejected.get(challenger['label'], 'not qualified')} "
                    f"(the selection policy, with the champion as the baseline)")
     if not slowdown <= max_slowdown:
