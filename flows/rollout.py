@@ -63,7 +63,8 @@ def sweep_benchmark_parser() -> argparse.ArgumentParser:
                         "(default: the sweep's benchmark.price_per_hour)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None,
                    help="default: the sweep's experiment.device")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: the sweep's experiment.torch_threads, else torch's)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads (default: the sweep's experiment.torch_threads, else torch's)")
     _store_args(p)
     p.set_defaults(func=cmd_benchmark_sweep)
     return p
@@ -84,7 +85,7 @@ def cmd_benchmark_sweep(args) -> int:
     return 0
 
 
-# --------------------------------------------------------------------------- select / promote / rollback
+# --------------------------------------------------------------------------- select, promote, rollback
 def cmd_select(args) -> int:
     from tasks.rollout import select_for_hardware
 

@@ -72,7 +72,8 @@ def hardware_table(df: pd.DataFrame, hardware: str) -> pd.DataFrame:
 
 def hardware_names(columns) -> list[str]:
     """Hardware names that have metrics among ``columns`` (``hw/<name>/...``)."""
-    names = {c.split("/")[1] for c in columns if c.startswith(f"{HW_PREFIX}/") and c.count("/") >= 2}
+    names = {c.split("/")[1] for c in columns
+             if c.startswith(f"{HW_PREFIX}/") and c.count("/") >= 2}
     return sorted(names)
 
 

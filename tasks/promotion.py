@@ -93,7 +93,6 @@ def _run_gate(ctx: SweepContext, client, name: str, current: str, selected: dict
     from nash_core.evaluate import compare_with_teacher, evaluate_model
     from nash_core.io import read_json
     from nash_core.runtime import pick_device
-    from nash_core.selection import latency_column
 
     cfg = ctx.cfg
     out = Path(ctx.workdir) / "sweeps" / ctx.sweep_run_id / "gate"

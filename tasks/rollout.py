@@ -31,7 +31,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from nash_core.config import NashConfig
-from nash_core.errors import ModelError, NashError, TrackingError
+from nash_core.errors import NashError, TrackingError
 from nash_core.io import atomic_write_json, atomic_write_text
 from nash_core.promotion import (champion_alias, hardware_names, hardware_table, hw_metric,
                                  next_move_key, parse_moves, rollback_target)
@@ -220,7 +220,8 @@ def rebenchmark_sweep(tracking_uri: str, run_id: str, *, hardware_name: str | No
             hardware_fingerprint(dev, cfg.benchmark.dtype)))
     bench_cfg = cfg.benchmark.model_copy(update={
         "hardware_name": hardware_name,
-        "price_per_hour": cfg.benchmark.price_per_hour if price_per_hour is None else price_per_hour})
+        "price_per_hour": (cfg.benchmark.price_per_hour if price_per_hour is None
+                           else price_per_hour)})
 
     with tempfile.TemporaryDirectory(prefix="nash-rebench-") as tmp:
         tmp = Path(tmp)
@@ -271,7 +272,8 @@ def _benchmark_inputs(client: MlflowClient, sweep: Sweep) -> dict:
         except (MlflowException, OSError, ValueError):
             raise RolloutError(f"sweep run '{sweep.run_id}' has no {INPUTS_ARTIFACT} (the texts "
                                "its benchmark timed; sweeps record it since nash-pipeline can "
-                               "re-benchmark them): run the sweep again to re-benchmark it") from None
+                               "re-benchmark them): run the sweep again to re-benchmark it"
+                               ) from None
     if not inputs.get("texts"):
         raise RolloutError(f"sweep run '{sweep.run_id}': {INPUTS_ARTIFACT} holds no texts")
     return inputs
