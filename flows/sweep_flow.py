@@ -33,7 +33,7 @@ from tasks.cache import StepResult
 from tasks.candidates import log_candidate
 from tasks.champion import register, select_champion
 from tasks.context import CandidateSpec
-from tasks.measure import benchmark, evaluate
+from tasks.measure import benchmark, compare_with_sft, evaluate
 from tasks.preflight import preflight
 from tasks.prepare import get_teacher, prepare_base, prepare_data
 from tasks.promotion import promote_challenger
@@ -164,6 +164,7 @@ def sweep_flow(config_path: str, overrides: list[str], workdir: str) -> dict:
             runs.append(Candidate(spec, None, None, q, evaluate.submit(ctx, data, q, teacher_eval)))
         wait([c.evaluation for c in runs])
         runs = [Candidate(c.spec, *(f if f is None else f.result() for f in c[1:])) for c in runs]
+        compare_with_sft(ctx, {c.spec.label: (c.spec, c.evaluation) for c in runs})
 
         bench = benchmark(ctx, data, [teacher] + [c.final for c in runs],
                           [teacher_spec.label] + [c.spec.label for c in runs])

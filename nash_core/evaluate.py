@@ -266,6 +266,33 @@ def compare_with_teacher(per_example: list[dict], teacher_eval_dir: str | Path,
             "rougeL_retention_ci_high": 1.0 + high / t_mean if t_mean > 0 else None}
 
 
+def compare_evaluations(eval_dir: str | Path, baseline_dir: str | Path, eval_cfg: EvaluationConfig,
+                        seed: int = 0) -> dict:
+    """Paired-bootstrap interval of (model - baseline) ROUGE-L from two evaluate_model outputs.
+
+    Both must have scored the same test examples with the same decoding protocol (e.g. a NASH
+    candidate against the SFT candidate of the same decoder depth: does the narrow encoder cost
+    anything measurable?).
+    """
+    def read(d: Path) -> tuple[dict, list[dict]]:
+        try:
+            meta = read_json(d / "metrics.json")
+            rows = [json.loads(line) for line in (d / "per_example.jsonl").read_text(
+                encoding="utf-8").splitlines() if line.strip()]
+        except (OSError, ValueError) as exc:
+            raise DataError(f"cannot read the evaluation in {d} ({exc})") from None
+        return meta, rows
+
+    (a_meta, a), (b_meta, b) = read(Path(eval_dir)), read(Path(baseline_dir))
+    if a_meta.get("protocol") != b_meta.get("protocol"):
+        raise DataError(f"{eval_dir} and {baseline_dir} used different decoding protocols")
+    if [r["reference"] for r in a] != [r["reference"] for r in b]:
+        raise DataError(f"{eval_dir} and {baseline_dir} scored different test examples")
+    ca, cb = [r["rougeL"] for r in a], [r["rougeL"] for r in b]
+    low, high = paired_bootstrap(ca, cb, eval_cfg.bootstrap_samples, eval_cfg.confidence, seed)
+    return {"delta": float(np.mean(ca) - np.mean(cb)), "ci_low": low, "ci_high": high}
+
+
 # --------------------------------------------------------------------------- evaluate_model
 def _sample_csv(rows: list[dict], preds: list[str], per: list[dict], n: int) -> str:
     buf = io.StringIO()

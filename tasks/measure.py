@@ -88,3 +88,33 @@ def log_benchmark_inputs(ctx: SweepContext, texts: list[str]) -> None:
         {"texts": texts, "max_source_length": ctx.cfg.data.max_source_length})
     tracking.make_client(ctx.tracking_uri).log_artifact(
         ctx.sweep_run_id, str(path), str(Path(INPUTS_ARTIFACT).parent))
+
+
+@task(name="compare-with-sft", cache_policy=NO_CACHE)
+def compare_with_sft(ctx: SweepContext, evaluations: dict[str, tuple]) -> dict[str, dict]:
+    """NASH vs SFT at the same decoder depth: what the narrow encoder costs, with its interval.
+
+    ``evaluations`` maps a candidate label to ``(spec, evaluation StepResult)``. For every
+    pruned (NASH) candidate whose arm keeps k decoder layers and an SFT candidate keeping the
+    same k, the paired-bootstrap interval of (NASH - SFT) ROUGE-L is logged on the NASH run as
+    ``rougeL_vs_sft_delta`` / ``_ci_low`` / ``_ci_high`` and tagged with the SFT label.
+    """
+    from nash_core.evaluate import compare_evaluations
+    from tasks import tracking
+
+    cfg = ctx.cfg
+    sft = {spec.decoder_layers: (spec, ev) for spec, ev in evaluations.values()
+           if spec.method == "sft" and not spec.quantized}
+    client = tracking.make_client(ctx.tracking_uri)
+    out = {}
+    for label, (spec, ev) in evaluations.items():
+        if spec.method != "nash" or spec.quantized or spec.decoder_layers not in sft:
+            continue
+        base_spec, base_ev = sft[spec.decoder_layers]
+        cmp = compare_evaluations(ev.meta["eval_dir"], base_ev.meta["eval_dir"], cfg.evaluation,
+                                  cfg.experiment.seed)
+        out[label] = {"vs": base_spec.label, **cmp}
+        tracking.log_metrics(client, spec.run_id, {f"rougeL_vs_sft_{k}": v
+                                                   for k, v in cmp.items()})
+        tracking.set_tags(client, spec.run_id, {"nash.vs_sft": base_spec.label})
+    return out
