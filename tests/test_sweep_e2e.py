@@ -89,6 +89,14 @@ def test_smoke_sweep_layout_cache_and_partial_recompute(tmp_path):
     assert runs["nash-k2@0.3"].data.params["target_sparsity"] == "0.3"
     assert runs["nash-k2@0.3"].data.metrics["encoder_sparsity"] > 0
     assert "mask.png" in {a.path for a in client.list_artifacts(runs["nash-k2@0.3"].info.run_id)}
+    # NASH vs SFT at the same depth: the paired interval on both k=2 NASH candidates, not k=1
+    for label in ("nash-k2@0.2", "nash-k2@0.3"):
+        m = runs[label].data.metrics
+        assert m["rougeL_vs_sft_ci_low"] <= m["rougeL_vs_sft_delta"] <= m["rougeL_vs_sft_ci_high"]
+        assert m["rougeL_vs_sft_delta"] == pytest.approx(
+            m["rougeL"] - runs["sft-k2"].data.metrics["rougeL"], abs=1e-9)
+        assert runs[label].data.tags["nash.vs_sft"] == "sft-k2"
+    assert "rougeL_vs_sft_delta" not in runs["nash-k1@0.3"].data.metrics
     assert len(client.get_metric_history(runs["nash-k2@0.3"].info.run_id, "stage/train_loss")) >= 2
     assert len(client.get_metric_history(runs["teacher"].info.run_id, "train/train_loss")) >= 2
 
