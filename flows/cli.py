@@ -6,6 +6,7 @@
     nash deploy CONFIG --cron "0 3 * * *" [--name NAME] [--watch] [--start-server]
     nash watch CONFIG [--set ...] [--workdir DIR]
     nash ui [--workdir DIR] [--port 5000]
+    nash report [--run-id ID] [--workdir DIR | --tracking-uri URI] [--markdown F] [--html F]
     nash benchmark --sweep RUN_ID [--hardware-name NAME] [--price-per-hour P] [--tracking-uri URI]
     nash select --sweep RUN_ID --hardware NAME
     nash promote VERSION | nash rollback | nash serve     (flows/rollout.py)
@@ -107,6 +108,7 @@ def cmd_run(args) -> int:
         if result.get("tracking_uri"):
             print(f"results: MLflow store {result['tracking_uri']} (open it with `nash ui"
                   f"{' --workdir ' + str(workdir) if args.workdir else ''}`)")
+        _print_links(result)
     return 0
 
 
@@ -115,6 +117,14 @@ def _print_promotion(result: dict) -> None:
     promotion = result.get("promotion")
     if promotion:
         print(f"promotion: {promotion['decision']} ({promotion['reason']})")
+
+
+def _print_links(result: dict) -> None:
+    """The MLflow links of a finished sweep, the trade-off view first (tasks/views.py)."""
+    if result.get("links"):
+        from tasks.views import format_links
+
+        print(format_links(result["links"]))
 
 
 def _workdir(args) -> Path:
@@ -157,6 +167,16 @@ def cmd_watch(args) -> int:
     if result["sweep"]:
         print(f"champion: {result['sweep']['champion']}")
         _print_promotion(result["sweep"])
+        _print_links(result["sweep"])
+    return 0
+
+
+def cmd_report(args) -> int:
+    from tasks.sweep_report import report_main
+
+    workdir = Path(args.workdir) if args.workdir else default_workdir()
+    print(report_main(args.tracking_uri, workdir, args.run_id, markdown=args.markdown,
+                      html=args.html, port=args.port), end="")
     return 0
 
 
@@ -185,6 +205,15 @@ def cmd_ui(args) -> int:
               "who can reach this port; MLflow's UI has no authentication.", file=sys.stderr)
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     print(f"MLflow UI on http://{args.host}:{args.port}  (store {uri}; Ctrl-C to stop)")
+    try:
+        from tasks.views import format_links, latest_sweep_links
+
+        links = latest_sweep_links(uri, args.host, args.port)
+    except Exception as exc:  # noqa: BLE001 - the links are a convenience; the UI still starts
+        links = None
+        print(f"(could not read the latest sweep's links: {exc})", file=sys.stderr)
+    if links:
+        print("latest sweep:\n" + format_links(links))
     try:
         return subprocess.call(cmd)
     except KeyboardInterrupt:
@@ -251,6 +280,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bind address (default 127.0.0.1; anything else exposes the UI)")
     u.add_argument("--port", type=int, default=5000)
     u.set_defaults(func=cmd_ui)
+
+    rp = sub.add_parser("report", help="a sweep's decision and candidate table (the workdir's "
+                                       "latest sweep, or --run-id); --markdown / --html to share")
+    rp.add_argument("--run-id", help="the sweep's MLflow run id (a candidate's leads to its sweep; "
+                                     "default: the latest sweep in the store)")
+    rp.add_argument("--workdir", help="whose store to read (default $NASH_HOME or ./.nash)")
+    rp.add_argument("--tracking-uri", help="read this MLflow store or server instead "
+                                           "(default MLFLOW_TRACKING_URI, else the workdir's)")
+    rp.add_argument("--markdown", metavar="FILE", help="also write the report as Markdown (the "
+                                                       "Pareto plot next to it)")
+    rp.add_argument("--html", metavar="FILE", help="also write a standalone HTML page")
+    rp.add_argument("--port", type=int, default=5000, help="the port `nash ui` serves on, for "
+                                                           "the printed links (default 5000)")
+    rp.set_defaults(func=cmd_report)
 
     from flows.rollout import add_rollout_commands
 

@@ -9,6 +9,7 @@
                             int8 variant -> evaluate(vs teacher)
     benchmark(teacher first, all candidates, interleaved) -> log every candidate run
     -> select (Pareto, policy) -> register -> challenger -> promotion gate (vs the champion)
+    -> publish (the sweep run's Markdown report, its metrics, the UI's saved views)
 
 Import this module only after the environment is prepared (flows/sweep.py does it): importing
 prefect fixes PREFECT_HOME.
@@ -37,6 +38,7 @@ from tasks.measure import benchmark, compare_with_sft, evaluate
 from tasks.preflight import preflight
 from tasks.prepare import get_teacher, prepare_base, prepare_data
 from tasks.promotion import promote_challenger
+from tasks.publish import publish_report
 from tasks.prune import finetune, materialize, prune_stage, quantize
 from tasks.registry import serving_config
 from tasks.sweep_runs import close_sweep, open_sweep
@@ -182,6 +184,7 @@ def sweep_flow(config_path: str, overrides: list[str], workdir: str) -> dict:
         selected = {teacher_spec.label: (teacher, teacher_eval),
                     **{c.spec.label: (c.final, c.evaluation) for c in runs}}[champion["label"]]
         promotion = promote_challenger(ctx, data, champion, version, *selected)
+        links = publish_report(ctx, bench, base.meta["fingerprint"])
         close_sweep(ctx, specs, ok=True)
     except BaseException as exc:
         if isinstance(exc, (KeyboardInterrupt, TerminationSignal)):
@@ -194,7 +197,7 @@ def sweep_flow(config_path: str, overrides: list[str], workdir: str) -> dict:
     return {"sweep_run_id": ctx.sweep_run_id, "experiment_id": ctx.experiment_id,
             "tracking_uri": ctx.tracking_uri, "champion": champion["label"],
             "champion_run_id": champion["run_id"], "reason": champion["reason"],
-            "registered_version": version, "promotion": promotion,
+            "registered_version": version, "promotion": promotion, "links": links,
             "candidates": [s.label for s in specs],
             "computed": sorted({f"{s.kind}-{s.key}" for s in steps if not s.cached}),
             "reused": sorted({f"{s.kind}-{s.key}" for s in steps if s.cached})}
