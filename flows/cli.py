@@ -214,6 +214,7 @@ def cmd_ui(args) -> int:
         print(f"(could not read the latest sweep's links: {exc})", file=sys.stderr)
     if links:
         print("latest sweep:\n" + format_links(links))
+    sys.stdout.flush()  # before MLflow's own output, also when stdout is a file or a pipe
     try:
         return subprocess.call(cmd)
     except KeyboardInterrupt:

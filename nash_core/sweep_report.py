@@ -162,8 +162,9 @@ class SweepReport:
                 f"retention {_f(3)(r.get('rougeL_retention'))}"
                 if r.get("method") != TEACHER and _num(r.get("rougeL_retention")) is not None
                 else None,
-                f"p50 {_f(1)(r.get('latency_p50_ms'))} ms / p90 {_f(1)(r.get('latency_p90_ms'))} ms "
-                f"at batch {self.batch_size}" if _num(r.get("latency_p50_ms")) is not None else None,
+                f"p50 {_f(1)(r.get('latency_p50_ms'))} ms / p90 "
+                f"{_f(1)(r.get('latency_p90_ms'))} ms at batch {self.batch_size}"
+                if _num(r.get("latency_p50_ms")) is not None else None,
                 f"speedup {_speedup(r.get('speedup'))}"
                 if r.get("method") != TEACHER and _num(r.get("speedup")) is not None else None,
                 f"{_params(r.get('params_total'))} parameters"
@@ -308,7 +309,8 @@ def to_html(rep: SweepReport, image_png: bytes | None = None) -> str:
     items = []
     teacher = rep.teacher()
     if teacher is not None:
-        items.append(f"<b>Teacher</b> ({e(teacher['label'])}): {e(rep.key_numbers(teacher['label']))}")
+        items.append(f"<b>Teacher</b> ({e(teacher['label'])}): "
+                     f"{e(rep.key_numbers(teacher['label']))}")
     if not rep.champion_is_teacher():
         items.append(f"<b>Champion</b> ({e(rep.champion)}): {e(rep.key_numbers(rep.champion))}")
     items += [f"not chosen: {e(n)}: {e(w)}" for n, w in rep.rejected.items()]

@@ -104,7 +104,8 @@ class Browser:
         self.call("Page.navigate", url="about:blank")
         self.call("Page.navigate", url=url)
         deadline = time.monotonic() + timeout
-        while not self.js(f"(() => {{ try {{ return Boolean({ready}); }} catch (e) {{ return false; }} }})()"):
+        check = f"(() => {{ try {{ return Boolean({ready}); }} catch (e) {{ return false; }} }})()"
+        while not self.js(check):
             if time.monotonic() > deadline:
                 text = (self.js("document.body ? document.body.innerText : ''") or "")[:600]
                 raise ScreenshotError(f"{url} did not show what was expected ({ready}) within "
@@ -194,7 +195,8 @@ def take(tracking_uri: str, run_id: str | None, out: Path) -> list[Path]:
                 browser.open(links["trade-off table"],
                              f"document.body.innerText.includes('{n} matching runs')")
                 shots.append(browser.screenshot(out / "mlflow-tradeoff-table.png"))
-                browser.open(links["trade-off charts"], "document.body.innerText.includes('Trade-off') && "
+                browser.open(links["trade-off charts"],
+                             "document.body.innerText.includes('Trade-off') && "
                              "document.querySelectorAll('.js-plotly-plot').length > 0")
                 shots.append(browser.screenshot(out / "mlflow-tradeoff-charts.png"))
                 browser.open(run_page_url(base, exp, sid) + "?workflowType=machine_learning",

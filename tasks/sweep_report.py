@@ -25,7 +25,8 @@ from mlflow.tracking import MlflowClient
 from nash_core.errors import NashError
 from nash_core.io import atomic_write_text
 from nash_core.selection import pareto_frontier
-from nash_core.sweep_report import SweepReport, hardware_summary, parse_rejected, to_html, to_markdown
+from nash_core.sweep_report import (SweepReport, hardware_summary, parse_rejected, to_html,
+                                    to_markdown)
 from tasks import tracking, views
 
 DESCRIPTION = "mlflow.note.content"
@@ -117,9 +118,13 @@ def load_report(client: MlflowClient, tracking_uri: str, run: Run) -> SweepRepor
     decision = _artifact_text(client, run.info.run_id, "decision.txt") or ""
     registered = None
     if tags.get("nash.registered_model"):
-        registered = f"{tags['nash.registered_model']} version {tags.get('nash.registered_version')}"
+        registered = (f"{tags['nash.registered_model']} version "
+                      f"{tags.get('nash.registered_version')}")
         if tags.get("nash.registered_alias"):
             registered += f" (@{tags['nash.registered_alias']})"
+        if tags.get("nash.promotion.decision"):
+            registered += (f"; promotion: {tags['nash.promotion.decision']} "
+                           f"({tags.get('nash.promotion.reason', '')})")
     exp = client.get_experiment(run.info.experiment_id)
     started = datetime.fromtimestamp(run.info.start_time / 1000, tz=timezone.utc)
     champion = tags.get("nash.champion")

@@ -50,7 +50,9 @@ def open_sweep(config: dict, workdir: str, config_path: str, flow_run_id: str | 
         "nash.config_path": config_path, "nash.git_commit": tracking.git_commit(),
         "prefect.flow_run_id": flow_run_id, "prefect.flow_run_name": flow_run_name,
         "mlflow.note.content": f"NASH sweep of config '{cfg.experiment.name}' "
-                               f"(Prefect flow run {flow_run_name or '-'})",
+                               f"(Prefect flow run {flow_run_name or '-'}); its report (decision, "
+                               "candidate table, Pareto plot) replaces this text once the sweep "
+                               "completes",
         **liveness.identity(workdir)},
         params=tracking.flatten(cfg.model_dump(mode="json")))
     ctx = SweepContext(workdir=str(Path(workdir).resolve()), config=cfg.model_dump(mode="json"),

@@ -199,8 +199,8 @@ def latest_sweep_links(tracking_uri: str, host: str = "127.0.0.1", port: int = 5
     """Links of the store's latest sweep (for ``nash ui``), or None when it has none."""
     client = MlflowClient(tracking_uri=tracking_uri)
     exps = [e.experiment_id for e in client.search_experiments()]
-    runs = client.search_runs(exps, "tags.`nash.kind` = 'sweep'",
-                              order_by=["attributes.start_time DESC"], max_results=1) if exps else []
+    runs = client.search_runs(exps, "tags.`nash.kind` = 'sweep'", max_results=1,
+                              order_by=["attributes.start_time DESC"]) if exps else []
     if not runs:
         return None
     run = runs[0]

@@ -93,7 +93,7 @@ def test_hidden_mask_t5_norm_rescale_is_exact_with_large_eps(gated, untie):
 @pytest.mark.parametrize("hidden", [False, True], ids=["cofi", "cofi-hidden"])
 @pytest.mark.parametrize("make", [lambda: pt.t5(enc=3, dec=4), lambda: pt.bart(dec=4)], ids=["t5", "bart"])
 def test_cached_generation_after_materialise(make, hidden):
-    # enc=3: a T5 decoder deeper than its encoder needs an explicit growing cache (stack-notes)
+    # enc=3: a T5 decoder deeper than its encoder needs a growing cache (evaluate.fresh_cache)
     model, masks = _masked(make, cofi=True, seed=5, hidden=hidden)
     with torch.no_grad():  # drop decoder layer 1's self-attention (its KV-cache slot goes unused)
         masks.groups["decoder_self_layer"].log_alpha[0] = LOG_ALPHA_MIN
