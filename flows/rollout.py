@@ -122,7 +122,7 @@ def cmd_serve(args) -> int:
     MLflow's server starts ``uvicorn`` found on PATH; run as ``.venv/bin/mlflow`` without an
     activated venv it is not there (exit 127). This puts the interpreter's own ``bin`` first on
     PATH and replaces this process with the server (Ctrl-C / SIGTERM stop it)."""
-    from tasks.rollout import RolloutError, alias_version, resolve_model
+    from tasks.rollout import RolloutError, alias_version, model_weights, resolve_model
     from tasks.tracking import make_client
 
     uri = _store(args)
@@ -132,6 +132,7 @@ def cmd_serve(args) -> int:
     if version is None:
         raise RolloutError(f"{model} has no alias {args.alias!r}: run a sweep, `nash promote "
                            f"VERSION` or `nash select --hardware NAME` first")
+    model_weights(client, client.get_run(client.get_model_version(model, version).run_id))
     bindir = Path(sys.executable).parent
     mlflow_bin = bindir / "mlflow"
     if not mlflow_bin.is_file():

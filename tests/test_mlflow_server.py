@@ -56,6 +56,25 @@ def test_sweep_tracks_to_an_mlflow_server(tmp_path):
         assert any((tmp_path / "artifacts").rglob("MLmodel"))
         champion = client.get_model_version_by_alias("nash-smoke", "champion")
         assert champion.version
+        sweep = next(r for r in runs if r.data.tags.get("nash.kind") == "sweep")
+        assert sweep.data.tags["nash.promotion.decision"] == "promoted"  # the first champion
+
+        # re-benchmark the finished sweep under another hardware name, through the server
+        before = {r.info.run_id: dict(r.data.metrics) for r in cand}
+        res = nash(["benchmark", "--sweep", sweep.info.run_id, "--tracking-uri", uri,
+                    "--hardware-name", "srv-b"], env)
+        assert res.returncode == 0, res.stderr[-3000:]
+        for run_id, metrics in before.items():
+            now = client.get_run(run_id).data.metrics
+            assert {k: now[k] for k in metrics} == metrics, "original figures changed"
+            assert now["hw/srv-b/latency_p50_ms_bs1"] > 0
+        assert {a.path for a in client.list_artifacts(sweep.info.run_id, "hardware/srv-b")} >= {
+            "hardware/srv-b/tradeoff.md", "hardware/srv-b/pareto.png",
+            "hardware/srv-b/benchmark.json"}
+        res = nash(["select", "--sweep", sweep.info.run_id, "--hardware", "srv-b",
+                    "--tracking-uri", uri], env)
+        assert res.returncode == 0, res.stderr[-3000:]
+        assert client.get_model_version_by_alias("nash-smoke", "champion-srv-b").version
     finally:
         server.terminate()
         server.wait(timeout=30)

@@ -1,5 +1,6 @@
 """`nash watch`: a sweep only when the base model's fingerprint moved; runs carry the new one,
-the previous champion keeps its version, and the alias follows the new selection."""
+the previous champion keeps its version, and the new selection becomes the challenger (champion
+if the promotion gate passes)."""
 
 import re
 
@@ -52,8 +53,12 @@ def test_watch_runs_only_when_the_base_model_changes(tmp_path):
     versions = client.search_model_versions(f"name='{name}'")
     by_fp = {v.tags.get("nash.base_fingerprint") for v in versions}
     assert {fp1, fp2} <= by_fp, "the previous champion keeps its version"
-    champion = client.get_model_version_by_alias(name, "champion")
+    # the new selection is the challenger; the promotion gate decides whether it is champion
+    decision = newest.data.tags["nash.promotion.decision"]
+    assert decision in ("promoted", "kept champion"), newest.data.tags["nash.promotion.reason"]
+    new = client.get_model_version_by_alias(name, "champion" if decision == "promoted"
+                                            else "challenger")
+    assert new.tags["nash.base_fingerprint"] == fp2
     decided = newest.data.tags.get("nash.champion_run_id")
-    assert champion.tags["nash.base_fingerprint"] == fp2
     if decided:
-        assert champion.run_id == decided
+        assert new.run_id == decided
