@@ -193,7 +193,8 @@ def take(tracking_uri: str, run_id: str | None, out: Path) -> list[Path]:
                            " 'true')")
                 shots = []
                 browser.open(links["trade-off table"],
-                             f"document.body.innerText.includes('{n} matching runs')")
+                             f"document.body.innerText.includes('{n} matching runs') && "
+                             f"document.querySelectorAll('.ag-row').length >= {n}")
                 shots.append(browser.screenshot(out / "mlflow-tradeoff-table.png"))
                 browser.open(links["trade-off charts"],
                              "document.body.innerText.includes('Trade-off') && "
