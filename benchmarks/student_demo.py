@@ -57,6 +57,8 @@ def run_variant(args, name: str, overrides: list[str], arm_dict: dict, prepared:
     out = Path(args.workdir) / "students" / name
     if out.exists() and not args.keep:
         shutil.rmtree(out)
+    if args.keep:
+        shutil.rmtree(out / "final", ignore_errors=True)
     curve: list[dict] = []
     last_train: dict[str, dict] = {}
 
@@ -76,12 +78,17 @@ def run_variant(args, name: str, overrides: list[str], arm_dict: dict, prepared:
     t0 = time.perf_counter()
     for i, target in enumerate(arm.targets or [0.0]):
         t = time.perf_counter()
+        done = out / f"stage{i + 1}" / "stage_meta.json"
+        if args.keep and done.is_file():  # a stage shared with another variant (same settings)
+            previous, prev_target = out / f"stage{i + 1}", target
+            continue
         previous = run_stage(prepared["teacher"], previous, arm, cfg.pruning.stage, prev_target,
                              target, out / f"stage{i + 1}", callback=record(f"stage{i + 1}"),
                              **common)
         timings[f"stage{i + 1}_s"] = round(time.perf_counter() - t, 1)
         prev_target = target
     t = time.perf_counter()
+    shutil.rmtree(out / "export", ignore_errors=True)
     export = materialize_stage(previous, out / "export")
     timings["materialize_s"] = round(time.perf_counter() - t, 1)
     t = time.perf_counter()
