@@ -204,6 +204,16 @@ def latest_sweep_links(tracking_uri: str, host: str = "127.0.0.1", port: int = 5
     if not runs:
         return None
     run = runs[0]
-    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    shown = "127.0.0.1" if _unspecified(host) else host  # a wildcard bind: link to loopback
     return sweep_links(tracking_uri, run.info.experiment_id, run.info.run_id, host=shown,
                        port=port)
+
+
+def _unspecified(host: str) -> bool:
+    """True for a wildcard listen address (IPv4 or IPv6 "any"), which a browser cannot open."""
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(host).is_unspecified
+    except ValueError:  # a host name
+        return False
