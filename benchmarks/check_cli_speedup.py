@@ -34,13 +34,33 @@ from nash_core.benchmark import cli_main  # noqa: E402
 from nash_core.layer_selection import keep_decoder_layers, select_layers  # noqa: E402
 from structural_speedup import build_full  # noqa: E402
 
-RESULT_FIELDS = ("latency", "encoder", "decoder_median_ms", "new_tokens_per_sequence", "generated_tokens",
-                 "sequences_per_s", "tokens_per_s", "ms_per_token", "speedup", "cost_per_1k_requests",
-                 "cost_per_1m_tokens", "peak_rss_delta_mb")
+RESULT_FIELDS = (
+    "latency",
+    "encoder",
+    "decoder_median_ms",
+    "new_tokens_per_sequence",
+    "generated_tokens",
+    "sequences_per_s",
+    "tokens_per_s",
+    "ms_per_token",
+    "speedup",
+    "cost_per_1k_requests",
+    "cost_per_1m_tokens",
+    "peak_rss_delta_mb",
+)
 LATENCY_FIELDS = ("median_ms", "p90_ms", "mean_ms", "min_ms")
 MODEL_FIELDS = ("params", "weights_mb", "disk_mb", "dtype", "attn_implementation", "decoder_layers")
-HARDWARE_FIELDS = ("cpu_model", "cpu_cores_logical", "torch_threads", "gpu_name", "gpu_driver",
-                   "torch_version", "transformers_version", "dtype", "attn_implementation")
+HARDWARE_FIELDS = (
+    "cpu_model",
+    "cpu_cores_logical",
+    "torch_threads",
+    "gpu_name",
+    "gpu_driver",
+    "torch_version",
+    "transformers_version",
+    "dtype",
+    "attn_implementation",
+)
 
 
 def save_pair(root: Path) -> tuple[Path, Path]:
@@ -48,25 +68,36 @@ def save_pair(root: Path) -> tuple[Path, Path]:
     teacher = build_full("t5-small")
     build_demo_tokenizer(tok_texts, root / "teacher")
     teacher.save_pretrained(str(root / "teacher"))
-    student = keep_decoder_layers(teacher, select_layers(6, 2, "uniform"))  # in place: teacher is saved
+    student = keep_decoder_layers(
+        teacher, select_layers(6, 2, "uniform")
+    )  # in place: teacher is saved
     build_demo_tokenizer(tok_texts, root / "student")
     student.save_pretrained(str(root / "student"))
     return root / "teacher", root / "student"
 
 
-def independent_speedup(teacher_dir: Path, student_dir: Path, new_tokens: int, source_length: int,
-                        repeats: int) -> tuple[float, float, float]:
+def independent_speedup(
+    teacher_dir: Path, student_dir: Path, new_tokens: int, source_length: int, repeats: int
+) -> tuple[float, float, float]:
     """Median latency ratio with nothing from nash_core: plain generate + perf_counter."""
-    models = {n: AutoModelForSeq2SeqLM.from_pretrained(str(d)).eval()
-              for n, d in (("teacher", teacher_dir), ("student", student_dir))}
+    models = {
+        n: AutoModelForSeq2SeqLM.from_pretrained(str(d)).eval()
+        for n, d in (("teacher", teacher_dir), ("student", student_dir))
+    }
     gen = torch.Generator().manual_seed(123)
     ids = torch.randint(5, 32000, (1, source_length), generator=gen)
 
     def once(model) -> float:
         t0 = time.perf_counter()
         with torch.no_grad():
-            model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False, num_beams=1,
-                           max_new_tokens=new_tokens, min_new_tokens=new_tokens)
+            model.generate(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                do_sample=False,
+                num_beams=1,
+                max_new_tokens=new_tokens,
+                min_new_tokens=new_tokens,
+            )
         return time.perf_counter() - t0
 
     for m in models.values():
@@ -85,7 +116,9 @@ def missing_fields(result: dict) -> list[str]:
         miss += [f"{m['name']}.{k}" for k in MODEL_FIELDS if m.get(k) is None]
         r = m["results"]["fixed"]["1"]
         miss += [f"{m['name']}.fixed.1.{k}" for k in RESULT_FIELDS if r.get(k) is None]
-        miss += [f"{m['name']}.fixed.1.latency.{k}" for k in LATENCY_FIELDS if k not in r["latency"]]
+        miss += [
+            f"{m['name']}.fixed.1.latency.{k}" for k in LATENCY_FIELDS if k not in r["latency"]
+        ]
     return miss
 
 
@@ -102,24 +135,49 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         teacher, student = save_pair(Path(tmp))
         out = Path(args.json) if args.json else Path(tmp) / "bench.json"
-        rc = cli_main([str(teacher), str(student), "--batch-sizes", "1", "--modes", "fixed",
-                       "--new-tokens", str(args.new_tokens), "--repeats", str(args.repeats), "--warmup", "2",
-                       "--source-length", str(args.source_length), "--device", "cpu",
-                       "--price-per-hour", "0.10", "--json", str(out)])
+        rc = cli_main(
+            [
+                str(teacher),
+                str(student),
+                "--batch-sizes",
+                "1",
+                "--modes",
+                "fixed",
+                "--new-tokens",
+                str(args.new_tokens),
+                "--repeats",
+                str(args.repeats),
+                "--warmup",
+                "2",
+                "--source-length",
+                str(args.source_length),
+                "--device",
+                "cpu",
+                "--price-per-hour",
+                "0.10",
+                "--json",
+                str(out),
+            ]
+        )
         if rc != 0:
             print(f"FAIL: nash benchmark exited {rc}")
             return 1
         result = json.loads(out.read_text())
         cli = result["models"][1]["results"]["fixed"]["1"]["speedup"]
-        indep, t_ms, s_ms = independent_speedup(teacher, student, args.new_tokens, args.source_length,
-                                                args.repeats)
+        indep, t_ms, s_ms = independent_speedup(
+            teacher, student, args.new_tokens, args.source_length, args.repeats
+        )
     miss = missing_fields(result)
     rel = cli / indep - 1
-    print(f"nash benchmark speedup (fixed {args.new_tokens} tokens, batch 1): {cli:.2f}x "
-          f"(teacher {result['models'][0]['results']['fixed']['1']['latency']['median_ms']:.0f} ms, "
-          f"student {result['models'][1]['results']['fixed']['1']['latency']['median_ms']:.0f} ms)")
+    print(
+        f"nash benchmark speedup (fixed {args.new_tokens} tokens, batch 1): {cli:.2f}x "
+        f"(teacher {result['models'][0]['results']['fixed']['1']['latency']['median_ms']:.0f} ms, "
+        f"student {result['models'][1]['results']['fixed']['1']['latency']['median_ms']:.0f} ms)"
+    )
     print(f"independent measurement: {indep:.2f}x (teacher {t_ms:.0f} ms, student {s_ms:.0f} ms)")
-    print(f"difference: {rel:+.1%} (tolerance {args.tolerance:.0%}); missing JSON fields: {miss or 'none'}")
+    print(
+        f"difference: {rel:+.1%} (tolerance {args.tolerance:.0%}); missing JSON fields: {miss or 'none'}"
+    )
     ok = abs(rel) <= args.tolerance and not miss
     print("PASS" if ok else "FAIL")
     return 0 if ok else 1

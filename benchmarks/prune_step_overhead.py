@@ -45,9 +45,19 @@ def build_teacher(args):
     if args.teacher:
         return load_seq2seq(args.teacher)[0]
     torch.manual_seed(0)
-    cfg = T5Config(vocab_size=args.vocab, d_model=256, d_ff=1024, d_kv=64, num_heads=4, num_layers=4,
-                   num_decoder_layers=6, dropout_rate=0.1, decoder_start_token_id=0, pad_token_id=0,
-                   eos_token_id=1)
+    cfg = T5Config(
+        vocab_size=args.vocab,
+        d_model=256,
+        d_ff=1024,
+        d_kv=64,
+        num_heads=4,
+        num_layers=4,
+        num_decoder_layers=6,
+        dropout_rate=0.1,
+        decoder_start_token_id=0,
+        pad_token_id=0,
+        eos_token_id=1,
+    )
     return T5ForConditionalGeneration(cfg)
 
 
@@ -66,8 +76,17 @@ def make_step(args, variant: str, teacher, device):
     hooks = []
     if variant != "plain":
         masks = MaskSet(plan_groups(student)).to(device).attach(student)
-        hooks.append(SparsityHook(student, masks, [Constraint("encoder", ("encoder",), 0.0, 0.3)],
-                                  warmup_steps=100, mask_lr=0.01, lagrangian_lr=0.01, epsilon=0.02))
+        hooks.append(
+            SparsityHook(
+                student,
+                masks,
+                [Constraint("encoder", ("encoder",), 0.0, 0.3)],
+                warmup_steps=100,
+                mask_lr=0.01,
+                lagrangian_lr=0.01,
+                epsilon=0.02,
+            )
+        )
     if variant == "masked+kd":
         hooks.append(DistillHook(teacher, student, DistillConfig(), device=device))
     groups = [g for h in hooks for g in h.param_groups(student)]
@@ -75,9 +94,11 @@ def make_step(args, variant: str, teacher, device):
     wants_hidden = any(h.wants_hidden_states() for h in hooks)
 
     g = torch.Generator().manual_seed(0)
-    batch = {"input_ids": torch.randint(3, args.vocab, (args.batch, args.src), generator=g),
-             "attention_mask": torch.ones(args.batch, args.src, dtype=torch.long),
-             "labels": torch.randint(3, args.vocab, (args.batch, args.tgt), generator=g)}
+    batch = {
+        "input_ids": torch.randint(3, args.vocab, (args.batch, args.src), generator=g),
+        "attention_mask": torch.ones(args.batch, args.src, dtype=torch.long),
+        "labels": torch.randint(3, args.vocab, (args.batch, args.tgt), generator=g),
+    }
     batch = {k: v.to(device) for k, v in batch.items()}
     student.train()
 
@@ -92,6 +113,7 @@ def make_step(args, variant: str, teacher, device):
         opt.step()
         for h in hooks:
             h.after_step(i)
+
     return step
 
 
@@ -106,14 +128,18 @@ def time_interleaved(args) -> dict:
     for v in VARIANTS:
         step, calls = make_step(args, v, teacher, device), itertools.count()
         fns.append(lambda step=step, calls=calls: step(next(calls)))
-    per_fn, _ = timed_rounds(fns, args.warmup, args.steps, sync=device_sync(device),
-                             desc="rounds", rotate=True)
+    per_fn, _ = timed_rounds(
+        fns, args.warmup, args.steps, sync=device_sync(device), desc="rounds", rotate=True
+    )
     times = dict(zip(VARIANTS, per_fn))
     base = times["plain"]
     out = {}
     for v, ts in times.items():
-        out[v] = {"median_ms": 1000 * statistics.median(ts), "min_ms": 1000 * min(ts),
-                  "paired_ratio": statistics.median(t / b for t, b in zip(ts, base))}
+        out[v] = {
+            "median_ms": 1000 * statistics.median(ts),
+            "min_ms": 1000 * min(ts),
+            "paired_ratio": statistics.median(t / b for t, b in zip(ts, base)),
+        }
     return out
 
 
@@ -133,7 +159,9 @@ def peak_memory(args) -> dict:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--src", type=int, default=128)
     p.add_argument("--tgt", type=int, default=48)
@@ -142,7 +170,9 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--teacher", default=None, help="a trained teacher directory (default: random init)")
+    p.add_argument(
+        "--teacher", default=None, help="a trained teacher directory (default: random init)"
+    )
     p.add_argument("--variant", choices=VARIANTS, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.variant:
@@ -153,25 +183,46 @@ def main(argv=None) -> int:
     # not have built any model yet
     peaks = {}
     for variant in VARIANTS:
-        out = subprocess.run([sys.executable, __file__, *passthrough, "--variant", variant],
-                             capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [sys.executable, __file__, *passthrough, "--variant", variant],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         peaks[variant] = json.loads(out.stdout.strip().splitlines()[-1])
     results = time_interleaved(args)
     for variant in VARIANTS:
         results[variant].update(peaks[variant])
     base = results["plain"]["median_ms"]
-    print(f"device={args.device} threads={args.threads} batch={args.batch} src={args.src} tgt={args.tgt} "
-          f"rounds={args.steps} torch={torch.__version__}")
-    print(f"{'variant':<10} {'median ms':>10} {'min ms':>8} {'vs plain':>9} {'paired':>8} {'peak MB':>8}")
+    print(
+        f"device={args.device} threads={args.threads} batch={args.batch} src={args.src} tgt={args.tgt} "
+        f"rounds={args.steps} torch={torch.__version__}"
+    )
+    print(
+        f"{'variant':<10} {'median ms':>10} {'min ms':>8} {'vs plain':>9} {'paired':>8} {'peak MB':>8}"
+    )
     for v, r in results.items():
-        print(f"{v:<10} {r['median_ms']:>10.1f} {r['min_ms']:>8.1f} {r['median_ms'] / base - 1:>+9.1%} "
-              f"{r['paired_ratio'] - 1:>+8.1%} {r['peak_mb']:>8.0f}")
+        print(
+            f"{v:<10} {r['median_ms']:>10.1f} {r['min_ms']:>8.1f} {r['median_ms'] / base - 1:>+9.1%} "
+            f"{r['paired_ratio'] - 1:>+8.1%} {r['peak_mb']:>8.0f}"
+        )
     overhead = results["masked"]["median_ms"] / base - 1
     paired = results["masked"]["paired_ratio"] - 1
-    print(f"mask overhead {overhead:+.1%} (ratio of medians), {paired:+.1%} (median of per-round "
-          f"ratios); goal <= +15%")
-    print(json.dumps({"results": results, "mask_overhead": overhead, "mask_overhead_paired": paired,
-                      "threads": args.threads, "device": args.device}))
+    print(
+        f"mask overhead {overhead:+.1%} (ratio of medians), {paired:+.1%} (median of per-round "
+        f"ratios); goal <= +15%"
+    )
+    print(
+        json.dumps(
+            {
+                "results": results,
+                "mask_overhead": overhead,
+                "mask_overhead_paired": paired,
+                "threads": args.threads,
+                "device": args.device,
+            }
+        )
+    )
     return 0
 
 

@@ -65,12 +65,23 @@ def run_variant(args, name: str, overrides: list[str], arm_dict: dict, prepared:
     def record(phase: str):
         def cb(step: int, metrics: dict) -> None:
             if "train_loss" in metrics:
-                last_train[phase] = {k: round(v, 4) for k, v in metrics.items()
-                                     if k.endswith("loss")}
+                last_train[phase] = {
+                    k: round(v, 4) for k, v in metrics.items() if k.endswith("loss")
+                }
             if "eval_val_loss" in metrics:
-                curve.append({"phase": phase, "step": step, "val_loss": metrics["eval_val_loss"],
-                              **{k.removeprefix("eval_"): v for k, v in metrics.items()
-                                 if k.startswith("eval_sparsity_expected")}})
+                curve.append(
+                    {
+                        "phase": phase,
+                        "step": step,
+                        "val_loss": metrics["eval_val_loss"],
+                        **{
+                            k.removeprefix("eval_"): v
+                            for k, v in metrics.items()
+                            if k.startswith("eval_sparsity_expected")
+                        },
+                    }
+                )
+
         return cb
 
     common = {"splits_dir": prepared["splits"], "data_cfg": cfg.data, "seed": cfg.experiment.seed}
@@ -82,9 +93,17 @@ def run_variant(args, name: str, overrides: list[str], arm_dict: dict, prepared:
         if args.keep and done.is_file():  # a stage shared with another variant (same settings)
             previous, prev_target = out / f"stage{i + 1}", target
             continue
-        previous = run_stage(prepared["teacher"], previous, arm, cfg.pruning.stage, prev_target,
-                             target, out / f"stage{i + 1}", callback=record(f"stage{i + 1}"),
-                             **common)
+        previous = run_stage(
+            prepared["teacher"],
+            previous,
+            arm,
+            cfg.pruning.stage,
+            prev_target,
+            target,
+            out / f"stage{i + 1}",
+            callback=record(f"stage{i + 1}"),
+            **common,
+        )
         timings[f"stage{i + 1}_s"] = round(time.perf_counter() - t, 1)
         prev_target = target
     t = time.perf_counter()
@@ -92,8 +111,14 @@ def run_variant(args, name: str, overrides: list[str], arm_dict: dict, prepared:
     export = materialize_stage(previous, out / "export")
     timings["materialize_s"] = round(time.perf_counter() - t, 1)
     t = time.perf_counter()
-    final = finetune(export, prepared["teacher"], cfg.finetune, out / "final",
-                     callback=record("finetune"), **{**common, "seed": finetune_seed})
+    final = finetune(
+        export,
+        prepared["teacher"],
+        cfg.finetune,
+        out / "final",
+        callback=record("finetune"),
+        **{**common, "seed": finetune_seed},
+    )
     timings["finetune_s"] = round(time.perf_counter() - t, 1)
     train_s = time.perf_counter() - t0
     t = time.perf_counter()
@@ -102,17 +127,22 @@ def run_variant(args, name: str, overrides: list[str], arm_dict: dict, prepared:
     nash = json.loads((Path(final) / "config.json").read_text()).get("nash", {})
     stage_steps = cfg.pruning.stage.train.max_steps * max(1, len(arm.targets))
     return {
-        "variant": name, "arm": arm.label, "overrides": overrides,
+        "variant": name,
+        "arm": arm.label,
+        "overrides": overrides,
         "steps": stage_steps + (cfg.finetune.train.max_steps if cfg.finetune.enabled else 0),
-        "train_s": round(train_s, 1), **timings,
+        "train_s": round(train_s, 1),
+        **timings,
         "final_val_loss": round(curve[-1]["val_loss"], 4) if curve else None,
-        "best_finetune_val_loss": round(min((c["val_loss"] for c in curve
-                                             if c["phase"] == "finetune"), default=float("nan")), 4),
+        "best_finetune_val_loss": round(
+            min((c["val_loss"] for c in curve if c["phase"] == "finetune"), default=float("nan")), 4
+        ),
         "test_rougeL": round(quality["rougeL"], 4),
         "retention": round(quality["rougeL"] / prepared["teacher_rougeL"], 4),
         "test_exact_match": round(quality["exact_match"], 4),
         "encoder_sparsity": round(float(nash.get("encoder_sparsity", 0.0)), 3),
-        "last_train": last_train, "curve": curve,
+        "last_train": last_train,
+        "curve": curve,
     }
 
 
@@ -120,11 +150,19 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/demo.yaml")
     parser.add_argument("--workdir", required=True)
-    parser.add_argument("--arm", default='{"method": "nash", "decoder_layers": 2, '
-                                         '"targets": [0.3]}', help="default arm (JSON)")
+    parser.add_argument(
+        "--arm",
+        default='{"method": "nash", "decoder_layers": 2, "targets": [0.3]}',
+        help="default arm (JSON)",
+    )
     parser.add_argument("--variant", action="append", default=[], metavar="NAME:K=V;K=V")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
-                        help="override applied to every variant")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY.PATH=VALUE",
+        help="override applied to every variant",
+    )
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--keep", action="store_true", help="reuse finished variant steps")
     parser.add_argument("--json", default=None)
@@ -136,8 +174,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     set_threads(cfg.experiment.torch_threads)
     work = Path(args.workdir)
     splits = prepare_splits(cfg.data, work / "data")
-    base = prepare_base(cfg.model, splits, work / "models", data_cfg=cfg.data,
-                        seed=cfg.experiment.seed)
+    base = prepare_base(
+        cfg.model, splits, work / "models", data_cfg=cfg.data, seed=cfg.experiment.seed
+    )
     check_decoder_layers(cfg, base.num_decoder_layers)
     t = time.perf_counter()
     teacher = train_teacher(cfg, splits, base, work / "teacher")
@@ -146,8 +185,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if not cached.is_file():
         cached.write_text(json.dumps(quick_check(teacher, splits, cfg)))
     tq = json.loads(cached.read_text())
-    print(f"teacher: {teacher} ({teacher_s:.0f} s now), test ROUGE-L {tq['rougeL']:.4f}",
-          flush=True)
+    print(
+        f"teacher: {teacher} ({teacher_s:.0f} s now), test ROUGE-L {tq['rougeL']:.4f}", flush=True
+    )
     prepared = {"splits": splits, "teacher": teacher, "teacher_rougeL": tq["rougeL"]}
 
     results = []
@@ -158,14 +198,24 @@ def main(argv: list[str] | None = None) -> list[dict]:
         results.append(r)
         print(json.dumps({k: v for k, v in r.items() if k != "curve"}), flush=True)
         if args.json:
-            Path(args.json).write_text(json.dumps({"teacher_rougeL": tq["rougeL"],
-                                                   "torch": torch.__version__,
-                                                   "threads": torch.get_num_threads(),
-                                                   "results": results}, indent=1) + "\n")
+            Path(args.json).write_text(
+                json.dumps(
+                    {
+                        "teacher_rougeL": tq["rougeL"],
+                        "torch": torch.__version__,
+                        "threads": torch.get_num_threads(),
+                        "results": results,
+                    },
+                    indent=1,
+                )
+                + "\n"
+            )
     print("\nvariant | steps | train s | final val loss | test ROUGE-L | retention | enc sparsity")
     for r in results:
-        print(f"{r['variant']} | {r['steps']} | {r['train_s']} | {r['final_val_loss']} | "
-              f"{r['test_rougeL']} | {r['retention']} | {r['encoder_sparsity']}")
+        print(
+            f"{r['variant']} | {r['steps']} | {r['train_s']} | {r['final_val_loss']} | "
+            f"{r['test_rougeL']} | {r['retention']} | {r['encoder_sparsity']}"
+        )
     return results
 
 

@@ -32,11 +32,20 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/demo.yaml")
     parser.add_argument("--workdir", default=None)
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch threads (default: experiment.torch_threads)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads (default: experiment.torch_threads)",
+    )
     parser.add_argument("--json", default=None, help="also write the results here")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
-                        help="config override, as for `nash run` (try other recipes)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY.PATH=VALUE",
+        help="config override, as for `nash run` (try other recipes)",
+    )
     args = parser.parse_args(argv)
 
     cfg = load_config(args.config, args.set)
@@ -48,15 +57,17 @@ def main(argv: list[str] | None = None) -> dict:
 
     t0 = time.perf_counter()
     splits = prepare_splits(cfg.data, work / "data")
-    base = prepare_base(cfg.model, splits, work / "models", data_cfg=cfg.data,
-                        seed=cfg.experiment.seed)
+    base = prepare_base(
+        cfg.model, splits, work / "models", data_cfg=cfg.data, seed=cfg.experiment.seed
+    )
     check_decoder_layers(cfg, base.num_decoder_layers)
     prep_s = time.perf_counter() - t0
 
     steps = []
     t1 = time.perf_counter()
-    best = train_teacher(cfg, splits, base, work / "teacher",
-                         callback=lambda step, m: steps.append(step))
+    best = train_teacher(
+        cfg, splits, base, work / "teacher", callback=lambda step, m: steps.append(step)
+    )
     train_s = time.perf_counter() - t1
     state = json.loads((work / "teacher" / "checkpoint" / "state.json").read_text())
 
@@ -65,16 +76,23 @@ def main(argv: list[str] | None = None) -> dict:
     eval_s = time.perf_counter() - t2
 
     result = {
-        "config": args.config, "torch_threads": threads, "torch": torch.__version__,
-        "prepare_s": round(prep_s, 1), "train_s": round(train_s, 1),
-        "steps": state["step"], "stop_reason": state["stop_reason"],
+        "config": args.config,
+        "torch_threads": threads,
+        "torch": torch.__version__,
+        "prepare_s": round(prep_s, 1),
+        "train_s": round(train_s, 1),
+        "steps": state["step"],
+        "stop_reason": state["stop_reason"],
         "steps_per_s": round(state["step"] / max(train_s, 1e-9), 3),
         "best_step": state["best_metrics"]["step"],
         "best_val_loss": round(state["best_metrics"]["val_loss"], 4),
-        "test_rougeL": round(quality["rougeL"], 4), "test_rouge1": round(quality["rouge1"], 4),
+        "test_rougeL": round(quality["rougeL"], 4),
+        "test_rouge1": round(quality["rouge1"], 4),
         "test_exact_match": round(quality["exact_match"], 4),
-        "test_examples": quality["examples"], "eval_s": round(eval_s, 1),
-        "sample": quality["sample"], "workdir": str(work),
+        "test_examples": quality["examples"],
+        "eval_s": round(eval_s, 1),
+        "sample": quality["sample"],
+        "workdir": str(work),
     }
     print(json.dumps(result, indent=2))
     ok = result["test_rougeL"] >= 0.85 and train_s <= 360

@@ -65,7 +65,9 @@ def preflight(cfg) -> None:
 
         cfg_file = base / "config.json"
         if not cfg_file.is_file():
-            problems.append(f"model.base: {base} has no config.json (expected a save_pretrained dir)")
+            problems.append(
+                f"model.base: {base} has no config.json (expected a save_pretrained dir)"
+            )
         else:
             try:
                 mc = json.loads(cfg_file.read_text())
@@ -88,8 +90,10 @@ def cmd_validate(args) -> int:
     cfg = _load(args)
     preflight(cfg)
     arms = ", ".join(a.label for a in cfg.pruning.arms)
-    print(f"{args.config}: OK  (experiment '{cfg.experiment.name}', base {cfg.model.base}, "
-          f"data {cfg.data.kind}{':' + cfg.data.name if cfg.data.name else ''}, arms: {arms})")
+    print(
+        f"{args.config}: OK  (experiment '{cfg.experiment.name}', base {cfg.model.base}, "
+        f"data {cfg.data.kind}{':' + cfg.data.name if cfg.data.name else ''}, arms: {arms})"
+    )
     return 0
 
 
@@ -106,8 +110,10 @@ def cmd_run(args) -> int:
             print(f"champion: {champ}")
         _print_promotion(result)
         if result.get("tracking_uri"):
-            print(f"results: MLflow store {result['tracking_uri']} (open it with `nash ui"
-                  f"{' --workdir ' + str(workdir) if args.workdir else ''}`)")
+            print(
+                f"results: MLflow store {result['tracking_uri']} (open it with `nash ui"
+                f"{' --workdir ' + str(workdir) if args.workdir else ''}`)"
+            )
         _print_links(result)
     return 0
 
@@ -148,8 +154,15 @@ def cmd_deploy(args) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, stop)
-    deploy(str(args.config), list(args.set or []), args.cron, args.name, str(workdir),
-           watch=args.watch, start_server=args.start_server)
+    deploy(
+        str(args.config),
+        list(args.set or []),
+        args.cron,
+        args.name,
+        str(workdir),
+        watch=args.watch,
+        start_server=args.start_server,
+    )
     return 0
 
 
@@ -175,8 +188,17 @@ def cmd_report(args) -> int:
     from tasks.sweep_report import report_main
 
     workdir = Path(args.workdir) if args.workdir else default_workdir()
-    print(report_main(args.tracking_uri, workdir, args.run_id, markdown=args.markdown,
-                      html=args.html, port=args.port), end="")
+    print(
+        report_main(
+            args.tracking_uri,
+            workdir,
+            args.run_id,
+            markdown=args.markdown,
+            html=args.html,
+            port=args.port,
+        ),
+        end="",
+    )
     return 0
 
 
@@ -195,14 +217,28 @@ def cmd_ui(args) -> int:
 
     uri = default_tracking_uri(workdir)
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
-        _err(f"no MLflow store at {uri.removeprefix('sqlite:///')}: run `make demo` or "
-             f"`nash run CONFIG` first (or pass --workdir)")
+        _err(
+            f"no MLflow store at {uri.removeprefix('sqlite:///')}: run `make demo` or "
+            f"`nash run CONFIG` first (or pass --workdir)"
+        )
         return EXIT_BAD_INPUT
     mlflow_bin = shutil.which("mlflow") or str(Path(sys.executable).with_name("mlflow"))
-    cmd = [mlflow_bin, "ui", "--backend-store-uri", uri, "--host", args.host, "--port", str(args.port)]
+    cmd = [
+        mlflow_bin,
+        "ui",
+        "--backend-store-uri",
+        uri,
+        "--host",
+        args.host,
+        "--port",
+        str(args.port),
+    ]
     if args.host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"warning: binding to {args.host} exposes every run, model and artifact to anyone "
-              "who can reach this port; MLflow's UI has no authentication.", file=sys.stderr)
+        print(
+            f"warning: binding to {args.host} exposes every run, model and artifact to anyone "
+            "who can reach this port; MLflow's UI has no authentication.",
+            file=sys.stderr,
+        )
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     print(f"MLflow UI on http://{args.host}:{args.port}  (store {uri}; Ctrl-C to stop)")
     try:
@@ -227,73 +263,118 @@ def build_parser() -> argparse.ArgumentParser:
         prog="nash",
         description="NASH compression sweeps for encoder-decoder models (T5, Flan-T5, mT5, BART).",
         epilog="Results go to MLflow (SQLite in the workdir unless MLFLOW_TRACKING_URI or "
-               "experiment.tracking_uri says otherwise). Docs: README.md.")
+        "experiment.tracking_uri says otherwise). Docs: README.md.",
+    )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add_config_args(sp):
         sp.add_argument("config", help="YAML config (see configs/)")
-        sp.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
-                        help="override a config value, e.g. --set pruning.arms.0.targets=[0.2,0.4] "
-                             "(value parsed as YAML; repeatable; validated like the file)")
+        sp.add_argument(
+            "--set",
+            action="append",
+            default=[],
+            metavar="KEY.PATH=VALUE",
+            help="override a config value, e.g. --set pruning.arms.0.targets=[0.2,0.4] "
+            "(value parsed as YAML; repeatable; validated like the file)",
+        )
 
     v = sub.add_parser("validate", help="check a config; exit 2 listing every problem")
     add_config_args(v)
     v.set_defaults(func=cmd_validate)
 
-    r = sub.add_parser("run", help="run the sweep flow of a config (data, teacher, arms, "
-                                   "evaluation, benchmark, selection, registry)")
+    r = sub.add_parser(
+        "run",
+        help="run the sweep flow of a config (data, teacher, arms, "
+        "evaluation, benchmark, selection, registry)",
+    )
     add_config_args(r)
-    r.add_argument("--workdir", help="where models, caches and the default MLflow store go "
-                                     "(default $NASH_HOME or ./.nash)")
+    r.add_argument(
+        "--workdir",
+        help="where models, caches and the default MLflow store go (default $NASH_HOME or ./.nash)",
+    )
     r.set_defaults(func=cmd_run)
 
-    b = sub.add_parser("benchmark", add_help=False,
-                       help="time generate() of model dirs (first = baseline); "
-                            "`nash benchmark --help` for options")
+    b = sub.add_parser(
+        "benchmark",
+        add_help=False,
+        help="time generate() of model dirs (first = baseline); "
+        "`nash benchmark --help` for options",
+    )
     b.add_argument("rest", nargs=argparse.REMAINDER)
     b.set_defaults(func=cmd_benchmark)
 
-    d = sub.add_parser("deploy", help="serve the sweep as a Prefect deployment on a cron schedule",
-                       description="Registers a deployment (parameters: the config, overrides, "
-                       "workdir) on the Prefect server of PREFECT_API_URL and serves it until "
-                       "Ctrl-C. Schedules never run on Prefect's temporary server: without "
-                       "PREFECT_API_URL this refuses, unless --start-server.")
+    d = sub.add_parser(
+        "deploy",
+        help="serve the sweep as a Prefect deployment on a cron schedule",
+        description="Registers a deployment (parameters: the config, overrides, "
+        "workdir) on the Prefect server of PREFECT_API_URL and serves it until "
+        "Ctrl-C. Schedules never run on Prefect's temporary server: without "
+        "PREFECT_API_URL this refuses, unless --start-server.",
+    )
     add_config_args(d)
     d.add_argument("--cron", required=True, help="cron schedule, e.g. '0 3 * * *' (03:00 daily)")
     d.add_argument("--name", help="deployment name (default <experiment>-sweep / -watch)")
-    d.add_argument("--watch", action="store_true",
-                   help="deploy the watch flow: sweep only when the base model changed")
-    d.add_argument("--start-server", action="store_true",
-                   help="no PREFECT_API_URL? start `prefect server` on 127.0.0.1:4200 in the "
-                        "background (stop it with `prefect server stop`)")
+    d.add_argument(
+        "--watch",
+        action="store_true",
+        help="deploy the watch flow: sweep only when the base model changed",
+    )
+    d.add_argument(
+        "--start-server",
+        action="store_true",
+        help="no PREFECT_API_URL? start `prefect server` on 127.0.0.1:4200 in the "
+        "background (stop it with `prefect server stop`)",
+    )
     d.add_argument("--workdir", help="default $NASH_HOME or ./.nash")
     d.set_defaults(func=cmd_deploy)
 
-    w = sub.add_parser("watch", help="run the sweep only if the base model changed since the "
-                                     "champion was trained (prints changed:/unchanged:)")
+    w = sub.add_parser(
+        "watch",
+        help="run the sweep only if the base model changed since the "
+        "champion was trained (prints changed:/unchanged:)",
+    )
     add_config_args(w)
     w.add_argument("--workdir", help="default $NASH_HOME or ./.nash")
     w.set_defaults(func=cmd_watch)
 
     u = sub.add_parser("ui", help="open the MLflow UI on the workdir's store")
     u.add_argument("--workdir", help="default $NASH_HOME or ./.nash")
-    u.add_argument("--host", default="127.0.0.1",
-                   help="bind address (default 127.0.0.1; anything else exposes the UI)")
+    u.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="bind address (default 127.0.0.1; anything else exposes the UI)",
+    )
     u.add_argument("--port", type=int, default=5000)
     u.set_defaults(func=cmd_ui)
 
-    rp = sub.add_parser("report", help="a sweep's decision and candidate table (the workdir's "
-                                       "latest sweep, or --run-id); --markdown / --html to share")
-    rp.add_argument("--run-id", help="the sweep's MLflow run id (a candidate's leads to its sweep; "
-                                     "default: the latest sweep in the store)")
+    rp = sub.add_parser(
+        "report",
+        help="a sweep's decision and candidate table (the workdir's "
+        "latest sweep, or --run-id); --markdown / --html to share",
+    )
+    rp.add_argument(
+        "--run-id",
+        help="the sweep's MLflow run id (a candidate's leads to its sweep; "
+        "default: the latest sweep in the store)",
+    )
     rp.add_argument("--workdir", help="whose store to read (default $NASH_HOME or ./.nash)")
-    rp.add_argument("--tracking-uri", help="read this MLflow store or server instead "
-                                           "(default MLFLOW_TRACKING_URI, else the workdir's)")
-    rp.add_argument("--markdown", metavar="FILE", help="also write the report as Markdown (the "
-                                                       "Pareto plot next to it)")
+    rp.add_argument(
+        "--tracking-uri",
+        help="read this MLflow store or server instead "
+        "(default MLFLOW_TRACKING_URI, else the workdir's)",
+    )
+    rp.add_argument(
+        "--markdown",
+        metavar="FILE",
+        help="also write the report as Markdown (the Pareto plot next to it)",
+    )
     rp.add_argument("--html", metavar="FILE", help="also write a standalone HTML page")
-    rp.add_argument("--port", type=int, default=5000, help="the port `nash ui` serves on, for "
-                                                           "the printed links (default 5000)")
+    rp.add_argument(
+        "--port",
+        type=int,
+        default=5000,
+        help="the port `nash ui` serves on, for the printed links (default 5000)",
+    )
     rp.set_defaults(func=cmd_report)
 
     from flows.rollout import add_rollout_commands

@@ -51,16 +51,30 @@ def start_local_server(port: int = DEFAULT_PORT, wait_s: float = 120.0) -> str:
     if api_healthy(url):
         return url
     prefect_bin = shutil.which("prefect") or str(Path(sys.executable).with_name("prefect"))
-    subprocess.run([prefect_bin, "server", "start", "--background", "--host", "127.0.0.1",
-                    "--port", str(port)], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [
+            prefect_bin,
+            "server",
+            "start",
+            "--background",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
         if api_healthy(url):
             return url
         time.sleep(1.0)
-    raise NashError(f"started `prefect server` on 127.0.0.1:{port} but it did not answer "
-                    f"within {wait_s:.0f} s; see `prefect server stop` and its logs in "
-                    f"{os.environ.get('PREFECT_HOME', '~/.prefect')}/server.log")
+    raise NashError(
+        f"started `prefect server` on 127.0.0.1:{port} but it did not answer "
+        f"within {wait_s:.0f} s; see `prefect server stop` and its logs in "
+        f"{os.environ.get('PREFECT_HOME', '~/.prefect')}/server.log"
+    )
 
 
 def refuse_without_server() -> NashError:
@@ -70,11 +84,19 @@ def refuse_without_server() -> NashError:
         "    prefect server start --host 127.0.0.1 --port 4200 --background\n"
         "    export PREFECT_API_URL=http://127.0.0.1:4200/api\n"
         "then run `nash deploy` again, or pass --start-server to let nash start it "
-        "(stop it with `prefect server stop`).")
+        "(stop it with `prefect server stop`)."
+    )
 
 
-def deploy(config_path: str, overrides: list[str], cron: str, name: str | None, workdir: str,
-           watch: bool = False, start_server: bool = False) -> None:
+def deploy(
+    config_path: str,
+    overrides: list[str],
+    cron: str,
+    name: str | None,
+    workdir: str,
+    watch: bool = False,
+    start_server: bool = False,
+) -> None:
     """Register the deployment on the configured server and serve it until interrupted."""
     from nash_core.config import load_config
 
@@ -86,11 +108,15 @@ def deploy(config_path: str, overrides: list[str], cron: str, name: str | None, 
             raise refuse_without_server()
         url = start_local_server()
         os.environ["PREFECT_API_URL"] = url
-        print(f"started a local Prefect server at {url.removesuffix('/api')} "
-              "(bound to 127.0.0.1; stop it with `prefect server stop`)")
+        print(
+            f"started a local Prefect server at {url.removesuffix('/api')} "
+            "(bound to 127.0.0.1; stop it with `prefect server stop`)"
+        )
     elif not api_healthy(url):
-        raise NashError(f"the Prefect server at {url} does not answer /health; start it "
-                        "(`prefect server start`) or fix PREFECT_API_URL")
+        raise NashError(
+            f"the Prefect server at {url} does not answer /health; start it "
+            "(`prefect server start`) or fix PREFECT_API_URL"
+        )
 
     from prefect import serve
 
@@ -99,22 +125,33 @@ def deploy(config_path: str, overrides: list[str], cron: str, name: str | None, 
 
     target = watch_flow if watch else scheduled_sweep
     name = name or f"{cfg.experiment.name}-{'watch' if watch else 'sweep'}"
-    params = {"config_path": str(Path(config_path).resolve()), "overrides": list(overrides),
-              "workdir": str(Path(workdir).resolve())}
+    params = {
+        "config_path": str(Path(config_path).resolve()),
+        "overrides": list(overrides),
+        "workdir": str(Path(workdir).resolve()),
+    }
     deployment = target.to_deployment(
-        name=name, cron=cron, parameters=params, tags=["nash", cfg.experiment.name],
-        description=f"{target.name} of {config_path} on cron '{cron}'")
-    print(f"serving deployment '{target.name}/{name}' on cron '{cron}' against {url} "
-          "(Ctrl-C or SIGTERM stops serving)")
+        name=name,
+        cron=cron,
+        parameters=params,
+        tags=["nash", cfg.experiment.name],
+        description=f"{target.name} of {config_path} on cron '{cron}'",
+    )
+    print(
+        f"serving deployment '{target.name}/{name}' on cron '{cron}' against {url} "
+        "(Ctrl-C or SIGTERM stops serving)"
+    )
     try:
         # Prefect's runner handles SIGTERM itself (cancels in-flight runs, pauses the schedule)
         # and returns; Ctrl-C, and SIGTERM before the runner starts, arrive as KeyboardInterrupt.
         serve(deployment, print_starting_message=False)
     except KeyboardInterrupt:
         pass
-    print(f"stopped serving; the deployment '{target.name}/{name}' stays registered with its "
-          "schedule paused (no run starts while nothing serves it); run the same `nash deploy` "
-          "again to resume it")
+    print(
+        f"stopped serving; the deployment '{target.name}/{name}' stays registered with its "
+        "schedule paused (no run starts while nothing serves it); run the same `nash deploy` "
+        "again to resume it"
+    )
 
 
 def _check_cron(cron: str) -> None:
@@ -123,5 +160,7 @@ def _check_cron(cron: str) -> None:
     try:
         CronSchedule(cron=cron)
     except ValueError:
-        raise NashError(f"--cron '{cron}' is not a valid cron expression "
-                        "(five fields, e.g. '0 3 * * *' for 03:00 every day)") from None
+        raise NashError(
+            f"--cron '{cron}' is not a valid cron expression "
+            "(five fields, e.g. '0 3 * * *' for 03:00 every day)"
+        ) from None

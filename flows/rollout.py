@@ -29,14 +29,18 @@ def _store(args) -> str:
         workdir = Path(args.workdir) if args.workdir else Path(os.environ.get("NASH_HOME", ".nash"))
         uri = default_tracking_uri(workdir)
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
-        raise TrackingError(f"no MLflow store at {uri.removeprefix('sqlite:///')}: pass "
-                            "--tracking-uri (or set MLFLOW_TRACKING_URI, or --workdir)")
+        raise TrackingError(
+            f"no MLflow store at {uri.removeprefix('sqlite:///')}: pass "
+            "--tracking-uri (or set MLFLOW_TRACKING_URI, or --workdir)"
+        )
     return uri
 
 
 def _store_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--tracking-uri", help="MLflow store (default MLFLOW_TRACKING_URI, else the "
-                                          "workdir's mlflow.db)")
+    p.add_argument(
+        "--tracking-uri",
+        help="MLflow store (default MLFLOW_TRACKING_URI, else the workdir's mlflow.db)",
+    )
     p.add_argument("--workdir", help="default $NASH_HOME or ./.nash (its mlflow.db)")
 
 
@@ -49,22 +53,38 @@ def sweep_benchmark_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="nash benchmark",
         description="Re-benchmark a finished sweep on this machine: fetch its teacher's and "
-                    "candidates' models from MLflow, time them with the sweep's protocol on the "
-                    "inputs it timed (interleaved, teacher first), and log the figures to the "
-                    "same runs as hw/<NAME>/<metric> (the sweep's own figures stay), with a "
-                    "trade-off table, Pareto plot and hardware fingerprint on the sweep run "
-                    "under hardware/<NAME>/.")
+        "candidates' models from MLflow, time them with the sweep's protocol on the "
+        "inputs it timed (interleaved, teacher first), and log the figures to the "
+        "same runs as hw/<NAME>/<metric> (the sweep's own figures stay), with a "
+        "trade-off table, Pareto plot and hardware fingerprint on the sweep run "
+        "under hardware/<NAME>/.",
+    )
     p.add_argument("--sweep", required=True, metavar="RUN_ID", help="the sweep (parent) run id")
-    p.add_argument("--hardware-name", help="name of this machine in metric keys and aliases "
-                                           "(letters, digits, '_', '-'; default from the "
-                                           "hardware fingerprint)")
-    p.add_argument("--price-per-hour", type=float, default=None,
-                   help="this hardware's price (USD/h) for cost per 1k requests / 1M tokens "
-                        "(default: the sweep's benchmark.price_per_hour)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None,
-                   help="default: the sweep's experiment.device")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch threads (default: the sweep's experiment.torch_threads, else torch's)")
+    p.add_argument(
+        "--hardware-name",
+        help="name of this machine in metric keys and aliases "
+        "(letters, digits, '_', '-'; default from the "
+        "hardware fingerprint)",
+    )
+    p.add_argument(
+        "--price-per-hour",
+        type=float,
+        default=None,
+        help="this hardware's price (USD/h) for cost per 1k requests / 1M tokens "
+        "(default: the sweep's benchmark.price_per_hour)",
+    )
+    p.add_argument(
+        "--device",
+        choices=["auto", "cpu", "cuda"],
+        default=None,
+        help="default: the sweep's experiment.device",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads (default: the sweep's experiment.torch_threads, else torch's)",
+    )
     _store_args(p)
     p.set_defaults(func=cmd_benchmark_sweep)
     return p
@@ -73,15 +93,22 @@ def sweep_benchmark_parser() -> argparse.ArgumentParser:
 def cmd_benchmark_sweep(args) -> int:
     from tasks.rollout import rebenchmark_sweep
 
-    out = rebenchmark_sweep(_store(args), args.sweep, hardware_name=args.hardware_name,
-                            price_per_hour=args.price_per_hour, device=args.device,
-                            threads=args.threads)
+    out = rebenchmark_sweep(
+        _store(args),
+        args.sweep,
+        hardware_name=args.hardware_name,
+        price_per_hour=args.price_per_hour,
+        device=args.device,
+        threads=args.threads,
+    )
     from nash_core.benchmark import format_table
 
     print(format_table(out["result"]))
-    print(f"hardware '{out['hardware_name']}': figures logged to {len(out['metrics'])} candidate "
-          f"runs as hw/{out['hardware_name']}/...; table and Pareto plot on sweep run "
-          f"{args.sweep} under hardware/{out['hardware_name']}/")
+    print(
+        f"hardware '{out['hardware_name']}': figures logged to {len(out['metrics'])} candidate "
+        f"runs as hw/{out['hardware_name']}/...; table and Pareto plot on sweep run "
+        f"{args.sweep} under hardware/{out['hardware_name']}/"
+    )
     return 0
 
 
@@ -90,16 +117,17 @@ def cmd_select(args) -> int:
     from tasks.rollout import select_for_hardware
 
     out = select_for_hardware(_store(args), args.sweep, args.hardware)
-    print(f"{out['model']}@{out['alias']} -> version {out['version']} ({out['label']}"
-          f"{'' if out['moved'] else ', unchanged'}): {out['reason']}")
+    print(
+        f"{out['model']}@{out['alias']} -> version {out['version']} ({out['label']}"
+        f"{'' if out['moved'] else ', unchanged'}): {out['reason']}"
+    )
     return 0
 
 
 def cmd_promote(args) -> int:
     from tasks.rollout import promote
 
-    out = promote(_store(args), args.version, model=args.model, alias=args.alias,
-                  why=args.reason)
+    out = promote(_store(args), args.version, model=args.model, alias=args.alias, why=args.reason)
     if out["moved"]:
         print(f"{out['model']}@{out['alias']}: version {out['from'] or '-'} -> {out['to']}")
     else:
@@ -130,24 +158,48 @@ def cmd_serve(args) -> int:
     model = resolve_model(client, args.model, uri)
     version = alias_version(client, model, args.alias)
     if version is None:
-        raise RolloutError(f"{model} has no alias {args.alias!r}: run a sweep, `nash promote "
-                           f"VERSION` or `nash select --hardware NAME` first")
+        raise RolloutError(
+            f"{model} has no alias {args.alias!r}: run a sweep, `nash promote "
+            f"VERSION` or `nash select --hardware NAME` first"
+        )
     model_weights(client, client.get_run(client.get_model_version(model, version).run_id))
     bindir = Path(sys.executable).parent
     mlflow_bin = bindir / "mlflow"
     if not mlflow_bin.is_file():
-        raise RolloutError(f"no mlflow executable next to {sys.executable}: install nash-pipeline "
-                           "into this environment (make install)")
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri,
-           "PATH": f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}"}
+        raise RolloutError(
+            f"no mlflow executable next to {sys.executable}: install nash-pipeline "
+            "into this environment (make install)"
+        )
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": uri,
+        "PATH": f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
     env.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    cmd = [str(mlflow_bin), "models", "serve", "-m", f"models:/{model}@{args.alias}",
-           "--env-manager", "local", "-h", args.host, "-p", str(args.port)]
+    cmd = [
+        str(mlflow_bin),
+        "models",
+        "serve",
+        "-m",
+        f"models:/{model}@{args.alias}",
+        "--env-manager",
+        "local",
+        "-h",
+        args.host,
+        "-p",
+        str(args.port),
+    ]
     if args.host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"warning: binding to {args.host} lets anyone who reaches this port use the model; "
-              "the server has no authentication.", file=sys.stderr)
-    print(f"serving {model}@{args.alias} (version {version}) on http://{args.host}:{args.port}"
-          f"/invocations  (store {uri}; Ctrl-C to stop)", flush=True)
+        print(
+            f"warning: binding to {args.host} lets anyone who reaches this port use the model; "
+            "the server has no authentication.",
+            file=sys.stderr,
+        )
+    print(
+        f"serving {model}@{args.alias} (version {version}) on http://{args.host}:{args.port}"
+        f"/invocations  (store {uri}; Ctrl-C to stop)",
+        flush=True,
+    )
     os.execve(str(mlflow_bin), cmd, env)
     return 0  # not reached
 
@@ -155,11 +207,18 @@ def cmd_serve(args) -> int:
 # --------------------------------------------------------------------------- parsers
 def add_rollout_commands(sub) -> None:
     """``select``, ``promote``, ``rollback`` and ``serve`` on the ``nash`` parser."""
-    s = sub.add_parser("select", help="choose a sweep's champion for a named hardware (after "
-                                      "`nash benchmark --sweep`): alias champion-<hardware>")
+    s = sub.add_parser(
+        "select",
+        help="choose a sweep's champion for a named hardware (after "
+        "`nash benchmark --sweep`): alias champion-<hardware>",
+    )
     s.add_argument("--sweep", required=True, metavar="RUN_ID")
-    s.add_argument("--hardware", required=True, metavar="NAME",
-                   help="a hardware name the sweep was re-benchmarked under")
+    s.add_argument(
+        "--hardware",
+        required=True,
+        metavar="NAME",
+        help="a hardware name the sweep was re-benchmarked under",
+    )
     _store_args(s)
     s.set_defaults(func=cmd_select)
 
@@ -169,8 +228,11 @@ def add_rollout_commands(sub) -> None:
         p.add_argument("--reason", help="why (recorded with the move)")
         _store_args(p)
 
-    pr = sub.add_parser("promote", help="point the champion alias at a registered version "
-                                        "(recorded in the registered model's tags)")
+    pr = sub.add_parser(
+        "promote",
+        help="point the champion alias at a registered version "
+        "(recorded in the registered model's tags)",
+    )
     pr.add_argument("version", help="registered model version, e.g. 3")
     model_args(pr)
     pr.set_defaults(func=cmd_promote)
@@ -179,8 +241,11 @@ def add_rollout_commands(sub) -> None:
     model_args(rb)
     rb.set_defaults(func=cmd_rollback)
 
-    sv = sub.add_parser("serve", help="serve the champion (or another alias) over HTTP with "
-                                      "`mlflow models serve` from this installation")
+    sv = sub.add_parser(
+        "serve",
+        help="serve the champion (or another alias) over HTTP with "
+        "`mlflow models serve` from this installation",
+    )
     sv.add_argument("--model", help="registered model (default: the store's only one)")
     sv.add_argument("--alias", default="champion", help="default %(default)s; e.g. champion-<hw>")
     sv.add_argument("--host", default="127.0.0.1")

@@ -14,8 +14,12 @@ from pathlib import Path
 
 #: Defaults, never overriding the user's: no telemetry (offline machines), and a temporary
 #: Prefect server that may take longer than Prefect's 20 s to start on a busy 2-core machine.
-ENV_DEFAULTS = {"MLFLOW_DISABLE_TELEMETRY": "true", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-                "DO_NOT_TRACK": "1", "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120"}
+ENV_DEFAULTS = {
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "DO_NOT_TRACK": "1",
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+}
 
 
 def prepare_environment(workdir: str | Path) -> None:

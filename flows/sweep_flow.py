@@ -86,8 +86,14 @@ def make_task_runner(cfg: NashConfig):
         runner = _optional_runner("prefect_dask", "DaskTaskRunner", "dask")
         if exp.dask_address:
             return runner(address=exp.dask_address)
-        return runner(cluster_kwargs={"n_workers": exp.dask_workers, "threads_per_worker": 1,
-                                      "processes": True, "dashboard_address": None})
+        return runner(
+            cluster_kwargs={
+                "n_workers": exp.dask_workers,
+                "threads_per_worker": 1,
+                "processes": True,
+                "dashboard_address": None,
+            }
+        )
     return _optional_runner("prefect_ray", "RayTaskRunner", "ray")()
 
 
@@ -98,9 +104,11 @@ def _optional_runner(module: str, name: str, extra: str):
     try:
         return getattr(importlib.import_module(module), name)
     except ImportError:
-        raise NashError(f"experiment.task_runner '{extra}' needs {module.replace('_', '-')}, which "
-                        f"is not installed: pip install 'nash-pipeline[{extra}]' (or set "
-                        "experiment.task_runner to 'threads')") from None
+        raise NashError(
+            f"experiment.task_runner '{extra}' needs {module.replace('_', '-')}, which "
+            f"is not installed: pip install 'nash-pipeline[{extra}]' (or set "
+            "experiment.task_runner to 'threads')"
+        ) from None
 
 
 @contextlib.contextmanager
@@ -114,8 +122,12 @@ def api_for_workers(cfg: NashConfig) -> Iterator[None]:
     server is started here and its URL put into the settings the tasks carry. Workers on other
     machines cannot reach this machine's loopback: they need a real server.
     """
-    from prefect.settings import (PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS,
-                                  get_current_settings, temporary_settings)
+    from prefect.settings import (
+        PREFECT_API_URL,
+        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS,
+        get_current_settings,
+        temporary_settings,
+    )
 
     exp = cfg.experiment
     if exp.task_runner not in ("dask", "ray") or get_current_settings().api.url:
@@ -123,10 +135,12 @@ def api_for_workers(cfg: NashConfig) -> Iterator[None]:
         return
     remote = exp.dask_address if exp.task_runner == "dask" else os.environ.get("RAY_ADDRESS")
     if remote:
-        raise NashError(f"the {exp.task_runner} cluster at {remote} needs a Prefect server its "
-                        "workers can reach, and PREFECT_API_URL is unset: start one (`prefect "
-                        "server start --host 0.0.0.0`) and export PREFECT_API_URL=http://HOST:4200"
-                        "/api here and on the workers (README, Scaling out)")
+        raise NashError(
+            f"the {exp.task_runner} cluster at {remote} needs a Prefect server its "
+            "workers can reach, and PREFECT_API_URL is unset: start one (`prefect "
+            "server start --host 0.0.0.0`) and export PREFECT_API_URL=http://HOST:4200"
+            "/api here and on the workers (README, Scaling out)"
+        )
     from prefect.server.api.server import SubprocessASGIServer
 
     server = SubprocessASGIServer()  # the instance a flow without PREFECT_API_URL would use
@@ -140,8 +154,9 @@ def sweep_flow(config_path: str, overrides: list[str], workdir: str) -> dict:
     cfg = load_config(config_path, overrides)
     set_threads(cfg.experiment.torch_threads)
     preflight(cfg, workdir)  # no MLflow run exists until data, model, store and disk are fine
-    ctx, specs = open_sweep(cfg.model_dump(mode="json"), workdir, config_path,
-                            flow_run.id, flow_run.name)
+    ctx, specs = open_sweep(
+        cfg.model_dump(mode="json"), workdir, config_path, flow_run.id, flow_run.name
+    )
     teacher_spec = specs[0]
     candidates = [s for s in specs[1:] if not s.quantized]
     int8_variants = [s for s in specs[1:] if s.quantized]
@@ -158,8 +173,11 @@ def sweep_flow(config_path: str, overrides: list[str], workdir: str) -> dict:
             previous[spec.arm_index] = stage
             export = materialize.submit(ctx, spec, stage)
             final = finetune.submit(ctx, spec, data, teacher, export)
-            runs.append(Candidate(spec, stage, export, final,
-                                  evaluate.submit(ctx, data, final, teacher_eval)))
+            runs.append(
+                Candidate(
+                    spec, stage, export, final, evaluate.submit(ctx, data, final, teacher_eval)
+                )
+            )
         finals = {teacher_spec.label: teacher, **{c.spec.label: c.final for c in runs}}
         for spec in int8_variants:
             q = quantize.submit(ctx, spec, finals[spec.source_label])
@@ -168,21 +186,31 @@ def sweep_flow(config_path: str, overrides: list[str], workdir: str) -> dict:
         runs = [Candidate(c.spec, *(f if f is None else f.result() for f in c[1:])) for c in runs]
         compare_with_sft(ctx, {c.spec.label: (c.spec, c.evaluation) for c in runs})
 
-        bench = benchmark(ctx, data, [teacher] + [c.final for c in runs],
-                          [teacher_spec.label] + [c.spec.label for c in runs])
+        bench = benchmark(
+            ctx,
+            data,
+            [teacher] + [c.final for c in runs],
+            [teacher_spec.label] + [c.spec.label for c in runs],
+        )
         serving = serving_config(cfg)
-        logged = [log_candidate.submit(ctx, teacher_spec, teacher, teacher_eval, bench,
-                                       {"train": teacher}, serving)]
-        logged += [log_candidate.submit(ctx, c.spec, c.final, c.evaluation, bench, c.trained(),
-                                        serving)
-                   for c in runs]
+        logged = [
+            log_candidate.submit(
+                ctx, teacher_spec, teacher, teacher_eval, bench, {"train": teacher}, serving
+            )
+        ]
+        logged += [
+            log_candidate.submit(ctx, c.spec, c.final, c.evaluation, bench, c.trained(), serving)
+            for c in runs
+        ]
         for f in logged:
             f.result()
 
         champion = select_champion(ctx)
         version = register(ctx, champion, base.meta["fingerprint"])
-        selected = {teacher_spec.label: (teacher, teacher_eval),
-                    **{c.spec.label: (c.final, c.evaluation) for c in runs}}[champion["label"]]
+        selected = {
+            teacher_spec.label: (teacher, teacher_eval),
+            **{c.spec.label: (c.final, c.evaluation) for c in runs},
+        }[champion["label"]]
         promotion = promote_challenger(ctx, data, champion, version, *selected)
         links = publish_report(ctx, bench, base.meta["fingerprint"])
         close_sweep(ctx, specs, ok=True)
@@ -194,13 +222,20 @@ def sweep_flow(config_path: str, overrides: list[str], workdir: str) -> dict:
         close_sweep(ctx, specs, ok=False)
         raise
     steps = [data, base, teacher, teacher_eval, bench] + [s for c in runs for s in c.steps()]
-    return {"sweep_run_id": ctx.sweep_run_id, "experiment_id": ctx.experiment_id,
-            "tracking_uri": ctx.tracking_uri, "champion": champion["label"],
-            "champion_run_id": champion["run_id"], "reason": champion["reason"],
-            "registered_version": version, "promotion": promotion, "links": links,
-            "candidates": [s.label for s in specs],
-            "computed": sorted({f"{s.kind}-{s.key}" for s in steps if not s.cached}),
-            "reused": sorted({f"{s.kind}-{s.key}" for s in steps if s.cached})}
+    return {
+        "sweep_run_id": ctx.sweep_run_id,
+        "experiment_id": ctx.experiment_id,
+        "tracking_uri": ctx.tracking_uri,
+        "champion": champion["label"],
+        "champion_run_id": champion["run_id"],
+        "reason": champion["reason"],
+        "registered_version": version,
+        "promotion": promotion,
+        "links": links,
+        "candidates": [s.label for s in specs],
+        "computed": sorted({f"{s.kind}-{s.key}" for s in steps if not s.cached}),
+        "reused": sorted({f"{s.kind}-{s.key}" for s in steps if s.cached}),
+    }
 
 
 def run_configured(config_path: str, overrides: list[str], workdir: str) -> dict:
@@ -212,7 +247,8 @@ def run_configured(config_path: str, overrides: list[str], workdir: str) -> dict
     cfg = load_config(config_path, overrides)
     with api_for_workers(cfg):
         return sweep_flow.with_options(task_runner=make_task_runner(cfg))(
-            config_path, overrides, workdir)
+            config_path, overrides, workdir
+        )
 
 
 @flow(name="nash-scheduled-sweep")

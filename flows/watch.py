@@ -36,13 +36,19 @@ def base_fingerprint(cfg: NashConfig, workdir: str | Path) -> str:
         from nash_core.data import prepare_splits, splits_fingerprint
 
         splits = prepare_splits(cfg.data, Path(workdir) / "data")
-        return fingerprint_base(cfg.model, "demo", data_cfg=cfg.data,
-                                splits_fp=splits_fingerprint(splits), seed=cfg.experiment.seed)
+        return fingerprint_base(
+            cfg.model,
+            "demo",
+            data_cfg=cfg.data,
+            splits_fp=splits_fingerprint(splits),
+            seed=cfg.experiment.seed,
+        )
     return base_source_fingerprint(cfg.model)
 
 
-def champion_fingerprint(cfg: NashConfig, workdir: str | Path,
-                         alias: str | None = None) -> str | None:
+def champion_fingerprint(
+    cfg: NashConfig, workdir: str | Path, alias: str | None = None
+) -> str | None:
     """The base fingerprint recorded on the current champion (or on the version ``alias``
     points at), or None when there is none."""
     from mlflow.exceptions import MlflowException
@@ -51,8 +57,9 @@ def champion_fingerprint(cfg: NashConfig, workdir: str | Path,
 
     client = make_client(resolve_tracking_uri(cfg, workdir))
     try:
-        version = client.get_model_version_by_alias(cfg.registered_model_name(),
-                                                    alias or cfg.registry.alias)
+        version = client.get_model_version_by_alias(
+            cfg.registered_model_name(), alias or cfg.registry.alias
+        )
     except MlflowException:
         return None
     return version.tags.get(FINGERPRINT_TAG)
@@ -70,8 +77,13 @@ def watch_flow(config_path: str, overrides: list[str], workdir: str) -> dict:
     old = champion_fingerprint(cfg, workdir)
     # a challenger the promotion gate kept out (or awaiting `nash promote`) was trained on it
     pending = champion_fingerprint(cfg, workdir, cfg.registry.challenger_alias)
-    result = {"changed": new not in (old, pending), "previous": old, "fingerprint": new,
-              "challenger": pending == new != old, "sweep": None}
+    result = {
+        "changed": new not in (old, pending),
+        "previous": old,
+        "fingerprint": new,
+        "challenger": pending == new != old,
+        "sweep": None,
+    }
     get_run_logger().info(describe(result))
     if result["changed"]:
         result["sweep"] = run_configured(config_path, overrides, workdir)

@@ -108,7 +108,9 @@ class Adapter:
     def layers(self, model: nn.Module, stack: Stack) -> nn.ModuleList:
         raise NotImplementedError
 
-    def attention(self, layer: nn.Module, stack: Stack, index: int, kind: AttnKind) -> AttentionRef | None:
+    def attention(
+        self, layer: nn.Module, stack: Stack, index: int, kind: AttnKind
+    ) -> AttentionRef | None:
         """The attention sub-layer, or None when the layer has none (encoder cross) or it was dropped."""
         raise NotImplementedError
 
@@ -144,7 +146,9 @@ class Adapter:
         """RMS norms (mean of squares over the width): rescaled when the width shrinks."""
         return []
 
-    def sublayer_norm(self, layer: nn.Module, stack: Stack, index: int, kind: str) -> nn.Module | None:
+    def sublayer_norm(
+        self, layer: nn.Module, stack: Stack, index: int, kind: str
+    ) -> nn.Module | None:
         """A norm that belongs to the sub-layer and disappears with it (T5 pre-norm), else None."""
         return None
 
@@ -170,8 +174,13 @@ class Adapter:
         return index == 0 and stack == "decoder"
 
     # ------------------------------------------------------------------ derived helpers
-    def attentions(self, model: nn.Module, stack: Stack, kind: AttnKind) -> list[AttentionRef | None]:
-        return [self.attention(layer, stack, i, kind) for i, layer in enumerate(self.layers(model, stack))]
+    def attentions(
+        self, model: nn.Module, stack: Stack, kind: AttnKind
+    ) -> list[AttentionRef | None]:
+        return [
+            self.attention(layer, stack, i, kind)
+            for i, layer in enumerate(self.layers(model, stack))
+        ]
 
     def ffns(self, model: nn.Module, stack: Stack) -> list[FFNRef | None]:
         return [self.ffn(layer, stack, i) for i, layer in enumerate(self.layers(model, stack))]
@@ -192,8 +201,13 @@ class Adapter:
     def residual_writes(self, model: nn.Module) -> list[nn.Module]:
         """Every module whose output is written into the residual stream: the embedding writes
         and each attention / FFN output projection (what the hidden-dimension gate scales)."""
-        return [*self.embedding_writes(model),
-                *(ref.output if kind == "ffn" else ref.o for _, kind, _, _, ref in self.sublayers(model))]
+        return [
+            *self.embedding_writes(model),
+            *(
+                ref.output if kind == "ffn" else ref.o
+                for _, kind, _, _, ref in self.sublayers(model)
+            ),
+        ]
 
 
 class T5Adapter(Adapter):
@@ -212,8 +226,17 @@ class T5Adapter(Adapter):
         module = getattr(sub, "SelfAttention" if kind == "self" else "EncDecAttention", None)
         if module is None:
             return None
-        return AttentionRef(stack, index, kind, module, module.q, module.k, module.v, module.o,
-                            module.key_value_proj_dim)
+        return AttentionRef(
+            stack,
+            index,
+            kind,
+            module,
+            module.q,
+            module.k,
+            module.v,
+            module.o,
+            module.key_value_proj_dim,
+        )
 
     def ffn(self, layer, stack, index):
         dense = getattr(layer.layer[-1], "DenseReluDense", None)
@@ -259,8 +282,10 @@ class T5Adapter(Adapter):
     def hidden_params(self, model):
         params = [(model.shared.weight, 1), (model.lm_head.weight, 1)]
         for stack in ("encoder", "decoder"):
-            params += [(getattr(model, stack).embed_tokens.weight, 1),
-                       (getattr(model, stack).final_layer_norm.weight, 0)]
+            params += [
+                (getattr(model, stack).embed_tokens.weight, 1),
+                (getattr(model, stack).final_layer_norm.weight, 0),
+            ]
         return params
 
 
@@ -278,8 +303,17 @@ class BartAdapter(Adapter):
         module = getattr(layer, name, None)
         if module is None or not hasattr(module, "q_proj"):
             return None
-        return AttentionRef(stack, index, kind, module, module.q_proj, module.k_proj, module.v_proj,
-                            module.out_proj, module.head_dim)
+        return AttentionRef(
+            stack,
+            index,
+            kind,
+            module,
+            module.q_proj,
+            module.k_proj,
+            module.v_proj,
+            module.out_proj,
+            module.head_dim,
+        )
 
     def ffn(self, layer, stack, index):
         return FFNRef(stack, index, (layer.fc1,), layer.fc2)
@@ -314,10 +348,13 @@ def supported_model_types() -> list[str]:
 
 def get_adapter(model_or_type) -> Adapter:
     """The adapter for a model (or a ``model_type`` string); ModelError for anything else."""
-    model_type = model_or_type if isinstance(model_or_type, str) else model_or_type.config.model_type
+    model_type = (
+        model_or_type if isinstance(model_or_type, str) else model_or_type.config.model_type
+    )
     for adapter in _ADAPTERS:
         if model_type in adapter.model_types:
             return adapter
     raise ModelError(
         f"model type {model_type!r} is not supported for pruning; supported model types: "
-        f"{', '.join(supported_model_types())}. Use a T5/mT5/Flan-T5 or BART checkpoint as model.base.")
+        f"{', '.join(supported_model_types())}. Use a T5/mT5/Flan-T5 or BART checkpoint as model.base."
+    )

@@ -40,9 +40,9 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "spiece.model", "v
 class BaseInfo:
     """Where the base model is and what it is; plain data, so tasks can pass it as a dict."""
 
-    path: str                 # local directory or hub id, as from_pretrained takes it
-    revision: str | None      # hub revision (None for local and demo)
-    model_type: str           # t5 / mt5 / bart
+    path: str  # local directory or hub id, as from_pretrained takes it
+    revision: str | None  # hub revision (None for local and demo)
+    model_type: str  # t5 / mt5 / bart
     num_decoder_layers: int
     fingerprint: str
 
@@ -64,20 +64,34 @@ def build_demo_tokenizer(texts, out_dir: str | Path, vocab_size: int = 1000):
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
-    tok.normalizer = normalizers.Sequence([
-        normalizers.NFKC(), normalizers.Lowercase(),
-        normalizers.Replace(Regex(r"\s+"), " "), normalizers.Strip()])
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always", split=True),
-        pre_tokenizers.Split(Regex(r"[^\w▁]"), behavior="isolated")])
-    tok.train_from_iterator(texts, trainers.WordLevelTrainer(
-        vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS), show_progress=False))
+    tok.normalizer = normalizers.Sequence(
+        [
+            normalizers.NFKC(),
+            normalizers.Lowercase(),
+            normalizers.Replace(Regex(r"\s+"), " "),
+            normalizers.Strip(),
+        ]
+    )
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always", split=True),
+            pre_tokenizers.Split(Regex(r"[^\w▁]"), behavior="isolated"),
+        ]
+    )
+    tok.train_from_iterator(
+        texts,
+        trainers.WordLevelTrainer(
+            vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS), show_progress=False
+        ),
+    )
     eos_id = tok.token_to_id("</s>")
     tok.post_processor = processors.TemplateProcessing(
-        single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", eos_id)])
+        single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", eos_id)]
+    )
     tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always", split=True)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>",
-                                   unk_token="<unk>")
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>"
+    )
     fast.save_pretrained(str(out_dir))
     return fast
 
@@ -93,11 +107,16 @@ def _kind(base: str) -> str:
     return "hub"
 
 
-def _demo_recipe_hash(model_cfg: ModelConfig, data_cfg: DataConfig | None, splits_fp: str,
-                      seed: int) -> str:
-    recipe = {"model.demo": model_cfg.demo.model_dump(mode="json"), "seed": seed,
-              "data.demo": data_cfg.demo.model_dump(mode="json") if data_cfg else None,
-              "splits": splits_fp, "format": 1}  # bump "format" when _build_demo changes
+def _demo_recipe_hash(
+    model_cfg: ModelConfig, data_cfg: DataConfig | None, splits_fp: str, seed: int
+) -> str:
+    recipe = {
+        "model.demo": model_cfg.demo.model_dump(mode="json"),
+        "seed": seed,
+        "data.demo": data_cfg.demo.model_dump(mode="json") if data_cfg else None,
+        "splits": splits_fp,
+        "format": 1,
+    }  # bump "format" when _build_demo changes
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -137,9 +156,14 @@ def _hub_commit(repo: str, revision: str | None) -> str:
         ) from exc
 
 
-def fingerprint_base(model_cfg: ModelConfig, path: str | Path, *,
-                     data_cfg: DataConfig | None = None, splits_fp: str = "",
-                     seed: int = 0) -> str:
+def fingerprint_base(
+    model_cfg: ModelConfig,
+    path: str | Path,
+    *,
+    data_cfg: DataConfig | None = None,
+    splits_fp: str = "",
+    seed: int = 0,
+) -> str:
     """Identify the base weights: hub commit sha, local content hash, or demo recipe hash."""
     kind = _kind(model_cfg.base)
     if kind == "demo":
@@ -159,19 +183,24 @@ def _check_safetensors(file: Path) -> None:
             if n > size - 8:
                 raise ValueError("header longer than the file")
             header = json.loads(f.read(n))
-        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"),
-                  default=0)
+        end = max(
+            (v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0
+        )
         if 8 + n + end != size:
             raise ValueError(f"file has {size} bytes, header describes {8 + n + end}")
     except (ValueError, KeyError, TypeError, struct.error, UnicodeDecodeError) as exc:
-        raise ModelError(f"weights file {file} is corrupted or truncated ({exc}); re-save the "
-                         "model with save_pretrained or download it again") from exc
+        raise ModelError(
+            f"weights file {file} is corrupted or truncated ({exc}); re-save the "
+            "model with save_pretrained or download it again"
+        ) from exc
 
 
 def _check_local_dir(path: Path) -> None:
     if not (path / "config.json").is_file():
-        raise ModelError(f"model.base: '{path}' has no config.json; expected a directory written "
-                         "by save_pretrained")
+        raise ModelError(
+            f"model.base: '{path}' has no config.json; expected a directory written "
+            "by save_pretrained"
+        )
     if (path / "model.safetensors.index.json").is_file():
         index = json.loads((path / "model.safetensors.index.json").read_text())
         shards = sorted(set(index.get("weight_map", {}).values()))
@@ -179,17 +208,21 @@ def _check_local_dir(path: Path) -> None:
         shards = ["model.safetensors"]
     else:
         found = sorted(p.name for p in path.glob("*.bin")) or "no weight files"
-        raise ModelError(f"model.base: '{path}' has no safetensors weights ({found}). Only "
-                         "safetensors are loaded; re-save with save_pretrained(..., "
-                         "safe_serialization=True).")
+        raise ModelError(
+            f"model.base: '{path}' has no safetensors weights ({found}). Only "
+            "safetensors are loaded; re-save with save_pretrained(..., "
+            "safe_serialization=True)."
+        )
     for shard in shards:
         if not (path / shard).is_file():
             raise ModelError(f"model.base: weight shard {path / shard} is missing")
         _check_safetensors(path / shard)
     if not any((path / f).is_file() for f in TOKENIZER_FILES):
-        raise ModelError(f"model.base: '{path}' has no tokenizer files "
-                         f"({', '.join(TOKENIZER_FILES)}); save the tokenizer next to the model "
-                         "with tokenizer.save_pretrained")
+        raise ModelError(
+            f"model.base: '{path}' has no tokenizer files "
+            f"({', '.join(TOKENIZER_FILES)}); save the tokenizer next to the model "
+            "with tokenizer.save_pretrained"
+        )
 
 
 def num_decoder_layers(config) -> int:
@@ -203,16 +236,21 @@ def _read_config(model_cfg: ModelConfig, path: str):
     from transformers import AutoConfig
 
     try:
-        config = AutoConfig.from_pretrained(path, revision=model_cfg.revision,
-                                            trust_remote_code=model_cfg.trust_remote_code)
+        config = AutoConfig.from_pretrained(
+            path, revision=model_cfg.revision, trust_remote_code=model_cfg.trust_remote_code
+        )
     except Exception as exc:
-        raise ModelError(f"model.base '{path}': cannot read its config ({type(exc).__name__}: "
-                         f"{exc}). Check the id / path and model.revision; offline, the model "
-                         "must already be in the Hugging Face cache.") from exc
+        raise ModelError(
+            f"model.base '{path}': cannot read its config ({type(exc).__name__}: "
+            f"{exc}). Check the id / path and model.revision; offline, the model "
+            "must already be in the Hugging Face cache."
+        ) from exc
     if config.model_type not in SUPPORTED_TYPES:
-        raise ModelError(f"model.base '{path}' is a '{config.model_type}' model; NASH pruning "
-                         f"supports {list(SUPPORTED_TYPES)} (encoder-decoder T5/mT5/Flan-T5 and "
-                         "BART). Pick a supported base model.")
+        raise ModelError(
+            f"model.base '{path}' is a '{config.model_type}' model; NASH pruning "
+            f"supports {list(SUPPORTED_TYPES)} (encoder-decoder T5/mT5/Flan-T5 and "
+            "BART). Pick a supported base model."
+        )
     return config
 
 
@@ -228,21 +266,37 @@ def _build_demo(model_cfg: ModelConfig, splits_dir: Path, final: Path, seed: int
         texts = [t for r in read_split(splits_dir, "train") for t in (r["source"], r["target"])]
         tok = build_demo_tokenizer(texts, tmp, vocab_size=demo.vocab_size)
         config = T5Config(
-            vocab_size=len(tok), d_model=demo.d_model, d_ff=demo.d_ff, d_kv=demo.d_kv,
-            num_heads=demo.num_heads, num_layers=demo.encoder_layers,
-            num_decoder_layers=demo.decoder_layers, feed_forward_proj=demo.feed_forward_proj,
-            dropout_rate=demo.dropout_rate, pad_token_id=tok.pad_token_id,
-            eos_token_id=tok.eos_token_id, decoder_start_token_id=tok.pad_token_id)
+            vocab_size=len(tok),
+            d_model=demo.d_model,
+            d_ff=demo.d_ff,
+            d_kv=demo.d_kv,
+            num_heads=demo.num_heads,
+            num_layers=demo.encoder_layers,
+            num_decoder_layers=demo.decoder_layers,
+            feed_forward_proj=demo.feed_forward_proj,
+            dropout_rate=demo.dropout_rate,
+            pad_token_id=tok.pad_token_id,
+            eos_token_id=tok.eos_token_id,
+            decoder_start_token_id=tok.pad_token_id,
+        )
         torch.manual_seed(seed)
         model = T5ForConditionalGeneration(config)
         model.generation_config.decoder_start_token_id = tok.pad_token_id
         model.save_pretrained(str(tmp), safe_serialization=True)
-        atomic_write_json(tmp / "nash_base.json", {"kind": "demo", "seed": seed,
-                                                   "model.demo": demo.model_dump(mode="json")})
+        atomic_write_json(
+            tmp / "nash_base.json",
+            {"kind": "demo", "seed": seed, "model.demo": demo.model_dump(mode="json")},
+        )
 
 
-def prepare_base(model_cfg: ModelConfig, splits_dir: str | Path, models_dir: str | Path, *,
-                 data_cfg: DataConfig | None = None, seed: int = 0) -> BaseInfo:
+def prepare_base(
+    model_cfg: ModelConfig,
+    splits_dir: str | Path,
+    models_dir: str | Path,
+    *,
+    data_cfg: DataConfig | None = None,
+    seed: int = 0,
+) -> BaseInfo:
     """Check (hub / local) or build (demo) the base model; see the module docstring.
 
     The demo model is written once to ``models_dir/base-<fingerprint>`` and reused. Call
@@ -253,8 +307,13 @@ def prepare_base(model_cfg: ModelConfig, splits_dir: str | Path, models_dir: str
     if kind == "demo":
         from nash_core.data import splits_fingerprint
 
-        fp = fingerprint_base(model_cfg, "demo", data_cfg=data_cfg,
-                              splits_fp=splits_fingerprint(splits_dir), seed=seed)
+        fp = fingerprint_base(
+            model_cfg,
+            "demo",
+            data_cfg=data_cfg,
+            splits_fp=splits_fingerprint(splits_dir),
+            seed=seed,
+        )
         final = Path(models_dir) / f"base-{fp}"
         if not (final / "nash_base.json").is_file():
             _build_demo(model_cfg, Path(splits_dir), final, seed)
@@ -264,5 +323,10 @@ def prepare_base(model_cfg: ModelConfig, splits_dir: str | Path, models_dir: str
     if kind == "local":
         _check_local_dir(Path(path))
     config = _read_config(model_cfg, path)
-    return BaseInfo(path, model_cfg.revision if kind == "hub" else None, config.model_type,
-                    num_decoder_layers(config), fingerprint_base(model_cfg, path))
+    return BaseInfo(
+        path,
+        model_cfg.revision if kind == "hub" else None,
+        config.model_type,
+        num_decoder_layers(config),
+        fingerprint_base(model_cfg, path),
+    )

@@ -52,10 +52,16 @@ def device_sync(device: torch.device | str) -> Callable[[], None]:
     return lambda: None
 
 
-def timed_rounds(fns: Sequence[Callable[[], Any]], warmup: int, repeats: int,
-                 clock: Clock = time.perf_counter, sync: Callable[[], None] = lambda: None,
-                 desc: str = "timing", keep_outputs: bool = False,
-                 rotate: bool = False) -> tuple[list[list[float]], list[Any]]:
+def timed_rounds(
+    fns: Sequence[Callable[[], Any]],
+    warmup: int,
+    repeats: int,
+    clock: Clock = time.perf_counter,
+    sync: Callable[[], None] = lambda: None,
+    desc: str = "timing",
+    keep_outputs: bool = False,
+    rotate: bool = False,
+) -> tuple[list[list[float]], list[Any]]:
     """Call ``fns`` interleaved, round after round: f0 f1 ... f0 f1 ...
 
     The first ``warmup`` rounds are run and discarded. Each call is bracketed by
@@ -67,8 +73,9 @@ def timed_rounds(fns: Sequence[Callable[[], Any]], warmup: int, repeats: int,
     times: list[list[float]] = [[] for _ in fns]
     last: list[Any] = [None] * len(fns)
     kept: list[list[Any]] = [[] for _ in fns]
-    for r in tqdm(range(warmup + repeats), desc=desc, unit="round", leave=False,
-                  disable=progress_disabled()):
+    for r in tqdm(
+        range(warmup + repeats), desc=desc, unit="round", leave=False, disable=progress_disabled()
+    ):
         shift = r % len(fns) if rotate and fns else 0
         for i in [*range(shift, len(fns)), *range(shift)]:
             fn = fns[i]
@@ -87,13 +94,20 @@ def timed_rounds(fns: Sequence[Callable[[], Any]], warmup: int, repeats: int,
 def latency_stats(seconds: Sequence[float]) -> dict[str, float]:
     """median / p90 / mean / min / max / std in milliseconds (p90 by linear interpolation)."""
     ms = np.asarray(seconds, dtype=np.float64) * 1000.0
-    return {"median_ms": float(np.median(ms)), "p90_ms": float(np.percentile(ms, 90)),
-            "mean_ms": float(ms.mean()), "min_ms": float(ms.min()), "max_ms": float(ms.max()),
-            "std_ms": float(ms.std()), "n": int(ms.size)}
+    return {
+        "median_ms": float(np.median(ms)),
+        "p90_ms": float(np.percentile(ms, 90)),
+        "mean_ms": float(ms.mean()),
+        "min_ms": float(ms.min()),
+        "max_ms": float(ms.max()),
+        "std_ms": float(ms.std()),
+        "n": int(ms.size),
+    }
 
 
-def peak_memory(fn: Callable[[], Any], device: torch.device | str,
-                interval_s: float = 0.001) -> dict[str, float | None]:
+def peak_memory(
+    fn: Callable[[], Any], device: torch.device | str, interval_s: float = 0.001
+) -> dict[str, float | None]:
     """Peak memory of one call of ``fn`` above what was in use before it.
 
     CPU: resident set size sampled every ``interval_s`` by a thread (psutil), so a spike shorter
@@ -129,8 +143,11 @@ def peak_memory(fn: Callable[[], Any], device: torch.device | str,
         stop.set()
         thread.join()
     peak[0] = max(peak[0], proc.memory_info().rss)
-    out: dict[str, float | None] = {"peak_rss_delta_mb": (peak[0] - before) / 2**20,
-                                    "cuda_peak_allocated_mb": None, "cuda_peak_delta_mb": None}
+    out: dict[str, float | None] = {
+        "peak_rss_delta_mb": (peak[0] - before) / 2**20,
+        "cuda_peak_allocated_mb": None,
+        "cuda_peak_delta_mb": None,
+    }
     if cuda:
         top = torch.cuda.max_memory_allocated()
         out["cuda_peak_allocated_mb"] = top / 2**20
@@ -197,7 +214,9 @@ def model_facts(model, model_dir: str | Path | None = None) -> dict:
         disk = sum(f.stat().st_size for f in Path(model_dir).rglob("*") if f.is_file()) / 2**20
     first = next(iter(model.parameters()), None)
     return {
-        "params": params, "weights_mb": nbytes / 2**20, "disk_mb": disk,
+        "params": params,
+        "weights_mb": nbytes / 2**20,
+        "disk_mb": disk,
         "dtype": str(first.dtype).removeprefix("torch.") if first is not None else None,
         "attn_implementation": getattr(cfg, "_attn_implementation", None),
         "model_type": getattr(cfg, "model_type", None),
@@ -206,22 +225,29 @@ def model_facts(model, model_dir: str | Path | None = None) -> dict:
     }
 
 
-def random_inputs(num_inputs: int, source_length: int, vocab_size: int, seed: int = 0) -> list[list[int]]:
+def random_inputs(
+    num_inputs: int, source_length: int, vocab_size: int, seed: int = 0
+) -> list[list[int]]:
     """Token-id rows for architecture benchmarks without text; ids 4.. skip the special ids."""
     rng = np.random.default_rng(seed)
     return rng.integers(4, vocab_size, size=(num_inputs, source_length)).tolist()
 
 
-def make_batch(rows: Sequence[Sequence[int]], batch_size: int, pad_id: int,
-               device: torch.device | str, start: int = 0) -> dict[str, torch.Tensor]:
+def make_batch(
+    rows: Sequence[Sequence[int]],
+    batch_size: int,
+    pad_id: int,
+    device: torch.device | str,
+    start: int = 0,
+) -> dict[str, torch.Tensor]:
     """``batch_size`` rows from row ``start`` on (cycled when there are fewer), right-padded."""
     picked = [list(rows[(start + i) % len(rows)]) for i in range(batch_size)]
     width = max(len(r) for r in picked)
     ids = torch.full((batch_size, width), pad_id, dtype=torch.long)
     mask = torch.zeros((batch_size, width), dtype=torch.long)
     for i, r in enumerate(picked):
-        ids[i, :len(r)] = torch.tensor(r, dtype=torch.long)
-        mask[i, :len(r)] = 1
+        ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+        mask[i, : len(r)] = 1
     return {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
 
 
@@ -231,11 +257,14 @@ def _pad_id(model) -> int:
 
 
 # --------------------------------------------------------------------------- measurement
-def input_batches(rows: Sequence[Sequence[int]], batch_size: int, pad_id: int,
-                  device: torch.device | str) -> list[dict[str, torch.Tensor]]:
+def input_batches(
+    rows: Sequence[Sequence[int]], batch_size: int, pad_id: int, device: torch.device | str
+) -> list[dict[str, torch.Tensor]]:
     """Consecutive batches covering every row once (the last one wraps around)."""
-    return [make_batch(rows, batch_size, pad_id, device, start)
-            for start in range(0, max(len(rows), 1), batch_size)]
+    return [
+        make_batch(rows, batch_size, pad_id, device, start)
+        for start in range(0, max(len(rows), 1), batch_size)
+    ]
 
 
 def _cycling(batches: Sequence[dict], call: Callable[[dict], Any]) -> Callable[[], Any]:
@@ -248,6 +277,7 @@ def _cycling(batches: Sequence[dict], call: Callable[[dict], Any]) -> Callable[[
         batch = batches[calls[0] % len(batches)]
         calls[0] += 1
         return call(batch)
+
     return run
 
 
@@ -261,6 +291,7 @@ def _encoder_fn(model, batches):
     def run(batch):
         with torch.inference_mode():
             return encoder(**batch)
+
     return _cycling(batches, run)
 
 
@@ -268,15 +299,23 @@ def _cost(price_per_hour: float, seconds_per_request: float, tokens_per_s: float
     if price_per_hour <= 0:
         return {"cost_per_1k_requests": None, "cost_per_1m_tokens": None}
     per_s = price_per_hour / 3600.0
-    return {"cost_per_1k_requests": per_s * seconds_per_request * 1000.0,
-            "cost_per_1m_tokens": per_s * 1e6 / tokens_per_s if tokens_per_s > 0 else None}
+    return {
+        "cost_per_1k_requests": per_s * seconds_per_request * 1000.0,
+        "cost_per_1m_tokens": per_s * 1e6 / tokens_per_s if tokens_per_s > 0 else None,
+    }
 
 
-def benchmark_loaded(cands: Sequence[Candidate], input_rows: Sequence[Sequence[Sequence[int]]],
-                     bench_cfg: BenchmarkConfig, eval_cfg: EvaluationConfig,
-                     device: torch.device | str = "cpu", modes: Sequence[str] = MODES,
-                     clock: Clock = time.perf_counter, sync: Callable[[], None] | None = None,
-                     measure_memory: bool = True) -> list[dict]:
+def benchmark_loaded(
+    cands: Sequence[Candidate],
+    input_rows: Sequence[Sequence[Sequence[int]]],
+    bench_cfg: BenchmarkConfig,
+    eval_cfg: EvaluationConfig,
+    device: torch.device | str = "cpu",
+    modes: Sequence[str] = MODES,
+    clock: Clock = time.perf_counter,
+    sync: Callable[[], None] | None = None,
+    measure_memory: bool = True,
+) -> list[dict]:
     """Time every candidate (interleaved) per batch size and mode; the first is the baseline.
 
     ``input_rows[i]`` are candidate i's token-id rows (the same texts through its tokenizer).
@@ -287,16 +326,30 @@ def benchmark_loaded(cands: Sequence[Candidate], input_rows: Sequence[Sequence[S
     sync = sync or device_sync(device)
     out = [{"name": c.name, **c.info, "results": {m: {} for m in modes}} for c in cands]
     for bs in bench_cfg.batch_sizes:
-        batches = [input_batches(rows, bs, _pad_id(c.model), device)
-                   for c, rows in zip(cands, input_rows)]
-        enc_times, _ = timed_rounds([_encoder_fn(c.model, b) for c, b in zip(cands, batches)],
-                                    bench_cfg.warmup, bench_cfg.repeats, clock, sync, f"encoder bs{bs}")
+        batches = [
+            input_batches(rows, bs, _pad_id(c.model), device) for c, rows in zip(cands, input_rows)
+        ]
+        enc_times, _ = timed_rounds(
+            [_encoder_fn(c.model, b) for c, b in zip(cands, batches)],
+            bench_cfg.warmup,
+            bench_cfg.repeats,
+            clock,
+            sync,
+            f"encoder bs{bs}",
+        )
         for mode in modes:
             fixed = bench_cfg.fixed_new_tokens if mode == "fixed" else None
             cfgs = [generation_config_for(c.model, eval_cfg, fixed) for c in cands]
             fns = [_generate_fn(c.model, b, g) for c, b, g in zip(cands, batches, cfgs)]
-            times, outputs = timed_rounds(fns, bench_cfg.warmup, bench_cfg.repeats, clock, sync,
-                                          f"{mode} bs{bs}", keep_outputs=True)
+            times, outputs = timed_rounds(
+                fns,
+                bench_cfg.warmup,
+                bench_cfg.repeats,
+                clock,
+                sync,
+                f"{mode} bs{bs}",
+                keep_outputs=True,
+            )
             base_median = float(np.median(times[0]))
             for i, (c, t, outs, g) in enumerate(zip(cands, times, outputs, cfgs)):
                 stats = latency_stats(t)
@@ -308,7 +361,8 @@ def benchmark_loaded(cands: Sequence[Candidate], input_rows: Sequence[Sequence[S
                 steps = sum(int(seqs.shape[1]) - 1 for seqs in outs)
                 tps = tokens / total_s if total_s > 0 else float("inf")
                 res = {
-                    "latency": stats, "encoder": enc,
+                    "latency": stats,
+                    "encoder": enc,
                     "decoder_median_ms": stats["median_ms"] - enc["median_ms"],
                     "new_tokens_per_sequence": steps / len(outs),
                     "generated_tokens": tokens / len(outs),  # per batch
@@ -337,41 +391,64 @@ def _cpu_model() -> str:
 
 def _gpu_driver() -> str | None:
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=10, check=True)
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
         return out.stdout.strip().splitlines()[0]
     except (OSError, subprocess.SubprocessError, IndexError):
         return None
 
 
-def hardware_fingerprint(device: torch.device | str = "cpu", dtype: str | None = None,
-                         attn_implementation: str | None = None, name: str | None = None) -> dict:
+def hardware_fingerprint(
+    device: torch.device | str = "cpu",
+    dtype: str | None = None,
+    attn_implementation: str | None = None,
+    name: str | None = None,
+) -> dict:
     """Everything a latency number depends on besides the model; stored with every result."""
     import transformers
 
     cuda = torch.device(device).type == "cuda"
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     return {
-        "hardware_name": name, "device": str(device), "dtype": dtype,
+        "hardware_name": name,
+        "device": str(device),
+        "dtype": dtype,
         "attn_implementation": attn_implementation,
-        "cpu_model": _cpu_model(), "cpu_cores_logical": os.cpu_count(),
-        "cpu_cores_physical": psutil.cpu_count(logical=False), "torch_threads": torch.get_num_threads(),
+        "cpu_model": _cpu_model(),
+        "cpu_cores_logical": os.cpu_count(),
+        "cpu_cores_physical": psutil.cpu_count(logical=False),
+        "torch_threads": torch.get_num_threads(),
         "load_average_1m": round(load[0], 2) if load else None,
         "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
         "gpu_name": torch.cuda.get_device_name() if cuda else None,
         "gpu_driver": _gpu_driver() if cuda else None,
         "cuda_version": torch.version.cuda if cuda else None,
-        "torch_version": torch.__version__, "transformers_version": transformers.__version__,
-        "python_version": platform.python_version(), "platform": platform.platform(),
+        "torch_version": torch.__version__,
+        "transformers_version": transformers.__version__,
+        "python_version": platform.python_version(),
+        "platform": platform.platform(),
     }
 
 
 # --------------------------------------------------------------------------- model dirs
-def benchmark_models(model_dirs: Sequence[str | Path], bench_cfg: BenchmarkConfig,
-                     eval_cfg: EvaluationConfig, *, texts: Sequence[str] | None = None,
-                     source_length: int = 64, max_source_length: int | None = None,
-                     device=None, modes: Sequence[str] | None = None, seed: int = 0,
-                     names: Sequence[str] | None = None) -> dict:
+def benchmark_models(
+    model_dirs: Sequence[str | Path],
+    bench_cfg: BenchmarkConfig,
+    eval_cfg: EvaluationConfig,
+    *,
+    texts: Sequence[str] | None = None,
+    source_length: int = 64,
+    max_source_length: int | None = None,
+    device=None,
+    modes: Sequence[str] | None = None,
+    seed: int = 0,
+    names: Sequence[str] | None = None,
+) -> dict:
     """Load ``model_dirs`` (first = baseline) and benchmark them on the same inputs.
 
     ``texts`` (e.g. test sources with their prefix) are tokenised by each model's tokenizer;
@@ -399,9 +476,13 @@ def benchmark_models(model_dirs: Sequence[str | Path], bench_cfg: BenchmarkConfi
     if texts is not None:
         if not texts:
             raise DataError("no benchmark inputs: the test split is empty")
-        picked = list(texts[:bench_cfg.num_inputs])
-        rows = [tok(picked, truncation=max_source_length is not None,
-                    max_length=max_source_length)["input_ids"] for tok in tokenizers]
+        picked = list(texts[: bench_cfg.num_inputs])
+        rows = [
+            tok(picked, truncation=max_source_length is not None, max_length=max_source_length)[
+                "input_ids"
+            ]
+            for tok in tokenizers
+        ]
         source = f"{len(picked)} test sources"
     else:
         vocab = min(c.model.config.vocab_size for c in cands)
@@ -411,14 +492,29 @@ def benchmark_models(model_dirs: Sequence[str | Path], bench_cfg: BenchmarkConfi
     models = benchmark_loaded(cands, rows, bench_cfg, eval_cfg, device, modes)
     attn = sorted({str(c.info["attn_implementation"]) for c in cands})
     return {
-        "hardware": hardware_fingerprint(device, bench_cfg.dtype, ",".join(attn), bench_cfg.hardware_name),
-        "settings": {"inputs": source, "batch_sizes": bench_cfg.batch_sizes, "warmup": bench_cfg.warmup,
-                     "repeats": bench_cfg.repeats, "modes": list(modes),
-                     "fixed_new_tokens": bench_cfg.fixed_new_tokens,
-                     "decoding": eval_cfg.model_dump(include={"num_beams", "max_new_tokens", "min_new_tokens",
-                                                              "length_penalty", "no_repeat_ngram_size"}),
-                     "price_per_hour": bench_cfg.price_per_hour, "baseline": cands[0].name,
-                     "interleaved": True},
+        "hardware": hardware_fingerprint(
+            device, bench_cfg.dtype, ",".join(attn), bench_cfg.hardware_name
+        ),
+        "settings": {
+            "inputs": source,
+            "batch_sizes": bench_cfg.batch_sizes,
+            "warmup": bench_cfg.warmup,
+            "repeats": bench_cfg.repeats,
+            "modes": list(modes),
+            "fixed_new_tokens": bench_cfg.fixed_new_tokens,
+            "decoding": eval_cfg.model_dump(
+                include={
+                    "num_beams",
+                    "max_new_tokens",
+                    "min_new_tokens",
+                    "length_penalty",
+                    "no_repeat_ngram_size",
+                }
+            ),
+            "price_per_hour": bench_cfg.price_per_hour,
+            "baseline": cands[0].name,
+            "interleaved": True,
+        },
         "models": models,
     }
 
@@ -439,36 +535,49 @@ def flat_metrics(model_result: dict, mode: str = "natural") -> dict[str, float]:
     for m, per_bs in model_result["results"].items():
         prefix = "" if m == mode else f"{m}_"
         for bs, r in per_bs.items():
-            vals = {"latency_p50_ms": r["latency"]["median_ms"], "latency_p90_ms": r["latency"]["p90_ms"],
-                    "latency_mean_ms": r["latency"]["mean_ms"], "latency_min_ms": r["latency"]["min_ms"],
-                    "encoder_ms": r["encoder"]["median_ms"], "decoder_ms": r["decoder_median_ms"],
-                    "ms_per_token": r["ms_per_token"], "tokens_per_s": r["tokens_per_s"],
-                    "sequences_per_s": r["sequences_per_s"], "speedup": r["speedup"],
-                    "peak_mem_mb": peak_mb(r),
-                    "cost_per_1k_requests": r["cost_per_1k_requests"],
-                    "cost_per_1m_tokens": r["cost_per_1m_tokens"]}
+            vals = {
+                "latency_p50_ms": r["latency"]["median_ms"],
+                "latency_p90_ms": r["latency"]["p90_ms"],
+                "latency_mean_ms": r["latency"]["mean_ms"],
+                "latency_min_ms": r["latency"]["min_ms"],
+                "encoder_ms": r["encoder"]["median_ms"],
+                "decoder_ms": r["decoder_median_ms"],
+                "ms_per_token": r["ms_per_token"],
+                "tokens_per_s": r["tokens_per_s"],
+                "sequences_per_s": r["sequences_per_s"],
+                "speedup": r["speedup"],
+                "peak_mem_mb": peak_mb(r),
+                "cost_per_1k_requests": r["cost_per_1k_requests"],
+                "cost_per_1m_tokens": r["cost_per_1m_tokens"],
+            }
             out.update({f"{prefix}{k}_bs{bs}": float(v) for k, v in vals.items() if v is not None})
     return out
 
 
 def format_table(result: dict) -> str:
     """A compact text table: one line per model x mode x batch size."""
-    head = (f"{'model':<28} {'params':>8} {'mode':<7} {'bs':>3} {'p50 ms':>9} {'p90 ms':>9} "
-            f"{'ms/tok':>7} {'tok/s':>8} {'enc ms':>8} {'speedup':>7}")
+    head = (
+        f"{'model':<28} {'params':>8} {'mode':<7} {'bs':>3} {'p50 ms':>9} {'p90 ms':>9} "
+        f"{'ms/tok':>7} {'tok/s':>8} {'enc ms':>8} {'speedup':>7}"
+    )
     lines = [head, "-" * len(head)]
     for m in result["models"]:
         label = m["name"] if len(m["name"]) <= 28 else "..." + m["name"][-25:]
         for mode, per_bs in m["results"].items():
             for bs, r in per_bs.items():
                 mpt = f"{r['ms_per_token']:.2f}" if r["ms_per_token"] is not None else "-"
-                lines.append(f"{label:<28} {m['params'] / 1e6:>7.1f}M {mode:<7} {bs:>3} "
-                             f"{r['latency']['median_ms']:>9.1f} {r['latency']['p90_ms']:>9.1f} "
-                             f"{mpt:>7} {r['tokens_per_s']:>8.1f} {r['encoder']['median_ms']:>8.1f} "
-                             f"{r['speedup']:>6.2f}x")
+                lines.append(
+                    f"{label:<28} {m['params'] / 1e6:>7.1f}M {mode:<7} {bs:>3} "
+                    f"{r['latency']['median_ms']:>9.1f} {r['latency']['p90_ms']:>9.1f} "
+                    f"{mpt:>7} {r['tokens_per_s']:>8.1f} {r['encoder']['median_ms']:>8.1f} "
+                    f"{r['speedup']:>6.2f}x"
+                )
     hw = result["hardware"]
-    lines.append(f"hardware: {hw['gpu_name'] or hw['cpu_model']} | device {hw['device']} | "
-                 f"{hw['torch_threads']} torch threads | {hw['dtype']} | attn {hw['attn_implementation']} "
-                 f"| torch {hw['torch_version']} | transformers {hw['transformers_version']}")
+    lines.append(
+        f"hardware: {hw['gpu_name'] or hw['cpu_model']} | device {hw['device']} | "
+        f"{hw['torch_threads']} torch threads | {hw['dtype']} | attn {hw['attn_implementation']} "
+        f"| torch {hw['torch_version']} | transformers {hw['transformers_version']}"
+    )
     return "\n".join(lines)
 
 
@@ -477,7 +586,9 @@ def _int_list(text: str) -> list[int]:
     try:
         vals = [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from None
     if not vals or min(vals) < 1:
         raise argparse.ArgumentTypeError(f"expected integers >= 1, got {text!r}")
     return vals
@@ -488,22 +599,35 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="nash benchmark",
         description="Time generate() of seq2seq model dirs (the first is the baseline) in one "
-                    "process, interleaved; print a table and write the full results as JSON.",
+        "process, interleaved; print a table and write the full results as JSON.",
         epilog="To re-benchmark a finished sweep from MLflow on this machine: nash benchmark "
-               "--sweep RUN_ID (nash benchmark --sweep RUN_ID --help).")
+        "--sweep RUN_ID (nash benchmark --sweep RUN_ID --help).",
+    )
     p.add_argument("model_dirs", nargs="+", metavar="MODEL_DIR")
     p.add_argument("--batch-sizes", type=_int_list, default=d_b.batch_sizes, help="e.g. 1,8")
-    p.add_argument("--new-tokens", type=int, default=d_b.fixed_new_tokens,
-                   help="new tokens of the fixed-length mode (default %(default)s)")
-    p.add_argument("--max-new-tokens", type=int, default=d_e.max_new_tokens,
-                   help="cap of the natural mode (default %(default)s)")
+    p.add_argument(
+        "--new-tokens",
+        type=int,
+        default=d_b.fixed_new_tokens,
+        help="new tokens of the fixed-length mode (default %(default)s)",
+    )
+    p.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=d_e.max_new_tokens,
+        help="cap of the natural mode (default %(default)s)",
+    )
     p.add_argument("--num-beams", type=int, default=d_e.num_beams)
     p.add_argument("--modes", default="natural,fixed", help="natural, fixed or both")
     p.add_argument("--repeats", type=int, default=d_b.repeats)
     p.add_argument("--warmup", type=int, default=d_b.warmup)
     p.add_argument("--num-inputs", type=int, default=d_b.num_inputs)
-    p.add_argument("--source-length", type=int, default=64,
-                   help="tokens per random input row when --splits is not given")
+    p.add_argument(
+        "--source-length",
+        type=int,
+        default=64,
+        help="tokens per random input row when --splits is not given",
+    )
     p.add_argument("--splits", metavar="DIR", help="prepared splits dir: use real test sources")
     p.add_argument("--source-prefix", default="", help="prepended to each test source")
     p.add_argument("--max-source-length", type=int, default=None)
@@ -526,10 +650,18 @@ def cli_main(argv: Sequence[str] | None = None) -> int:
             raise NashError(f"--modes: unknown mode(s) {bad or modes}; use natural, fixed or both")
         try:
             bench_cfg = BenchmarkConfig(
-                batch_sizes=args.batch_sizes, num_inputs=args.num_inputs, warmup=args.warmup,
-                repeats=args.repeats, fixed_new_tokens=args.new_tokens, dtype=args.dtype,
-                price_per_hour=args.price_per_hour, hardware_name=args.hardware_name)
-            eval_cfg = EvaluationConfig(max_new_tokens=args.max_new_tokens, num_beams=args.num_beams)
+                batch_sizes=args.batch_sizes,
+                num_inputs=args.num_inputs,
+                warmup=args.warmup,
+                repeats=args.repeats,
+                fixed_new_tokens=args.new_tokens,
+                dtype=args.dtype,
+                price_per_hour=args.price_per_hour,
+                hardware_name=args.hardware_name,
+            )
+            eval_cfg = EvaluationConfig(
+                max_new_tokens=args.max_new_tokens, num_beams=args.num_beams
+            )
         except ValidationError as exc:
             raise NashError(f"bad option value: {exc}") from None
         if args.threads:
@@ -538,12 +670,20 @@ def cli_main(argv: Sequence[str] | None = None) -> int:
         if args.splits:
             from nash_core.data import read_split
 
-            texts = [args.source_prefix + r["source"]
-                     for r in read_split(args.splits, "test", limit=args.num_inputs)]
-        result = benchmark_models(args.model_dirs, bench_cfg, eval_cfg, texts=texts,
-                                  source_length=args.source_length,
-                                  max_source_length=args.max_source_length,
-                                  device=args.device, modes=modes)
+            texts = [
+                args.source_prefix + r["source"]
+                for r in read_split(args.splits, "test", limit=args.num_inputs)
+            ]
+        result = benchmark_models(
+            args.model_dirs,
+            bench_cfg,
+            eval_cfg,
+            texts=texts,
+            source_length=args.source_length,
+            max_source_length=args.max_source_length,
+            device=args.device,
+            modes=modes,
+        )
     except NashError as exc:
         print(f"nash benchmark: error: {exc}", file=sys.stderr)
         return 2

@@ -35,19 +35,29 @@ class _Section(BaseModel):
 class ExperimentConfig(_Section):
     name: str = Field(..., min_length=1, description="Config name; shown in MLflow and Prefect.")
     mlflow_experiment: str | None = Field(
-        None, description="MLflow experiment; default 'nash/<base model>/<dataset>'.")
+        None, description="MLflow experiment; default 'nash/<base model>/<dataset>'."
+    )
     tracking_uri: str | None = Field(
-        None, description="MLflow tracking URI; default MLFLOW_TRACKING_URI or SQLite in the workdir.")
+        None,
+        description="MLflow tracking URI; default MLFLOW_TRACKING_URI or SQLite in the workdir.",
+    )
     seed: int = Field(0, ge=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    torch_threads: int | None = Field(None, ge=1, description="torch.set_num_threads; default torch's.")
+    torch_threads: int | None = Field(
+        None, ge=1, description="torch.set_num_threads; default torch's."
+    )
     task_runner: Literal["threads", "sequential", "dask", "ray"] = "threads"
     max_concurrent_arms: int = Field(1, ge=1, description="Arms trained at the same time.")
-    dask_address: str | None = Field(None, description="Existing Dask scheduler; default a local cluster.")
+    dask_address: str | None = Field(
+        None, description="Existing Dask scheduler; default a local cluster."
+    )
     dask_workers: int = Field(2, ge=1)
     train_processes: int = Field(
-        1, ge=1, description="Data-parallel processes (one per GPU) for each training step "
-                             "(teacher, pruning stage, fine-tune); > 1 runs it under torchrun.")
+        1,
+        ge=1,
+        description="Data-parallel processes (one per GPU) for each training step "
+        "(teacher, pruning stage, fine-tune); > 1 runs it under torchrun.",
+    )
 
 
 # --------------------------------------------------------------------------- data
@@ -71,24 +81,31 @@ class SplitFractions(_Section):
 
 class DataConfig(_Section):
     kind: Literal["demo", "hub", "local"] = Field(
-        ..., description="demo: built-in offline corpus; hub: a Hugging Face dataset; local: files.")
-    name: str | None = Field(None, description="Hub dataset id (kind=hub), e.g. 'knkarthick/samsum'.")
+        ..., description="demo: built-in offline corpus; hub: a Hugging Face dataset; local: files."
+    )
+    name: str | None = Field(
+        None, description="Hub dataset id (kind=hub), e.g. 'knkarthick/samsum'."
+    )
     config_name: str | None = Field(None, description="Hub dataset config, e.g. '3.0.0'.")
     revision: str | None = None
     files: dict[Literal["train", "validation", "test", "all"], str] | None = Field(
-        None, description="Local files by split (jsonl/json/csv/parquet); 'all' + split_fractions.")
+        None, description="Local files by split (jsonl/json/csv/parquet); 'all' + split_fractions."
+    )
     splits: dict[Literal["train", "validation", "test"], str] = Field(
         default_factory=lambda: {"train": "train", "validation": "validation", "test": "test"},
-        description="Names of the splits in the dataset.")
+        description="Names of the splits in the dataset.",
+    )
     split_fractions: SplitFractions | None = Field(
-        None, description="Split one 'all' file / the train split into train/validation/test.")
+        None, description="Split one 'all' file / the train split into train/validation/test."
+    )
     source_column: str | None = Field(None, description="Column holding the input text.")
     target_column: str | None = Field(None, description="Column holding the reference summary.")
     source_prefix: str = Field("", description="Prepended to every source, e.g. 'summarize: '.")
     max_source_length: int = Field(512, ge=8)
     max_target_length: int = Field(128, ge=4)
     max_samples: dict[Literal["train", "validation", "test"], int] = Field(
-        default_factory=dict, description="Cap on examples per split.")
+        default_factory=dict, description="Cap on examples per split."
+    )
     demo: DemoCorpusConfig = Field(default_factory=DemoCorpusConfig)
 
     @model_validator(mode="after")
@@ -102,7 +119,8 @@ class DataConfig(_Section):
             if missing:
                 raise ValueError(
                     f"missing dataset column mapping: set data.{' and data.'.join(missing)} "
-                    "(the columns holding the input text and the summary)")
+                    "(the columns holding the input text and the summary)"
+                )
         if self.files and "all" in self.files and self.split_fractions is None:
             self.split_fractions = SplitFractions()
         for split, n in self.max_samples.items():
@@ -138,9 +156,13 @@ class TrainConfig(_Section):
     epochs: float | None = Field(None, gt=0)
     max_time_s: float | None = Field(None, gt=0, description="Stop after this many seconds.")
     batch_size: int = Field(16, ge=1)
-    group_by_length: bool = Field(False, description=(
-        "Batch examples of similar (source, target) length together (shuffled batches, each "
-        "example once per epoch): less padding, faster steps."))
+    group_by_length: bool = Field(
+        False,
+        description=(
+            "Batch examples of similar (source, target) length together (shuffled batches, each "
+            "example once per epoch): less padding, faster steps."
+        ),
+    )
     grad_accum: int = Field(1, ge=1)
     lr: float = Field(3e-4, gt=0)
     weight_decay: float = Field(0.0, ge=0)
@@ -166,16 +188,22 @@ class DistillConfig(_Section):
     kd_weight: float = Field(0.5, ge=0, description="Prediction-layer KL weight.")
     temperature: float = Field(2.0, gt=0)
     layer_weight: float = Field(0.001, ge=0, description="Hidden-state distillation weight.")
-    layer_map: Literal["aligned", "source"] = Field("aligned", description=(
-        "Which teacher layer each student layer's output is matched to. 'aligned': evenly spaced "
-        "teacher layers, each paired with the closest student layer in order (CoFi's matching, "
-        "any depths). 'source': the teacher layer the student layer was copied from (NASH's "
-        "kept decoder layers, the same index in a masked encoder); 'aligned' where the origin "
-        "is unknown."))
+    layer_map: Literal["aligned", "source"] = Field(
+        "aligned",
+        description=(
+            "Which teacher layer each student layer's output is matched to. 'aligned': evenly spaced "
+            "teacher layers, each paired with the closest student layer in order (CoFi's matching, "
+            "any depths). 'source': the teacher layer the student layer was copied from (NASH's "
+            "kept decoder layers, the same index in a masked encoder); 'aligned' where the origin "
+            "is unknown."
+        ),
+    )
 
 
 class TeacherConfig(_Section):
-    path: str | None = Field(None, description="Use this fine-tuned teacher instead of training one.")
+    path: str | None = Field(
+        None, description="Use this fine-tuned teacher instead of training one."
+    )
     train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=3, lr=3e-4))
 
 
@@ -185,19 +213,28 @@ Method = Literal["nash", "cofi", "sft"]
 class ArmConfig(_Section):
     method: Method
     decoder_layers: int | None = Field(
-        None, ge=1, description="k decoder layers kept (nash, sft); cofi prunes layers by masks.")
+        None, ge=1, description="k decoder layers kept (nash, sft); cofi prunes layers by masks."
+    )
     layer_selection: Literal["uniform", "low", "high", "custom"] = "uniform"
     custom_layers: list[int] | None = None
     targets: list[float] = Field(default_factory=list, description="Increasing sparsity targets.")
     hidden: bool | None = Field(
-        None, description="CoFi's hidden-dimension mask (one gate per d_model dimension, shared by "
-                          "the whole model). Default: on for cofi; only cofi accepts it.")
+        None,
+        description="CoFi's hidden-dimension mask (one gate per d_model dimension, shared by "
+        "the whole model). Default: on for cofi; only cofi accepts it.",
+    )
     name: str | None = None
     stage_steps: int | None = Field(
-        None, ge=1, description="This arm's optimizer steps per pruning stage (default "
-                                "pruning.stage.train.max_steps): e.g. a shorter CoFi arm.")
+        None,
+        ge=1,
+        description="This arm's optimizer steps per pruning stage (default "
+        "pruning.stage.train.max_steps): e.g. a shorter CoFi arm.",
+    )
     finetune_steps: int | None = Field(
-        None, ge=1, description="This arm's final fine-tune steps (default finetune.train.max_steps).")
+        None,
+        ge=1,
+        description="This arm's final fine-tune steps (default finetune.train.max_steps).",
+    )
 
     @model_validator(mode="after")
     def _check(self):
@@ -215,8 +252,10 @@ class ArmConfig(_Section):
         if self.method == "sft" and self.targets:
             raise ValueError("sft prunes no encoder units: leave targets empty")
         if self.hidden and self.method != "cofi":
-            raise ValueError(f"hidden (the hidden-dimension mask) is a cofi option; method "
-                             f"'{self.method}' keeps the full width: remove hidden or set it to false")
+            raise ValueError(
+                f"hidden (the hidden-dimension mask) is a cofi option; method "
+                f"'{self.method}' keeps the full width: remove hidden or set it to false"
+            )
         return self
 
     @property
@@ -246,12 +285,16 @@ class PruneStageConfig(_Section):
     mask_lr: float = Field(0.01, gt=0)
     lagrangian_lr: float = Field(0.01, gt=0, description="Multipliers are trained by ascent.")
     target_warmup_steps: int = Field(
-        500, ge=0, description="Steps over which the target ramps from the previous one.")
+        500, ge=0, description="Steps over which the target ramps from the previous one."
+    )
     sparsity_epsilon: float = Field(
-        0.02, ge=0, description="Best checkpoint only within this distance of the target.")
+        0.02, ge=0, description="Best checkpoint only within this distance of the target."
+    )
     head_mask_init: float = 10.0
     ffn_mask_init: float = 0.0
-    hidden_mask_init: float = Field(10.0, description="log_alpha mean of the hidden-dimension mask (cofi).")
+    hidden_mask_init: float = Field(
+        10.0, description="log_alpha mean of the hidden-dimension mask (cofi)."
+    )
     distill: DistillConfig = Field(default_factory=DistillConfig)
 
 
@@ -262,7 +305,9 @@ class PruningConfig(_Section):
     @model_validator(mode="after")
     def _check(self):
         if not self.arms:
-            raise ValueError("arms is empty: list at least one arm (method, decoder_layers, targets)")
+            raise ValueError(
+                "arms is empty: list at least one arm (method, decoder_layers, targets)"
+            )
         labels = [a.label for a in self.arms]
         dup = sorted({x for x in labels if labels.count(x) > 1})
         if dup:
@@ -274,7 +319,8 @@ class FinetuneConfig(_Section):
     enabled: bool = True
     train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=1, lr=3e-5))
     distill: DistillConfig = Field(
-        default_factory=lambda: DistillConfig(kd_weight=0.5, layer_weight=0.0))
+        default_factory=lambda: DistillConfig(kd_weight=0.5, layer_weight=0.0)
+    )
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -285,14 +331,18 @@ class EvaluationConfig(_Section):
     length_penalty: float = 1.0
     no_repeat_ngram_size: int = Field(0, ge=0)
     batch_size: int = Field(32, ge=1)
-    num_examples: int | None = Field(None, ge=1, description="Test examples; default the whole split.")
+    num_examples: int | None = Field(
+        None, ge=1, description="Test examples; default the whole split."
+    )
     bootstrap_samples: int = Field(1000, ge=10)
     confidence: float = Field(0.95, gt=0, lt=1)
     exact_match: bool = True
     predictions_sample: int = Field(50, ge=0)
     rouge_tokenizer: Literal["default", "unicode"] = Field(
-        "default", description="'default': rouge-score's [a-z0-9] tokenizer (English); 'unicode': "
-        "any script (mT5, non-Latin text), CJK scored per character.")
+        "default",
+        description="'default': rouge-score's [a-z0-9] tokenizer (English); 'unicode': "
+        "any script (mT5, non-Latin text), CJK scored per character.",
+    )
 
     @model_validator(mode="after")
     def _check(self):
@@ -311,10 +361,14 @@ class BenchmarkConfig(_Section):
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     price_per_hour: float = Field(0.0, ge=0, description="Hardware price (USD/h) for cost metrics.")
     hardware_name: str | None = None
-    quantize_int8: bool = Field(False, description=(
-        "Also evaluate, benchmark and log an int8 dynamic-quantised variant ('-int8') of the "
-        "teacher and of every candidate; they compete for champion. CPU serving only: with it "
-        "the whole benchmark runs on CPU."))
+    quantize_int8: bool = Field(
+        False,
+        description=(
+            "Also evaluate, benchmark and log an int8 dynamic-quantised variant ('-int8') of the "
+            "teacher and of every candidate; they compete for champion. CPU serving only: with it "
+            "the whole benchmark runs on CPU."
+        ),
+    )
 
     @model_validator(mode="after")
     def _check(self):
@@ -326,12 +380,22 @@ class BenchmarkConfig(_Section):
 class SelectionConfig(_Section):
     """Who may replace the teacher: quality as a fraction of the teacher's ROUGE-L, twice."""
 
-    min_retention: float = Field(0.95, gt=0, le=1.5, description=(
-        "Point estimate: candidate ROUGE-L / teacher ROUGE-L must be at least this."))
-    min_retention_low: float = Field(0.95, gt=0, le=1.5, description=(
-        "Confidence bound: 1 + (low end of the paired-bootstrap interval of candidate - teacher "
-        "ROUGE-L) / teacher ROUGE-L must be at least this (0.95: the test set cannot show the "
-        "candidate keeps less than 95%)."))
+    min_retention: float = Field(
+        0.95,
+        gt=0,
+        le=1.5,
+        description=("Point estimate: candidate ROUGE-L / teacher ROUGE-L must be at least this."),
+    )
+    min_retention_low: float = Field(
+        0.95,
+        gt=0,
+        le=1.5,
+        description=(
+            "Confidence bound: 1 + (low end of the paired-bootstrap interval of candidate - teacher "
+            "ROUGE-L) / teacher ROUGE-L must be at least this (0.95: the test set cannot show the "
+            "candidate keeps less than 95%)."
+        ),
+    )
     latency_metric: str = "latency_p50_ms"
     batch_size: int = Field(1, ge=1, description="Batch size whose latency ranks candidates.")
 
@@ -343,26 +407,44 @@ class SelectionConfig(_Section):
                 "selection.max_drop (an absolute ROUGE-L drop) was replaced by "
                 "selection.min_retention_low, the retention's lower confidence bound as a fraction "
                 "of the teacher: max_drop 0.03 on a teacher at ROUGE-L 0.86 is min_retention_low "
-                "0.965 (1 - 0.03 / 0.86); remove max_drop")
+                "0.965 (1 - 0.03 / 0.86); remove max_drop"
+            )
         return data
 
 
 class RegistryConfig(_Section):
     enabled: bool = True
-    model_name: str | None = Field(None, description="Registered model; default '<experiment name>'.")
-    alias: str = Field("champion", pattern=r"^[A-Za-z0-9_-]+$",
-                       description="Alias of the model in service.")
-    challenger_alias: str = Field("challenger", pattern=r"^[A-Za-z0-9_-]+$", description=(
-        "Alias a sweep gives its selected model; it becomes the champion through the "
-        "promotion gate (auto) or `nash promote` (manual)."))
-    promotion: Literal["auto", "manual"] = Field("auto", description=(
-        "'auto': at the end of a sweep the challenger replaces the champion if the promotion "
-        "gate passes (current champion re-evaluated on the same test examples: the challenger "
-        "must qualify under the selection policy with the champion as the baseline, and not be "
-        "slower); 'manual': the gate is measured and logged, `nash promote VERSION` decides."))
-    max_slowdown: float = Field(0.05, ge=0, description=(
-        "Promotion gate: how much slower than the champion (a fraction of its latency, timed "
-        "interleaved) the challenger may be."))
+    model_name: str | None = Field(
+        None, description="Registered model; default '<experiment name>'."
+    )
+    alias: str = Field(
+        "champion", pattern=r"^[A-Za-z0-9_-]+$", description="Alias of the model in service."
+    )
+    challenger_alias: str = Field(
+        "challenger",
+        pattern=r"^[A-Za-z0-9_-]+$",
+        description=(
+            "Alias a sweep gives its selected model; it becomes the champion through the "
+            "promotion gate (auto) or `nash promote` (manual)."
+        ),
+    )
+    promotion: Literal["auto", "manual"] = Field(
+        "auto",
+        description=(
+            "'auto': at the end of a sweep the challenger replaces the champion if the promotion "
+            "gate passes (current champion re-evaluated on the same test examples: the challenger "
+            "must qualify under the selection policy with the champion as the baseline, and not be "
+            "slower); 'manual': the gate is measured and logged, `nash promote VERSION` decides."
+        ),
+    )
+    max_slowdown: float = Field(
+        0.05,
+        ge=0,
+        description=(
+            "Promotion gate: how much slower than the champion (a fraction of its latency, timed "
+            "interleaved) the challenger may be."
+        ),
+    )
 
     @model_validator(mode="after")
     def _aliases(self):
@@ -387,11 +469,15 @@ class NashConfig(_Section):
     def _cross(self):
         if self.model.base == "demo":
             if self.data.kind != "demo":
-                raise ValueError("model.base 'demo' builds its tokenizer from the demo corpus: "
-                                 "set data.kind: demo")
+                raise ValueError(
+                    "model.base 'demo' builds its tokenizer from the demo corpus: "
+                    "set data.kind: demo"
+                )
         if self.benchmark.enabled and self.selection.batch_size not in self.benchmark.batch_sizes:
-            raise ValueError(f"selection.batch_size {self.selection.batch_size} is not in "
-                             f"benchmark.batch_sizes {self.benchmark.batch_sizes}")
+            raise ValueError(
+                f"selection.batch_size {self.selection.batch_size} is not in "
+                f"benchmark.batch_sizes {self.benchmark.batch_sizes}"
+            )
         return self
 
     # ------------------------------------------------------------------ helpers
@@ -407,16 +493,26 @@ class NashConfig(_Section):
         arm, stage = self.pruning.arms[arm_index], self.pruning.stage
         if arm.stage_steps is None:
             return stage
-        return stage.model_copy(update={"train": stage.train.model_copy(
-            update={"max_steps": arm.stage_steps, "epochs": None})})
+        return stage.model_copy(
+            update={
+                "train": stage.train.model_copy(
+                    update={"max_steps": arm.stage_steps, "epochs": None}
+                )
+            }
+        )
 
     def finetune_config(self, arm_index: int) -> FinetuneConfig:
         """``finetune`` with the arm's own step count, if it sets one."""
         arm, ft = self.pruning.arms[arm_index], self.finetune
         if arm.finetune_steps is None:
             return ft
-        return ft.model_copy(update={"train": ft.train.model_copy(
-            update={"max_steps": arm.finetune_steps, "epochs": None})})
+        return ft.model_copy(
+            update={
+                "train": ft.train.model_copy(
+                    update={"max_steps": arm.finetune_steps, "epochs": None}
+                )
+            }
+        )
 
     def registered_model_name(self) -> str:
         return self.registry.model_name or f"nash-{self.experiment.name}"
@@ -445,12 +541,18 @@ def decoder_layer_problems(arms: list[dict], num_decoder_layers: int) -> list[st
         if isinstance(k, int) and k > num_decoder_layers:
             problems.append(
                 f"pruning.arms.{i}.decoder_layers: keeps {k} decoder layers but "
-                f"the base model has {num_decoder_layers}")
-        if isinstance(custom, list) and custom and all(isinstance(c, int) for c in custom) \
-                and max(custom) >= num_decoder_layers:
+                f"the base model has {num_decoder_layers}"
+            )
+        if (
+            isinstance(custom, list)
+            and custom
+            and all(isinstance(c, int) for c in custom)
+            and max(custom) >= num_decoder_layers
+        ):
             problems.append(
                 f"pruning.arms.{i}.custom_layers: index {max(custom)} does not exist "
-                f"(the base model has {num_decoder_layers} decoder layers)")
+                f"(the base model has {num_decoder_layers} decoder layers)"
+            )
     return problems
 
 
@@ -522,7 +624,9 @@ def _format_errors(err: ValidationError) -> list[str]:
 
 def validate_config(raw: Any, source: str = "<config>") -> NashConfig:
     if not isinstance(raw, dict):
-        raise ConfigError(source, ["the file must hold a YAML mapping (sections experiment, data, ...)"])
+        raise ConfigError(
+            source, ["the file must hold a YAML mapping (sections experiment, data, ...)"]
+        )
     problems = _raw_depth_problems(raw)
     try:
         cfg = NashConfig.model_validate(raw)

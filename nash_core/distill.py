@@ -25,14 +25,18 @@ from nash_core.config import DistillConfig
 from nash_core.train import TrainHook
 
 
-def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
-            temperature: float) -> torch.Tensor:
+def kd_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    labels: torch.Tensor,
+    temperature: float,
+) -> torch.Tensor:
     """Mean over non-padding target tokens of T^2 * KL(softmax(t/T) || softmax(s/T))."""
     keep = labels != -100
     s = F.log_softmax(student_logits[keep].float() / temperature, dim=-1)
     t = F.log_softmax(teacher_logits[keep].float() / temperature, dim=-1)
     kl = F.kl_div(s, t, log_target=True, reduction="sum") / max(1, int(keep.sum()))
-    return kl * temperature ** 2
+    return kl * temperature**2
 
 
 def teacher_layers(n_teacher: int, n_student: int) -> list[int]:
@@ -64,12 +68,15 @@ def _masked_mse(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> torch.T
     return ((a - b) ** 2 * m).sum() / (m.sum() * a.shape[-1]).clamp_min(1.0)
 
 
-def hidden_loss(student_hidden, teacher_hidden, mask: torch.Tensor, project: nn.Module) -> torch.Tensor:
+def hidden_loss(
+    student_hidden, teacher_hidden, mask: torch.Tensor, project: nn.Module
+) -> torch.Tensor:
     """Sum of matched-layer MSEs; ``*_hidden`` are per-layer outputs (embeddings excluded)."""
     chosen = teacher_layers(len(teacher_hidden), len(student_hidden))
     projected = [project(h) for h in student_hidden]
-    dist = torch.stack([torch.stack([_masked_mse(p, teacher_hidden[t], mask) for p in projected])
-                        for t in chosen])
+    dist = torch.stack(
+        [torch.stack([_masked_mse(p, teacher_hidden[t], mask) for p in projected]) for t in chosen]
+    )
     picks = align(dist.detach())
     return sum(dist[row, s] for row, s in enumerate(picks))
 
@@ -95,8 +102,13 @@ def _num_layers(config, stack: str) -> int:
     return getattr(config, "num_decoder_layers", None) or config.decoder_layers
 
 
-def paired_hidden_loss(student_hidden, teacher_hidden, mask: torch.Tensor, project: nn.Module,
-                       pairs: list[tuple[int, int]]) -> torch.Tensor:
+def paired_hidden_loss(
+    student_hidden,
+    teacher_hidden,
+    mask: torch.Tensor,
+    project: nn.Module,
+    pairs: list[tuple[int, int]],
+) -> torch.Tensor:
     """Sum of the MSEs of fixed (student layer, teacher layer) pairs."""
     return sum(_masked_mse(project(student_hidden[s]), teacher_hidden[t], mask) for s, t in pairs)
 
@@ -115,25 +127,35 @@ class DistillHook(TrainHook):
     ``teacher`` may be None when the config uses neither KD nor hidden-state distillation.
     """
 
-    def __init__(self, teacher: nn.Module | None, student: nn.Module, cfg: DistillConfig, device=None):
+    def __init__(
+        self, teacher: nn.Module | None, student: nn.Module, cfg: DistillConfig, device=None
+    ):
         self.cfg = cfg
         self.uses_teacher = cfg.kd_weight > 0 or cfg.layer_weight > 0
         if self.uses_teacher and teacher is None:
             raise ValueError("distillation weights are set but no teacher was given")
-        self.teacher = teacher.eval().requires_grad_(False).to(device) if self.uses_teacher else None
+        self.teacher = (
+            teacher.eval().requires_grad_(False).to(device) if self.uses_teacher else None
+        )
         # widths from the modules: a CoFi export with a pruned hidden dimension keeps the
         # teacher's config.d_model but has a narrower residual stream
         d_s = student.get_input_embeddings().embedding_dim
         d_t = teacher.get_input_embeddings().embedding_dim if self.uses_teacher else d_s
-        self.maps = nn.ModuleDict({"encoder": identity_linear(d_s, d_t),
-                                   "decoder": identity_linear(d_s, d_t)}).to(device)
-        self.pairs = ({stack: source_pairs(student, teacher, stack) for stack in self.maps}
-                      if self.uses_teacher and cfg.layer_map == "source" else {})
+        self.maps = nn.ModuleDict(
+            {"encoder": identity_linear(d_s, d_t), "decoder": identity_linear(d_s, d_t)}
+        ).to(device)
+        self.pairs = (
+            {stack: source_pairs(student, teacher, stack) for stack in self.maps}
+            if self.uses_teacher and cfg.layer_map == "source"
+            else {}
+        )
 
     def param_groups(self, model) -> list[dict]:
         if self.cfg.layer_weight <= 0:
             return []
-        return [{"params": list(self.maps.parameters()), "weight_decay": 0.0, "name": "distill_maps"}]
+        return [
+            {"params": list(self.maps.parameters()), "weight_decay": 0.0, "name": "distill_maps"}
+        ]
 
     def wants_hidden_states(self) -> bool:
         return self.cfg.layer_weight > 0
@@ -151,10 +173,18 @@ class DistillHook(TrainHook):
             loss = loss + cfg.kd_weight * kd
             metrics["kd_loss"] = kd.item()
         if cfg.layer_weight > 0:
-            enc = self._hidden("encoder", outputs.encoder_hidden_states[1:],
-                               t_out.encoder_hidden_states[1:], batch["attention_mask"])
-            dec = self._hidden("decoder", outputs.decoder_hidden_states[1:],
-                               t_out.decoder_hidden_states[1:], batch["labels"] != -100)
+            enc = self._hidden(
+                "encoder",
+                outputs.encoder_hidden_states[1:],
+                t_out.encoder_hidden_states[1:],
+                batch["attention_mask"],
+            )
+            dec = self._hidden(
+                "decoder",
+                outputs.decoder_hidden_states[1:],
+                t_out.decoder_hidden_states[1:],
+                batch["labels"] != -100,
+            )
             loss = loss + cfg.layer_weight * (enc + dec)
             metrics["layer_loss"] = (enc + dec).item()
         return loss, metrics

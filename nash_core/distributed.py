@@ -76,13 +76,14 @@ def average_gradients(params: Iterable[torch.nn.Parameter]) -> None:
         if p.requires_grad:
             buckets.setdefault((p.device, p.dtype), []).append(p)
     for bucket in buckets.values():
-        flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1)
-                          for p in bucket])
+        flat = torch.cat(
+            [(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in bucket]
+        )
         dist.all_reduce(flat)
         flat /= world_size()
         offset = 0
         for p in bucket:
-            p.grad = flat[offset:offset + p.numel()].view_as(p).clone()
+            p.grad = flat[offset : offset + p.numel()].view_as(p).clone()
             offset += p.numel()
 
 

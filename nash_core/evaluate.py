@@ -39,13 +39,20 @@ from nash_core.progress import progress_disabled
 
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL", "rougeLsum")
 #: Token-id fields taken from the model; every search setting comes from EvaluationConfig.
-_TOKEN_ID_FIELDS = ("decoder_start_token_id", "bos_token_id", "eos_token_id", "pad_token_id",
-                    "forced_bos_token_id", "forced_eos_token_id")
+_TOKEN_ID_FIELDS = (
+    "decoder_start_token_id",
+    "bos_token_id",
+    "eos_token_id",
+    "pad_token_id",
+    "forced_bos_token_id",
+    "forced_eos_token_id",
+)
 
 
 # --------------------------------------------------------------------------- generation
-def generation_config_for(model, eval_cfg: EvaluationConfig,
-                          fixed_new_tokens: int | None = None) -> GenerationConfig:
+def generation_config_for(
+    model, eval_cfg: EvaluationConfig, fixed_new_tokens: int | None = None
+) -> GenerationConfig:
     """The decoding protocol for ``model``: search settings from ``eval_cfg``, token ids from
     the model. ``fixed_new_tokens`` forces exactly that many new tokens (min = max), which
     compares architectures at equal output length."""
@@ -85,8 +92,11 @@ def generated_lengths(sequences: torch.Tensor, eos_token_id) -> list[int]:
     if new.shape[1] == 0:
         return [0] * new.shape[0]
     eos = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id or [])
-    is_eos = torch.isin(new, torch.tensor(eos, device=new.device)) if eos else \
-        torch.zeros_like(new, dtype=torch.bool)
+    is_eos = (
+        torch.isin(new, torch.tensor(eos, device=new.device))
+        if eos
+        else torch.zeros_like(new, dtype=torch.bool)
+    )
     first = torch.where(is_eos.any(dim=1), is_eos.int().argmax(dim=1) + 1, new.shape[1])
     return first.tolist()
 
@@ -107,26 +117,50 @@ def run_generate(model, batch: dict, gen_cfg: GenerationConfig) -> torch.Tensor:
         model.generation_config = own
 
 
-def _generate_batches(model, tokenizer, sources: Sequence[str], eval_cfg: EvaluationConfig,
-                      device, max_source_length: int | None) -> Iterator[tuple[list[str], list[int]]]:
+def _generate_batches(
+    model,
+    tokenizer,
+    sources: Sequence[str],
+    eval_cfg: EvaluationConfig,
+    device,
+    max_source_length: int | None,
+) -> Iterator[tuple[list[str], list[int]]]:
     gen_cfg = generation_config_for(model, eval_cfg)
     bs = eval_cfg.batch_size
     batches = range(0, len(sources), bs)
     for start in tqdm(batches, desc="generate", unit="batch", disable=progress_disabled()):
-        enc = tokenizer(list(sources[start:start + bs]), return_tensors="pt", padding=True,
-                        truncation=max_source_length is not None, max_length=max_source_length)
+        enc = tokenizer(
+            list(sources[start : start + bs]),
+            return_tensors="pt",
+            padding=True,
+            truncation=max_source_length is not None,
+            max_length=max_source_length,
+        )
         enc = {k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
         out = run_generate(model, enc, gen_cfg)
-        yield (tokenizer.batch_decode(out, skip_special_tokens=True),
-               generated_lengths(out, gen_cfg.eos_token_id))
+        yield (
+            tokenizer.batch_decode(out, skip_special_tokens=True),
+            generated_lengths(out, gen_cfg.eos_token_id),
+        )
 
 
-def generate(model, tokenizer, sources: Sequence[str], eval_cfg: EvaluationConfig, device=None,
-             max_source_length: int | None = None) -> list[str]:
+def generate(
+    model,
+    tokenizer,
+    sources: Sequence[str],
+    eval_cfg: EvaluationConfig,
+    device=None,
+    max_source_length: int | None = None,
+) -> list[str]:
     """Batched generation of ``sources`` (prefix already applied) with the shared protocol."""
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    return [t for texts, _ in _generate_batches(model, tokenizer, sources, eval_cfg, device,
-                                                 max_source_length) for t in texts]
+    return [
+        t
+        for texts, _ in _generate_batches(
+            model, tokenizer, sources, eval_cfg, device, max_source_length
+        )
+        for t in texts
+    ]
 
 
 # --------------------------------------------------------------------------- ROUGE
@@ -178,8 +212,9 @@ def _scorer(tokenizer: str) -> rouge_scorer.RougeScorer:
     return rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=True, tokenizer=custom)
 
 
-def rouge_scores(preds: Sequence[str], refs: Sequence[str], tokenizer: str = "default"
-                 ) -> tuple[dict[str, float], list[dict[str, float]]]:
+def rouge_scores(
+    preds: Sequence[str], refs: Sequence[str], tokenizer: str = "default"
+) -> tuple[dict[str, float], list[dict[str, float]]]:
     """Mean ROUGE F1 over examples, and the per-example F1 (same keys: rouge1/2/L/Lsum).
 
     Sentences are put on separate lines first, which only matters for rougeLsum.
@@ -187,7 +222,9 @@ def rouge_scores(preds: Sequence[str], refs: Sequence[str], tokenizer: str = "de
     if len(preds) != len(refs):
         raise ValueError(f"{len(preds)} predictions but {len(refs)} references")
     if not preds:
-        raise DataError("no examples to score: the test split (or evaluation.num_examples) is empty")
+        raise DataError(
+            "no examples to score: the test split (or evaluation.num_examples) is empty"
+        )
     scorer = _scorer(tokenizer)
     per = []
     for p, r in zip(preds, refs):
@@ -202,8 +239,13 @@ def normalize_answer(text: str) -> str:
 
 
 # --------------------------------------------------------------------------- teacher comparison
-def paired_bootstrap(cand: Sequence[float], teacher: Sequence[float], n: int = 1000,
-                     confidence: float = 0.95, seed: int = 0) -> tuple[float, float]:
+def paired_bootstrap(
+    cand: Sequence[float],
+    teacher: Sequence[float],
+    n: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float]:
     """Percentile interval of mean(candidate - teacher) over ``n`` resamples of the examples.
 
     Paired: one resample draws example indices and takes both models' scores for them, so
@@ -211,14 +253,16 @@ def paired_bootstrap(cand: Sequence[float], teacher: Sequence[float], n: int = 1
     """
     d = np.asarray(cand, dtype=np.float64) - np.asarray(teacher, dtype=np.float64)
     if d.ndim != 1 or len(cand) != len(teacher) or d.size == 0:
-        raise ValueError(f"paired bootstrap needs two equal, non-empty score lists "
-                         f"(got {len(cand)} and {len(teacher)})")
+        raise ValueError(
+            f"paired bootstrap needs two equal, non-empty score lists "
+            f"(got {len(cand)} and {len(teacher)})"
+        )
     rng = np.random.default_rng(seed)
     means = np.empty(n)
     chunk = max(1, 2_000_000 // d.size)  # bound memory for large test sets
     for start in range(0, n, chunk):
         m = min(chunk, n - start)
-        means[start:start + m] = d[rng.integers(0, d.size, size=(m, d.size))].mean(axis=1)
+        means[start : start + m] = d[rng.integers(0, d.size, size=(m, d.size))].mean(axis=1)
     alpha = (1.0 - confidence) / 2.0
     low, high = np.quantile(means, [alpha, 1.0 - alpha])
     return float(low), float(high)
@@ -229,8 +273,13 @@ def quality_retention(candidate: float, teacher: float) -> float | None:
     return candidate / teacher if teacher > 0 else None
 
 
-def compare_with_teacher(per_example: list[dict], teacher_eval_dir: str | Path,
-                         protocol: dict, eval_cfg: EvaluationConfig, seed: int = 0) -> dict:
+def compare_with_teacher(
+    per_example: list[dict],
+    teacher_eval_dir: str | Path,
+    protocol: dict,
+    eval_cfg: EvaluationConfig,
+    seed: int = 0,
+) -> dict:
     """Retention and the bootstrap CI of (candidate - teacher) ROUGE-L, on the same examples.
 
     Refuses a teacher evaluation made on other examples or with another decoding protocol.
@@ -238,47 +287,67 @@ def compare_with_teacher(per_example: list[dict], teacher_eval_dir: str | Path,
     tdir = Path(teacher_eval_dir)
     try:
         t_meta = read_json(tdir / "metrics.json")
-        t_rows = [json.loads(line) for line in (tdir / "per_example.jsonl").read_text(
-            encoding="utf-8").splitlines() if line.strip()]
+        t_rows = [
+            json.loads(line)
+            for line in (tdir / "per_example.jsonl").read_text(encoding="utf-8").splitlines()
+            if line.strip()
+        ]
     except (OSError, ValueError) as exc:
-        raise DataError(f"cannot read the teacher evaluation in {tdir} ({exc}); evaluate the "
-                        "teacher first with evaluate_model") from None
+        raise DataError(
+            f"cannot read the teacher evaluation in {tdir} ({exc}); evaluate the "
+            "teacher first with evaluate_model"
+        ) from None
     if t_meta.get("protocol") != protocol:
-        raise DataError(f"the teacher evaluation in {tdir} used another decoding protocol "
-                        f"{t_meta.get('protocol')} than this one {protocol}; re-evaluate both "
-                        "with the same evaluation settings")
+        raise DataError(
+            f"the teacher evaluation in {tdir} used another decoding protocol "
+            f"{t_meta.get('protocol')} than this one {protocol}; re-evaluate both "
+            "with the same evaluation settings"
+        )
     if len(t_rows) != len(per_example):
-        raise DataError(f"the teacher evaluation in {tdir} has {len(t_rows)} examples, this one "
-                        f"{len(per_example)}; use the same test split and evaluation.num_examples")
+        raise DataError(
+            f"the teacher evaluation in {tdir} has {len(t_rows)} examples, this one "
+            f"{len(per_example)}; use the same test split and evaluation.num_examples"
+        )
     for i, (a, b) in enumerate(zip(per_example, t_rows)):
         if a["reference"] != b["reference"]:
-            raise DataError(f"test example {i} differs from the teacher evaluation in {tdir}; "
-                            "evaluate teacher and candidate on the same prepared splits")
+            raise DataError(
+                f"test example {i} differs from the teacher evaluation in {tdir}; "
+                "evaluate teacher and candidate on the same prepared splits"
+            )
     cand = [r["rougeL"] for r in per_example]
     teach = [r["rougeL"] for r in t_rows]
     low, high = paired_bootstrap(cand, teach, eval_cfg.bootstrap_samples, eval_cfg.confidence, seed)
     c_mean, t_mean = float(np.mean(cand)), float(np.mean(teach))
-    return {"teacher_rougeL": t_mean, "rougeL_retention": quality_retention(c_mean, t_mean),
-            "rougeL_delta": c_mean - t_mean, "rougeL_delta_ci_low": low,
-            "rougeL_delta_ci_high": high,
-            # the same interval as a fraction of the teacher (what the selection policy reads)
-            "rougeL_retention_ci_low": 1.0 + low / t_mean if t_mean > 0 else None,
-            "rougeL_retention_ci_high": 1.0 + high / t_mean if t_mean > 0 else None}
+    return {
+        "teacher_rougeL": t_mean,
+        "rougeL_retention": quality_retention(c_mean, t_mean),
+        "rougeL_delta": c_mean - t_mean,
+        "rougeL_delta_ci_low": low,
+        "rougeL_delta_ci_high": high,
+        # the same interval as a fraction of the teacher (what the selection policy reads)
+        "rougeL_retention_ci_low": 1.0 + low / t_mean if t_mean > 0 else None,
+        "rougeL_retention_ci_high": 1.0 + high / t_mean if t_mean > 0 else None,
+    }
 
 
-def compare_evaluations(eval_dir: str | Path, baseline_dir: str | Path, eval_cfg: EvaluationConfig,
-                        seed: int = 0) -> dict:
+def compare_evaluations(
+    eval_dir: str | Path, baseline_dir: str | Path, eval_cfg: EvaluationConfig, seed: int = 0
+) -> dict:
     """Paired-bootstrap interval of (model - baseline) ROUGE-L from two evaluate_model outputs.
 
     Both must have scored the same test examples with the same decoding protocol (e.g. a NASH
     candidate against the SFT candidate of the same decoder depth: does the narrow encoder cost
     anything measurable?).
     """
+
     def read(d: Path) -> tuple[dict, list[dict]]:
         try:
             meta = read_json(d / "metrics.json")
-            rows = [json.loads(line) for line in (d / "per_example.jsonl").read_text(
-                encoding="utf-8").splitlines() if line.strip()]
+            rows = [
+                json.loads(line)
+                for line in (d / "per_example.jsonl").read_text(encoding="utf-8").splitlines()
+                if line.strip()
+            ]
         except (OSError, ValueError) as exc:
             raise DataError(f"cannot read the evaluation in {d} ({exc})") from None
         return meta, rows
@@ -303,10 +372,19 @@ def _sample_csv(rows: list[dict], preds: list[str], per: list[dict], n: int) -> 
     return buf.getvalue()
 
 
-def evaluate_model(model_dir: str | Path, splits_dir: str | Path, eval_cfg: EvaluationConfig,
-                   out_dir: str | Path, teacher_eval_dir: str | Path | None = None,
-                   device=None, *, source_prefix: str = "", max_source_length: int | None = None,
-                   split: str = "test", seed: int = 0) -> dict:
+def evaluate_model(
+    model_dir: str | Path,
+    splits_dir: str | Path,
+    eval_cfg: EvaluationConfig,
+    out_dir: str | Path,
+    teacher_eval_dir: str | Path | None = None,
+    device=None,
+    *,
+    source_prefix: str = "",
+    max_source_length: int | None = None,
+    split: str = "test",
+    seed: int = 0,
+) -> dict:
     """Generate for the test split, score it, compare with the teacher, write the results.
 
     Writes ``out_dir`` atomically: metrics.json ({"metrics", "protocol", "model_dir"}),
@@ -326,32 +404,53 @@ def evaluate_model(model_dir: str | Path, splits_dir: str | Path, eval_cfg: Eval
     model, tokenizer = load_for_measurement(model_dir, device=device)
     sources = [source_prefix + r["source"] for r in rows]
     preds, lengths = [], []
-    for texts, lens in _generate_batches(model, tokenizer, sources, eval_cfg, device, max_source_length):
+    for texts, lens in _generate_batches(
+        model, tokenizer, sources, eval_cfg, device, max_source_length
+    ):
         preds += texts
         lengths += lens
     refs = [r["target"] for r in rows]
     mean, per = rouge_scores(preds, refs, eval_cfg.rouge_tokenizer)
-    metrics: dict = {**mean, "num_examples": len(rows),
-                     "gen_len_tokens": float(np.mean(lengths)),
-                     "gen_len_words": float(np.mean([len(p.split()) for p in preds]))}
+    metrics: dict = {
+        **mean,
+        "num_examples": len(rows),
+        "gen_len_tokens": float(np.mean(lengths)),
+        "gen_len_words": float(np.mean([len(p.split()) for p in preds])),
+    }
     exact = [normalize_answer(p) == normalize_answer(r) for p, r in zip(preds, refs)]
     if eval_cfg.exact_match:
         metrics["exact_match"] = float(np.mean(exact))
-    per_example = [{"index": i, "reference": r, "prediction": p, "gen_len_tokens": n,
-                    "exact_match": e, **s}
-                   for i, (r, p, n, e, s) in enumerate(zip(refs, preds, lengths, exact, per))]
-    protocol = {**generation_config_for(model, eval_cfg).to_diff_dict(),
-                "rouge_tokenizer": eval_cfg.rouge_tokenizer, "source_prefix": source_prefix,
-                "max_source_length": max_source_length}
-    protocol = {k: v for k, v in protocol.items() if k not in _TOKEN_ID_FIELDS + ("transformers_version",)}
+    per_example = [
+        {"index": i, "reference": r, "prediction": p, "gen_len_tokens": n, "exact_match": e, **s}
+        for i, (r, p, n, e, s) in enumerate(zip(refs, preds, lengths, exact, per))
+    ]
+    protocol = {
+        **generation_config_for(model, eval_cfg).to_diff_dict(),
+        "rouge_tokenizer": eval_cfg.rouge_tokenizer,
+        "source_prefix": source_prefix,
+        "max_source_length": max_source_length,
+    }
+    protocol = {
+        k: v for k, v in protocol.items() if k not in _TOKEN_ID_FIELDS + ("transformers_version",)
+    }
     if teacher_eval_dir is not None:
-        metrics.update(compare_with_teacher(per_example, teacher_eval_dir, protocol, eval_cfg, seed))
+        metrics.update(
+            compare_with_teacher(per_example, teacher_eval_dir, protocol, eval_cfg, seed)
+        )
     with atomic_dir(out_dir) as tmp:
-        (tmp / "metrics.json").write_text(json.dumps(
-            {"metrics": metrics, "protocol": protocol, "model_dir": str(model_dir)},
-            indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        (tmp / "metrics.json").write_text(
+            json.dumps(
+                {"metrics": metrics, "protocol": protocol, "model_dir": str(model_dir)},
+                indent=2,
+                sort_keys=True,
+            )
+            + "\n",
+            encoding="utf-8",
+        )
         (tmp / "per_example.jsonl").write_text(
-            "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in per_example), encoding="utf-8")
+            "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in per_example), encoding="utf-8"
+        )
         (tmp / "predictions_sample.csv").write_text(
-            _sample_csv(rows, preds, per, eval_cfg.predictions_sample), encoding="utf-8")
+            _sample_csv(rows, preds, per, eval_cfg.predictions_sample), encoding="utf-8"
+        )
     return metrics

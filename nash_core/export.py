@@ -100,6 +100,8 @@ def load_exported(path: str | Path, attn: str | None = None):
             model = AutoModelForSeq2SeqLM.from_pretrained(str(path), **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(str(path))
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
-        raise ModelError(f"cannot load the pruned export {path} ({type(exc).__name__}: {exc}); "
-                         "re-run the materialise step to rewrite it") from exc
+        raise ModelError(
+            f"cannot load the pruned export {path} ({type(exc).__name__}: {exc}); "
+            "re-run the materialise step to rewrite it"
+        ) from exc
     return model.eval(), tokenizer

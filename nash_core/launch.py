@@ -37,50 +37,91 @@ def _teacher(cfg: NashConfig, args: dict, callback: Callback, device) -> Path:
     from nash_core.base_model import BaseInfo
     from nash_core.teacher import train_teacher
 
-    return train_teacher(cfg, args["splits_dir"], BaseInfo(**args["base_info"]), args["out_dir"],
-                         callback=callback)
+    return train_teacher(
+        cfg, args["splits_dir"], BaseInfo(**args["base_info"]), args["out_dir"], callback=callback
+    )
 
 
 def _stage(cfg: NashConfig, args: dict, callback: Callback, device) -> Path:
     from nash_core.prune import run_stage
 
-    return run_stage(args["teacher_dir"], args["init_dir"], cfg.pruning.arms[args["arm_index"]],
-                     cfg.stage_config(args["arm_index"]), args["prev_target"], args["target"], args["out_dir"],
-                     splits_dir=args["splits_dir"], data_cfg=cfg.data, callback=callback,
-                     seed=cfg.experiment.seed, device=device)
+    return run_stage(
+        args["teacher_dir"],
+        args["init_dir"],
+        cfg.pruning.arms[args["arm_index"]],
+        cfg.stage_config(args["arm_index"]),
+        args["prev_target"],
+        args["target"],
+        args["out_dir"],
+        splits_dir=args["splits_dir"],
+        data_cfg=cfg.data,
+        callback=callback,
+        seed=cfg.experiment.seed,
+        device=device,
+    )
 
 
 def _finetune(cfg: NashConfig, args: dict, callback: Callback, device) -> Path:
     from nash_core.prune import finetune
 
     ft = cfg.finetune if args.get("arm_index") is None else cfg.finetune_config(args["arm_index"])
-    return finetune(args["export_dir"], args["teacher_dir"], ft, args["out_dir"],
-                    splits_dir=args["splits_dir"], data_cfg=cfg.data, callback=callback,
-                    seed=cfg.experiment.seed, device=device)
+    return finetune(
+        args["export_dir"],
+        args["teacher_dir"],
+        ft,
+        args["out_dir"],
+        splits_dir=args["splits_dir"],
+        data_cfg=cfg.data,
+        callback=callback,
+        seed=cfg.experiment.seed,
+        device=device,
+    )
 
 
 #: step name -> runner(cfg, args, callback, device). ``args`` is JSON: paths, numbers, dicts.
 STEPS = {"teacher": _teacher, "stage": _stage, "finetune": _finetune}
 
 
-def run_step(step: str, cfg: NashConfig, args: dict, *, callback: Callback = None,
-             device=None) -> Path:
+def run_step(
+    step: str, cfg: NashConfig, args: dict, *, callback: Callback = None, device=None
+) -> Path:
     """Run ``step`` with ``args``; under torchrun when ``cfg.experiment.train_processes`` > 1."""
     if cfg.experiment.train_processes > 1:
-        return run_torchrun(step, cfg, args, cfg.experiment.train_processes, callback=callback,
-                            work_dir=Path(args["out_dir"]).parent)
+        return run_torchrun(
+            step,
+            cfg,
+            args,
+            cfg.experiment.train_processes,
+            callback=callback,
+            work_dir=Path(args["out_dir"]).parent,
+        )
     return STEPS[step](cfg, args, callback, device)
 
 
 # --------------------------------------------------------------------------- launching
 def torchrun_command(nproc: int, spec_path: str | Path) -> list[str]:
     """The torchrun command line for this interpreter (no reliance on PATH)."""
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone",
-            f"--nproc_per_node={nproc}", "-m", "nash_core.launch", str(spec_path)]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        "-m",
+        "nash_core.launch",
+        str(spec_path),
+    ]
 
 
-def run_torchrun(step: str, cfg: NashConfig, args: dict, nproc: int, *,
-                 callback: Callback = None, work_dir: str | Path) -> Path:
+def run_torchrun(
+    step: str,
+    cfg: NashConfig,
+    args: dict,
+    nproc: int,
+    *,
+    callback: Callback = None,
+    work_dir: str | Path,
+) -> Path:
     """Run ``step`` in ``nproc`` torchrun processes; return its result directory.
 
     ``work_dir`` receives ``<step>.launch.json`` (the spec), ``<step>.curve.jsonl`` and
@@ -89,20 +130,31 @@ def run_torchrun(step: str, cfg: NashConfig, args: dict, nproc: int, *,
     if step not in STEPS:
         raise ValueError(f"unknown training step {step!r}; one of {sorted(STEPS)}")
     work_dir = Path(work_dir)
-    spec = atomic_write_json(work_dir / f"{step}.launch.json", {
-        "step": step, "config": cfg.model_dump(mode="json"), "args": args,
-        "curve": str(work_dir / f"{step}.curve.jsonl"), "result": None})
+    spec = atomic_write_json(
+        work_dir / f"{step}.launch.json",
+        {
+            "step": step,
+            "config": cfg.model_dump(mode="json"),
+            "args": args,
+            "curve": str(work_dir / f"{step}.curve.jsonl"),
+            "result": None,
+        },
+    )
     curve = _CurveForwarder(work_dir / f"{step}.curve.jsonl", callback)
     log_path = work_dir / f"{step}.torchrun.log"
     with open(log_path, "w") as log:
-        proc = subprocess.Popen(torchrun_command(nproc, spec), stdout=log,
-                                stderr=subprocess.STDOUT, env={**os.environ, "NASH_NO_PROGRESS": "1"})
+        proc = subprocess.Popen(
+            torchrun_command(nproc, spec),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "NASH_NO_PROGRESS": "1"},
+        )
         try:
             while proc.poll() is None:
                 curve.forward()
                 time.sleep(1.0)
         except BaseException:  # Ctrl-C / a cancelled task: torchrun forwards SIGTERM to the
-            proc.terminate()   # ranks, which checkpoint at their next step boundary
+            proc.terminate()  # ranks, which checkpoint at their next step boundary
             try:
                 proc.wait(timeout=120)
             except subprocess.TimeoutExpired:
@@ -111,9 +163,11 @@ def run_torchrun(step: str, cfg: NashConfig, args: dict, nproc: int, *,
     curve.forward()
     if proc.returncode != 0:
         tail = log_path.read_text(errors="replace")[-3000:]
-        raise TrainingError(f"the data-parallel {step} step ({nproc} processes under torchrun) "
-                            f"exited with code {proc.returncode}; every rank's output is in "
-                            f"{log_path}. Its end:\n{tail}")
+        raise TrainingError(
+            f"the data-parallel {step} step ({nproc} processes under torchrun) "
+            f"exited with code {proc.returncode}; every rank's output is in "
+            f"{log_path}. Its end:\n{tail}"
+        )
     result = json.loads(Path(spec).read_text())["result"]
     return Path(result)
 
@@ -131,7 +185,7 @@ class _CurveForwarder:
         with open(self.path, encoding="utf-8") as f:
             f.seek(self.offset)
             chunk = f.read()
-        complete = chunk[:chunk.rfind("\n") + 1]
+        complete = chunk[: chunk.rfind("\n") + 1]
         self.offset += len(complete.encode("utf-8"))
         for line in complete.splitlines():
             record = json.loads(line)
@@ -142,6 +196,7 @@ def _append_curve(path: str) -> Callable[[int, dict], None]:
     def write(step: int, metrics: dict) -> None:
         with open(path, "a", encoding="utf-8") as f:
             f.write(json.dumps({"step": int(step), **metrics}) + "\n")
+
     return write
 
 
@@ -164,10 +219,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         main_rank = dist.get_rank() == 0
         device = pick_device(cfg.experiment.device)
-        print(f"nash_core.launch: rank {dist.get_rank()}/{dist.get_world_size()} runs the "
-              f"{spec['step']} step on {device}", flush=True)
-        out = STEPS[spec["step"]](cfg, spec["args"],
-                                  _append_curve(spec["curve"]) if main_rank else None, device)
+        print(
+            f"nash_core.launch: rank {dist.get_rank()}/{dist.get_world_size()} runs the "
+            f"{spec['step']} step on {device}",
+            flush=True,
+        )
+        out = STEPS[spec["step"]](
+            cfg, spec["args"], _append_curve(spec["curve"]) if main_rank else None, device
+        )
         if main_rank:
             atomic_write_json(spec_path, {**spec, "result": str(out)})
         dist.barrier()

@@ -16,14 +16,18 @@ from nash_core.errors import ModelError
 SELECTIONS = ("uniform", "low", "high", "custom")
 
 
-def select_layers(num_layers: int, k: int, how: str = "uniform", custom: list[int] | None = None) -> list[int]:
+def select_layers(
+    num_layers: int, k: int, how: str = "uniform", custom: list[int] | None = None
+) -> list[int]:
     """Indices of the k decoder layers to keep (increasing).
 
     uniform: floor((L-1)/(k-1) * d) for d = 0..k-1 (k = 1 keeps layer 0); low: the first k;
     high: the last k; custom: the given list (validated against L).
     """
     if not 1 <= k <= num_layers:
-        raise ModelError(f"decoder_layers = {k} is not between 1 and the model's {num_layers} decoder layers")
+        raise ModelError(
+            f"decoder_layers = {k} is not between 1 and the model's {num_layers} decoder layers"
+        )
     if how == "uniform":
         if k == 1:
             return [0]
@@ -34,10 +38,14 @@ def select_layers(num_layers: int, k: int, how: str = "uniform", custom: list[in
         return list(range(num_layers - k, num_layers))
     if how == "custom":
         if not custom or len(custom) != k:
-            raise ModelError(f"custom_layers must list exactly {k} decoder layer indices (got {custom})")
+            raise ModelError(
+                f"custom_layers must list exactly {k} decoder layer indices (got {custom})"
+            )
         if sorted(set(custom)) != list(custom) or custom[0] < 0 or custom[-1] >= num_layers:
-            raise ModelError(f"custom_layers {custom} must be distinct, increasing and within "
-                             f"0..{num_layers - 1}")
+            raise ModelError(
+                f"custom_layers {custom} must be distinct, increasing and within "
+                f"0..{num_layers - 1}"
+            )
         return list(custom)
     raise ModelError(f"layer_selection {how!r} is unknown; use one of {', '.join(SELECTIONS)}")
 
@@ -52,9 +60,16 @@ def keep_decoder_layers(model: nn.Module, indices: list[int]) -> nn.Module:
     """
     adapter = get_adapter(model)
     layers = adapter.layers(model, "decoder")
-    if not indices or sorted(set(indices)) != list(indices) or indices[-1] >= len(layers) or indices[0] < 0:
-        raise ModelError(f"decoder layer indices {indices} must be distinct, increasing and within "
-                         f"0..{len(layers) - 1}")
+    if (
+        not indices
+        or sorted(set(indices)) != list(indices)
+        or indices[-1] >= len(layers)
+        or indices[0] < 0
+    ):
+        raise ModelError(
+            f"decoder layer indices {indices} must be distinct, increasing and within "
+            f"0..{len(layers) - 1}"
+        )
     kept = [layers[i] for i in indices]
     if indices[0] != 0:
         adapter.move_position_table(layers[0], kept[0])
@@ -68,5 +83,7 @@ def keep_decoder_layers(model: nn.Module, indices: list[int]) -> nn.Module:
             del layers[i]  # ModuleList re-keys the survivors 0..k-1, in order
     adapter.set_decoder_depth(model, len(kept))
     original = getattr(model.config, "nash_decoder_layers_kept", None)
-    model.config.nash_decoder_layers_kept = [original[i] for i in indices] if original else list(indices)
+    model.config.nash_decoder_layers_kept = (
+        [original[i] for i in indices] if original else list(indices)
+    )
     return model

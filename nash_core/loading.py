@@ -19,8 +19,13 @@ def _is_pruned_export(path: str | Path) -> bool:
     return config.is_file() and "nash" in json.loads(config.read_text(encoding="utf-8"))
 
 
-def load_seq2seq(path: str | Path, device=None, attn: str | None = None,
-                 revision: str | None = None, trust_remote_code: bool = False):
+def load_seq2seq(
+    path: str | Path,
+    device=None,
+    attn: str | None = None,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+):
     """``(model, tokenizer)`` for a local HF directory, a pruned export or a hub id.
 
     ``attn`` picks the attention implementation (``"sdpa"``, ``"eager"``; default
@@ -36,17 +41,22 @@ def load_seq2seq(path: str | Path, device=None, attn: str | None = None,
         kwargs = dict(revision=revision, trust_remote_code=trust_remote_code)
         try:
             model = AutoModelForSeq2SeqLM.from_pretrained(
-                str(path), use_safetensors=True, attn_implementation=attn, **kwargs)
+                str(path), use_safetensors=True, attn_implementation=attn, **kwargs
+            )
             tokenizer = AutoTokenizer.from_pretrained(str(path), **kwargs)
         except (OSError, ValueError) as exc:
-            raise ModelError(f"cannot load model '{path}' ({type(exc).__name__}: {exc}). It must "
-                             "be a save_pretrained directory (or hub id) with safetensors weights "
-                             "and a tokenizer.") from exc
+            raise ModelError(
+                f"cannot load model '{path}' ({type(exc).__name__}: {exc}). It must "
+                "be a save_pretrained directory (or hub id) with safetensors weights "
+                "and a tokenizer."
+            ) from exc
     vocab = model.get_input_embeddings().num_embeddings
     if len(tokenizer) > vocab:
-        raise ModelError(f"model '{path}': the tokenizer has {len(tokenizer)} tokens but the model "
-                         f"embeds only {vocab}; the tokenizer does not belong to this model (save "
-                         "the matching tokenizer next to it)")
+        raise ModelError(
+            f"model '{path}': the tokenizer has {len(tokenizer)} tokens but the model "
+            f"embeds only {vocab}; the tokenizer does not belong to this model (save "
+            "the matching tokenizer next to it)"
+        )
     if device is not None:
         model.to(device)
     return model.eval(), tokenizer

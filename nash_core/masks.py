@@ -168,14 +168,18 @@ class MaskSet(nn.Module):
                 if spec.target == "layer":
                     self._handles.append(proj.register_forward_hook(_scale_output(group, row)))
                 else:
-                    self._handles.append(proj.register_forward_pre_hook(_scale_input(group, row, head_dim)))
+                    self._handles.append(
+                        proj.register_forward_pre_hook(_scale_input(group, row, head_dim))
+                    )
         return self
 
     def _attach_hidden(self, adapter: Adapter, model: nn.Module, group: "HardConcrete") -> None:
         width = adapter.hidden_size(model)
         if group.spec.units != width:
-            raise ModelError(f"the hidden-dimension mask has {group.spec.units} gates but the model's "
-                             f"width is {width}: masks are trained on an unpruned student")
+            raise ModelError(
+                f"the hidden-dimension mask has {group.spec.units} gates but the model's "
+                f"width is {width}: masks are trained on an unpruned student"
+            )
         # norm hooks first: on BART's layernorm_embedding the gate scales the recomputed output
         for norm in adapter.hidden_norms(model):
             self._handles.append(norm.register_forward_hook(_layer_norm_over_kept(group)))
@@ -204,17 +208,20 @@ def _scale_input(group: HardConcrete, row: int, unit_size: int):
         if unit_size > 1:
             z = z.repeat_interleave(unit_size)
         return (x * z, *args[1:])
+
     return hook
 
 
 def _scale_output(group: HardConcrete, row: int):
     def hook(module, args, output):
         return output * group.gate(row, module.training).to(output.dtype)
+
     return hook
 
 
 def _layer_norm_over_kept(group: HardConcrete):
     """LayerNorm over the open hidden dimensions only; zeros on the closed ones."""
+
     def hook(module, args, output):
         z = group.gate(0, module.training)
         kept = torch.nonzero(z).flatten()
@@ -225,14 +232,24 @@ def _layer_norm_over_kept(group: HardConcrete):
         bias = module.bias.index_select(0, kept) if module.bias is not None else None
         normed = F.layer_norm(x, (kept.numel(),), weight, bias, module.eps)
         return output.new_zeros(output.shape).index_copy(-1, kept, normed.to(output.dtype))
+
     return hook
 
 
 # ---------------------------------------------------------------------- plans
-def plan_groups(model: nn.Module, *, stacks: tuple[Stack, ...] = ("encoder",), heads: bool = True,
-                ffn_units: bool = True, sublayers: bool = False, cross: bool = False,
-                hidden: bool = False, head_init: float = 10.0, ffn_init: float = 0.0,
-                hidden_init: float = 10.0) -> list[GroupSpec]:
+def plan_groups(
+    model: nn.Module,
+    *,
+    stacks: tuple[Stack, ...] = ("encoder",),
+    heads: bool = True,
+    ffn_units: bool = True,
+    sublayers: bool = False,
+    cross: bool = False,
+    hidden: bool = False,
+    head_init: float = 10.0,
+    ffn_init: float = 0.0,
+    hidden_init: float = 10.0,
+) -> list[GroupSpec]:
     """The mask groups for the chosen stacks.
 
     NASH: encoder heads + encoder FFN units. CoFi: heads, FFN units and whole sub-layers in both
@@ -248,31 +265,51 @@ def plan_groups(model: nn.Module, *, stacks: tuple[Stack, ...] = ("encoder",), h
         kinds: list[AttnKind] = ["self", "cross"] if (cross and stack == "decoder") else ["self"]
         for kind in kinds:
             refs = adapter.attentions(model, stack, kind)
-            needed = [kind == "self" and adapter.needs_self_attention(stack, i) for i in range(n_layers)]
+            needed = [
+                kind == "self" and adapter.needs_self_attention(stack, i) for i in range(n_layers)
+            ]
             if heads:
                 _uniform(refs, "num_heads")
-                specs.append(GroupSpec(stack, kind, "heads", tuple(range(n_layers)), refs[0].num_heads,
-                                       tuple(int(n) for n in needed), head_init))
+                specs.append(
+                    GroupSpec(
+                        stack,
+                        kind,
+                        "heads",
+                        tuple(range(n_layers)),
+                        refs[0].num_heads,
+                        tuple(int(n) for n in needed),
+                        head_init,
+                    )
+                )
             if sublayers:
                 rows = tuple(i for i in range(n_layers) if not needed[i])
                 if rows:
-                    specs.append(GroupSpec(stack, kind, "layer", rows, 1, (0,) * len(rows), head_init))
+                    specs.append(
+                        GroupSpec(stack, kind, "layer", rows, 1, (0,) * len(rows), head_init)
+                    )
         if ffn_units or sublayers:
             refs = adapter.ffns(model, stack)
             _uniform(refs, "units")
             rows = tuple(range(n_layers))
             if ffn_units:
-                specs.append(GroupSpec(stack, "ffn", "units", rows, refs[0].units, (0,) * n_layers, ffn_init))
+                specs.append(
+                    GroupSpec(stack, "ffn", "units", rows, refs[0].units, (0,) * n_layers, ffn_init)
+                )
             if sublayers:
                 specs.append(GroupSpec(stack, "ffn", "layer", rows, 1, (0,) * n_layers, head_init))
     if hidden:
-        specs.append(GroupSpec("model", "hidden", "units", (0,), adapter.hidden_size(model), (1,),
-                               hidden_init))
+        specs.append(
+            GroupSpec(
+                "model", "hidden", "units", (0,), adapter.hidden_size(model), (1,), hidden_init
+            )
+        )
     return specs
 
 
 def _uniform(refs: list, attr: str) -> None:
     values = {getattr(r, attr) for r in refs}
     if len(values) != 1:
-        raise ModelError(f"cannot attach masks: layers differ in {attr} ({sorted(values)}); "
-                         "masks are trained on an unpruned (teacher-shaped) student")
+        raise ModelError(
+            f"cannot attach masks: layers differ in {attr} ({sorted(values)}); "
+            "masks are trained on an unpruned (teacher-shaped) student"
+        )

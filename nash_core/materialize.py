@@ -58,8 +58,9 @@ def materialize(model: nn.Module, masks: MaskSet | None) -> nn.Module:
         state = plan.sliced_state(shapes)
         restructure(model, shapes)
         wanted = model.state_dict()
-        model.load_state_dict({k: plan.slice_hidden(k, state[k], wanted[k].shape) for k in wanted},
-                              strict=True)
+        model.load_state_dict(
+            {k: plan.slice_hidden(k, state[k], wanted[k].shape) for k in wanted}, strict=True
+        )
     model.config.nash = {"family": adapter.family, "shapes": shapes}
     return model
 
@@ -72,9 +73,12 @@ class _Plan:
         self.gate: dict[tuple, torch.Tensor] = {}
         self.width = adapter.hidden_size(model)
         self.hidden = gates[HIDDEN][0] if HIDDEN in gates else None
-        self.hidden_kept = (torch.nonzero(self.hidden).flatten() if self.hidden is not None
-                            else torch.arange(self.width))
-        for spec in (masks.specs if masks is not None else []):
+        self.hidden_kept = (
+            torch.nonzero(self.hidden).flatten()
+            if self.hidden is not None
+            else torch.arange(self.width)
+        )
+        for spec in masks.specs if masks is not None else []:
             if spec.name == HIDDEN:
                 continue
             for row, layer in enumerate(spec.layers):
@@ -135,12 +139,16 @@ class _Plan:
             return tensor
         k = len(self.hidden_kept)
         if tensor.dim() != len(shape):
-            raise ValueError(f"materialise: {key} has shape {tuple(tensor.shape)}, expected {tuple(shape)}")
+            raise ValueError(
+                f"materialise: {key} has shape {tuple(tensor.shape)}, expected {tuple(shape)}"
+            )
         for axis, (have, want) in enumerate(zip(tensor.shape, shape)):
             if have == want:
                 continue
             if have != self.width or want != k:
-                raise ValueError(f"materialise: {key} has shape {tuple(tensor.shape)}, expected {tuple(shape)}")
+                raise ValueError(
+                    f"materialise: {key} has shape {tuple(tensor.shape)}, expected {tuple(shape)}"
+                )
             tensor = tensor.index_select(axis, self.hidden_kept.to(tensor.device))
         return tensor.clone()
 
@@ -179,8 +187,10 @@ class _Plan:
                 _slice_cols(state, names, ref.output, rows)
             else:
                 heads = shapes[stack][i][kind] or []
-                rows = torch.tensor([h * ref.head_dim + d for h in heads for d in range(ref.head_dim)],
-                                    dtype=torch.long)
+                rows = torch.tensor(
+                    [h * ref.head_dim + d for h in heads for d in range(ref.head_dim)],
+                    dtype=torch.long,
+                )
                 _slice_rows(state, names, (ref.q, ref.k, ref.v), rows)
                 _slice_cols(state, names, ref.o, rows)
         return state
@@ -195,4 +205,6 @@ def _slice_rows(state, names, linears, rows) -> None:
 
 
 def _slice_cols(state, names, linear, cols) -> None:
-    state[f"{names[linear]}.weight"] = linear.weight.index_select(1, cols.to(linear.weight.device)).clone()
+    state[f"{names[linear]}.weight"] = linear.weight.index_select(
+        1, cols.to(linear.weight.device)
+    ).clone()

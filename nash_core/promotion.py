@@ -30,9 +30,21 @@ HW_PREFIX = "hw"
 MOVE_TAG = "nash.move."
 #: Metrics of a candidate run that a re-benchmark replaces in a hardware's table (everything the
 #: benchmark logs per batch size, and the headline copies of them).
-SPEED_METRICS = ("latency_p50_ms", "latency_p90_ms", "latency_mean_ms", "latency_min_ms",
-                 "encoder_ms", "decoder_ms", "ms_per_token", "tokens_per_s", "sequences_per_s",
-                 "speedup", "peak_mem_mb", "cost_per_1k_requests", "cost_per_1m_tokens")
+SPEED_METRICS = (
+    "latency_p50_ms",
+    "latency_p90_ms",
+    "latency_mean_ms",
+    "latency_min_ms",
+    "encoder_ms",
+    "decoder_ms",
+    "ms_per_token",
+    "tokens_per_s",
+    "sequences_per_s",
+    "speedup",
+    "peak_mem_mb",
+    "cost_per_1k_requests",
+    "cost_per_1m_tokens",
+)
 
 
 # --------------------------------------------------------------------------- hardware names
@@ -54,7 +66,7 @@ def default_hardware_name(fingerprint: dict) -> str:
         raw = f"{fingerprint.get('cpu_model') or 'cpu'} {fingerprint.get('torch_threads') or 1}t"
     raw = re.sub(r"\((r|tm)\)|\bcpu\b|\bprocessor\b|@.*?(?=\s\d+t$|$)", " ", raw.lower())
     slug = re.sub(r"[^a-z0-9]+", "-", raw).strip("-")
-    return (slug[:48].strip("-") or "hardware")
+    return slug[:48].strip("-") or "hardware"
 
 
 def hardware_table(df: pd.DataFrame, hardware: str) -> pd.DataFrame:
@@ -62,18 +74,24 @@ def hardware_table(df: pd.DataFrame, hardware: str) -> pd.DataFrame:
     replace the sweep's own speed columns (quality columns are the sweep's); speed columns the
     hardware has no figure for are dropped, never silently kept from the original machine."""
     prefix = hw_metric(hardware, "")
-    hw_cols = {c: c[len(prefix):] for c in df.columns if c.startswith(prefix)}
-    speed = [c for c in df.columns if not c.startswith(f"{HW_PREFIX}/")
-             and any(c == m or c.startswith(f"{m}_bs") or c.startswith(f"fixed_{m}")
-                     for m in SPEED_METRICS)]
+    hw_cols = {c: c[len(prefix) :] for c in df.columns if c.startswith(prefix)}
+    speed = [
+        c
+        for c in df.columns
+        if not c.startswith(f"{HW_PREFIX}/")
+        and any(
+            c == m or c.startswith(f"{m}_bs") or c.startswith(f"fixed_{m}") for m in SPEED_METRICS
+        )
+    ]
     out = df.drop(columns=speed + [c for c in df.columns if c.startswith(f"{HW_PREFIX}/")])
     return pd.concat([out, df[list(hw_cols)].rename(columns=hw_cols)], axis=1)
 
 
 def hardware_names(columns) -> list[str]:
     """Hardware names that have metrics among ``columns`` (``hw/<name>/...``)."""
-    names = {c.split("/")[1] for c in columns
-             if c.startswith(f"{HW_PREFIX}/") and c.count("/") >= 2}
+    names = {
+        c.split("/")[1] for c in columns if c.startswith(f"{HW_PREFIX}/") and c.count("/") >= 2
+    }
     return sorted(names)
 
 
@@ -89,9 +107,12 @@ class GateResult:
     numbers: dict = field(default_factory=dict)
 
     def as_text(self) -> str:
-        lines = [f"promotion gate: {'PASSED' if self.passed else 'FAILED'}",
-                 f"champion: {self.champion}", f"challenger: {self.challenger}",
-                 f"reason: {self.reason}"]
+        lines = [
+            f"promotion gate: {'PASSED' if self.passed else 'FAILED'}",
+            f"champion: {self.champion}",
+            f"challenger: {self.challenger}",
+            f"reason: {self.reason}",
+        ]
         lines += [f"{k}: {_fmt(v)}" for k, v in self.numbers.items()]
         return "\n".join(lines) + "\n"
 
@@ -105,8 +126,9 @@ def _fmt(x) -> str:
     return str(x)
 
 
-def promotion_gate(champion: dict, challenger: dict, sel: SelectionConfig,
-                   max_slowdown: float) -> GateResult:
+def promotion_gate(
+    champion: dict, challenger: dict, sel: SelectionConfig, max_slowdown: float
+) -> GateResult:
     """Decide whether ``challenger`` may replace ``champion``.
 
     Each side is ``{"label", "rougeL", "latency_ms"}`` measured in the same session (same test
@@ -122,37 +144,68 @@ def promotion_gate(champion: dict, challenger: dict, sel: SelectionConfig,
     c_q, n_q = float(champion["rougeL"]), float(challenger["rougeL"])
     c_t, n_t = float(champion["latency_ms"]), float(challenger["latency_ms"])
     retention = n_q / c_q if c_q > 0 else (1.0 if n_q >= c_q else 0.0)
-    table = pd.DataFrame([
-        {"label": champion["label"], "method": TEACHER, "run_id": None, "rougeL": c_q,
-         "rougeL_retention": 1.0, "rougeL_delta": 0.0, "rougeL_delta_ci_low": 0.0,
-         "rougeL_delta_ci_high": 0.0, "teacher_rougeL": c_q, lat: c_t},
-        {"label": challenger["label"], "method": "challenger", "run_id": None, "rougeL": n_q,
-         "rougeL_retention": retention, "rougeL_delta": n_q - c_q,
-         "rougeL_delta_ci_low": float(challenger["rougeL_delta_ci_low"]),
-         "rougeL_delta_ci_high": float(challenger["rougeL_delta_ci_high"]),
-         "teacher_rougeL": c_q, lat: n_t}])
+    table = pd.DataFrame(
+        [
+            {
+                "label": champion["label"],
+                "method": TEACHER,
+                "run_id": None,
+                "rougeL": c_q,
+                "rougeL_retention": 1.0,
+                "rougeL_delta": 0.0,
+                "rougeL_delta_ci_low": 0.0,
+                "rougeL_delta_ci_high": 0.0,
+                "teacher_rougeL": c_q,
+                lat: c_t,
+            },
+            {
+                "label": challenger["label"],
+                "method": "challenger",
+                "run_id": None,
+                "rougeL": n_q,
+                "rougeL_retention": retention,
+                "rougeL_delta": n_q - c_q,
+                "rougeL_delta_ci_low": float(challenger["rougeL_delta_ci_low"]),
+                "rougeL_delta_ci_high": float(challenger["rougeL_delta_ci_high"]),
+                "teacher_rougeL": c_q,
+                lat: n_t,
+            },
+        ]
+    )
     decision = choose_champion(table, sel)
     slowdown = n_t / c_t - 1.0 if c_t > 0 else math.inf
-    numbers = {"champion_rougeL": c_q, "challenger_rougeL": n_q, "rougeL_retention": retention,
-               "rougeL_delta_ci_low": float(challenger["rougeL_delta_ci_low"]),
-               "rougeL_delta_ci_high": float(challenger["rougeL_delta_ci_high"]),
-               f"champion_{lat}": c_t, f"challenger_{lat}": n_t, "slowdown": slowdown,
-               "max_slowdown": max_slowdown}
+    numbers = {
+        "champion_rougeL": c_q,
+        "challenger_rougeL": n_q,
+        "rougeL_retention": retention,
+        "rougeL_delta_ci_low": float(challenger["rougeL_delta_ci_low"]),
+        "rougeL_delta_ci_high": float(challenger["rougeL_delta_ci_high"]),
+        f"champion_{lat}": c_t,
+        f"challenger_{lat}": n_t,
+        "slowdown": slowdown,
+        "max_slowdown": max_slowdown,
+    }
     why = []
     if c_q <= 0:  # retention means nothing against 0; nothing can be lost either
         pass
     elif challenger["label"] not in decision.qualified:
-        why.append(f"quality: {decision.rejected.get(challenger['label'], 'not qualified')} "
-                   f"(the selection policy, with the champion as the baseline)")
+        why.append(
+            f"quality: {decision.rejected.get(challenger['label'], 'not qualified')} "
+            f"(the selection policy, with the champion as the baseline)"
+        )
     if not slowdown <= max_slowdown:
-        why.append(f"speed: {lat} {n_t:.4g} ms vs the champion's {c_t:.4g} ms "
-                   f"({slowdown:+.1%} > +{max_slowdown:.0%} allowed)")
+        why.append(
+            f"speed: {lat} {n_t:.4g} ms vs the champion's {c_t:.4g} ms "
+            f"({slowdown:+.1%} > +{max_slowdown:.0%} allowed)"
+        )
     if why:
         return GateResult(False, "; ".join(why), champion["label"], challenger["label"], numbers)
-    reason = (f"not worse than the champion beyond the policy's tolerance (ROUGE-L {n_q:.4g} vs "
-              f"{c_q:.4g}, 95% CI of the difference [{numbers['rougeL_delta_ci_low']:.4g}, "
-              f"{numbers['rougeL_delta_ci_high']:.4g}]) and not slower ({lat} {n_t:.4g} vs "
-              f"{c_t:.4g} ms, {slowdown:+.1%}, at most +{max_slowdown:.0%})")
+    reason = (
+        f"not worse than the champion beyond the policy's tolerance (ROUGE-L {n_q:.4g} vs "
+        f"{c_q:.4g}, 95% CI of the difference [{numbers['rougeL_delta_ci_low']:.4g}, "
+        f"{numbers['rougeL_delta_ci_high']:.4g}]) and not slower ({lat} {n_t:.4g} vs "
+        f"{c_t:.4g} ms, {slowdown:+.1%}, at most +{max_slowdown:.0%})"
+    )
     return GateResult(True, reason, champion["label"], challenger["label"], numbers)
 
 
@@ -173,8 +226,11 @@ def parse_moves(tags: dict[str, str]) -> list[dict]:
 
 
 def next_move_key(tags: dict[str, str]) -> str:
-    used = [int(k[len(MOVE_TAG):]) for k in tags
-            if k.startswith(MOVE_TAG) and k[len(MOVE_TAG):].isdigit()]
+    used = [
+        int(k[len(MOVE_TAG) :])
+        for k in tags
+        if k.startswith(MOVE_TAG) and k[len(MOVE_TAG) :].isdigit()
+    ]
     return move_key(max(used, default=0) + 1)
 
 

@@ -37,8 +37,14 @@ from nash_core.loading import load_seq2seq
 from nash_core.masks import MaskSet, plan_groups
 from nash_core.materialize import materialize
 from nash_core.runtime import seed_everything
-from nash_core.sparsity import (Constraint, SparsityHook, count_parameters, count_prunable,
-                                load_pruning_state, save_pruning_state)
+from nash_core.sparsity import (
+    Constraint,
+    SparsityHook,
+    count_parameters,
+    count_prunable,
+    load_pruning_state,
+    save_pruning_state,
+)
 from nash_core.train import train_seq2seq
 
 log = logging.getLogger(__name__)
@@ -49,13 +55,17 @@ Callback = Callable[[int, dict], Any] | None
 def _datasets(splits_dir, data_cfg: DataConfig, tokenizer):
     from nash_core.data import tokenize_split
 
-    return (tokenize_split(splits_dir, "train", tokenizer, data_cfg),
-            tokenize_split(splits_dir, "validation", tokenizer, data_cfg))
+    return (
+        tokenize_split(splits_dir, "train", tokenizer, data_cfg),
+        tokenize_split(splits_dir, "validation", tokenizer, data_cfg),
+    )
 
 
 def _teacher_for(teacher_dir, distill: DistillConfig) -> nn.Module | None:
     """The teacher model, loaded only when some distillation weight is non-zero."""
-    return load_seq2seq(teacher_dir)[0] if distill.kd_weight > 0 or distill.layer_weight > 0 else None
+    return (
+        load_seq2seq(teacher_dir)[0] if distill.kd_weight > 0 or distill.layer_weight > 0 else None
+    )
 
 
 def _work_dir(out_dir: Path) -> Path:
@@ -68,8 +78,10 @@ def initial_student(teacher_dir: str | Path, arm: ArmConfig) -> tuple[nn.Module,
     student, tokenizer = load_seq2seq(teacher_dir)
     if arm.method in ("nash", "sft"):
         n_layers = len(get_adapter(student).layers(student, "decoder"))
-        keep_decoder_layers(student, select_layers(n_layers, arm.decoder_layers, arm.layer_selection,
-                                                   arm.custom_layers))
+        keep_decoder_layers(
+            student,
+            select_layers(n_layers, arm.decoder_layers, arm.layer_selection, arm.custom_layers),
+        )
     return student, tokenizer
 
 
@@ -78,9 +90,17 @@ def plan_masks(student: nn.Module, arm: ArmConfig, stage_cfg: PruneStageConfig) 
     if arm.method == "nash":
         return MaskSet(plan_groups(student, stacks=("encoder",), **inits))
     if arm.method == "cofi":
-        return MaskSet(plan_groups(student, stacks=("encoder", "decoder"), sublayers=True, cross=True,
-                                   hidden=arm.uses_hidden_mask, hidden_init=stage_cfg.hidden_mask_init,
-                                   **inits))
+        return MaskSet(
+            plan_groups(
+                student,
+                stacks=("encoder", "decoder"),
+                sublayers=True,
+                cross=True,
+                hidden=arm.uses_hidden_mask,
+                hidden_init=stage_cfg.hidden_mask_init,
+                **inits,
+            )
+        )
     return None
 
 
@@ -90,10 +110,21 @@ def constraint_for(arm: ArmConfig, prev_target: float, target: float) -> Constra
     return Constraint("encoder", ("encoder",), prev_target, target)
 
 
-def run_stage(teacher_dir: str | Path, init_dir: str | Path | None, arm: ArmConfig,
-              stage_cfg: PruneStageConfig, prev_target: float, target: float, out_dir: str | Path, *,
-              splits_dir: str | Path, data_cfg: DataConfig, callback: Callback = None, seed: int = 0,
-              device=None) -> Path:
+def run_stage(
+    teacher_dir: str | Path,
+    init_dir: str | Path | None,
+    arm: ArmConfig,
+    stage_cfg: PruneStageConfig,
+    prev_target: float,
+    target: float,
+    out_dir: str | Path,
+    *,
+    splits_dir: str | Path,
+    data_cfg: DataConfig,
+    callback: Callback = None,
+    seed: int = 0,
+    device=None,
+) -> Path:
     """Train one pruning stage and write its directory (see the module docstring); returns it.
 
     The saved checkpoint is the best by validation score among evaluations whose expected
@@ -109,7 +140,9 @@ def run_stage(teacher_dir: str | Path, init_dir: str | Path | None, arm: ArmConf
         previous = None
     else:
         student, tokenizer = load_seq2seq(init_dir)
-        previous = load_pruning_state(init_dir) if (Path(init_dir) / "nash_masks.pt").is_file() else None
+        previous = (
+            load_pruning_state(init_dir) if (Path(init_dir) / "nash_masks.pt").is_file() else None
+        )
         masks = MaskSet(previous["specs"]) if previous else None
         if masks is not None:
             masks.load_state_dict(previous["masks"])
@@ -118,37 +151,69 @@ def run_stage(teacher_dir: str | Path, init_dir: str | Path | None, arm: ArmConf
     sparsity = None
     if masks is not None:
         masks.to(device or "cpu").attach(student)
-        sparsity = SparsityHook(student, masks, [constraint_for(arm, prev_target, target)],
-                                warmup_steps=stage_cfg.target_warmup_steps, mask_lr=stage_cfg.mask_lr,
-                                lagrangian_lr=stage_cfg.lagrangian_lr, epsilon=stage_cfg.sparsity_epsilon)
+        sparsity = SparsityHook(
+            student,
+            masks,
+            [constraint_for(arm, prev_target, target)],
+            warmup_steps=stage_cfg.target_warmup_steps,
+            mask_lr=stage_cfg.mask_lr,
+            lagrangian_lr=stage_cfg.lagrangian_lr,
+            epsilon=stage_cfg.sparsity_epsilon,
+        )
         if previous:
             sparsity.lagrangian.load_state_dict(previous["lagrangian"])
         hooks.append(sparsity)
 
     train_ds, val_ds = _datasets(splits_dir, data_cfg, tokenizer)
     work = _work_dir(out_dir)
-    result = train_seq2seq(student, tokenizer, train_ds, val_ds, stage_cfg.train, work, hooks=hooks,
-                           callback=callback, seed=seed, device=device)
+    result = train_seq2seq(
+        student,
+        tokenizer,
+        train_ds,
+        val_ds,
+        stage_cfg.train,
+        work,
+        hooks=hooks,
+        callback=callback,
+        seed=seed,
+        device=device,
+    )
     if not is_main_process():  # a data-parallel rank > 0: rank 0 writes the stage directory
         return out_dir
     on_target = result.best_dir is not None
-    meta = {"method": arm.method, "arm": arm.label, "target": target, "prev_target": prev_target,
-            "teacher": str(teacher_dir), "init_dir": str(init_dir) if init_dir else None,
-            "decoder_layers_kept": getattr(student.config, "nash_decoder_layers_kept", None),
-            "on_target": on_target, "best_metrics": result.best_metrics, "last_step": result.last_step}
+    meta = {
+        "method": arm.method,
+        "arm": arm.label,
+        "target": target,
+        "prev_target": prev_target,
+        "teacher": str(teacher_dir),
+        "init_dir": str(init_dir) if init_dir else None,
+        "decoder_layers_kept": getattr(student.config, "nash_decoder_layers_kept", None),
+        "on_target": on_target,
+        "best_metrics": result.best_metrics,
+        "last_step": result.last_step,
+    }
     with atomic_dir(out_dir) as tmp:
         if on_target:
             shutil.copytree(result.best_dir, tmp, dirs_exist_ok=True)
         else:
             reached = sparsity.eval_metrics() if sparsity is not None else {}
-            ended = ", ".join(f"{k.removeprefix('sparsity_expected_')} {v:.3f}"
-                              for k, v in reached.items() if k.startswith("sparsity_expected_"))
-            log.warning("stage %s: no evaluation was within %.3f of target %.3f (expected sparsity "
-                        "at the end: %s); saving the final state, marked on_target=false. The "
-                        "Lagrangian had not settled: give the stage more steps "
-                        "(pruning.stage.train.max_steps), evaluate more often (eval_every), split "
-                        "the target into stages, or widen pruning.stage.sparsity_epsilon.",
-                        out_dir, stage_cfg.sparsity_epsilon, target, ended or "n/a")
+            ended = ", ".join(
+                f"{k.removeprefix('sparsity_expected_')} {v:.3f}"
+                for k, v in reached.items()
+                if k.startswith("sparsity_expected_")
+            )
+            log.warning(
+                "stage %s: no evaluation was within %.3f of target %.3f (expected sparsity "
+                "at the end: %s); saving the final state, marked on_target=false. The "
+                "Lagrangian had not settled: give the stage more steps "
+                "(pruning.stage.train.max_steps), evaluate more often (eval_every), split "
+                "the target into stages, or widen pruning.stage.sparsity_epsilon.",
+                out_dir,
+                stage_cfg.sparsity_epsilon,
+                target,
+                ended or "n/a",
+            )
             student.save_pretrained(str(tmp), safe_serialization=True)
             tokenizer.save_pretrained(str(tmp))
             if sparsity is not None:
@@ -180,17 +245,33 @@ def materialize_stage(stage_dir: str | Path, out_dir: str | Path) -> Path:
         masks.load_state_dict(state["masks"])
         materialize(model, masks)
     after = {"encoder": count_prunable(model, ("encoder",)), "total": count_prunable(model)}
-    nash_meta = {"method": meta["method"], "arm": meta["arm"], "target": meta["target"],
-                 "teacher": meta["teacher"], "on_target": meta["on_target"],
-                 "prunable_params_before": before, "prunable_params_after": after,
-                 "params_before": params_before, "params_after": count_parameters(model),
-                 "encoder_sparsity": 1 - after["encoder"] / before["encoder"]}
+    nash_meta = {
+        "method": meta["method"],
+        "arm": meta["arm"],
+        "target": meta["target"],
+        "teacher": meta["teacher"],
+        "on_target": meta["on_target"],
+        "prunable_params_before": before,
+        "prunable_params_after": after,
+        "params_before": params_before,
+        "params_after": count_parameters(model),
+        "encoder_sparsity": 1 - after["encoder"] / before["encoder"],
+    }
     return save_exported(model, tokenizer, out_dir, nash_meta)
 
 
-def finetune(export_dir: str | Path, teacher_dir: str | Path, finetune_cfg: FinetuneConfig,
-             out_dir: str | Path, *, splits_dir: str | Path, data_cfg: DataConfig,
-             callback: Callback = None, seed: int = 0, device=None) -> Path:
+def finetune(
+    export_dir: str | Path,
+    teacher_dir: str | Path,
+    finetune_cfg: FinetuneConfig,
+    out_dir: str | Path,
+    *,
+    splits_dir: str | Path,
+    data_cfg: DataConfig,
+    callback: Callback = None,
+    seed: int = 0,
+    device=None,
+) -> Path:
     """Final fine-tune of a materialised export (task loss + optional distillation).
 
     Returns ``export_dir`` itself when fine-tuning is disabled, else the new export directory
@@ -205,13 +286,26 @@ def finetune(export_dir: str | Path, teacher_dir: str | Path, finetune_cfg: Fine
     hooks = [DistillHook(teacher, model, finetune_cfg.distill, device=device)]
     train_ds, val_ds = _datasets(splits_dir, data_cfg, tokenizer)
     work = _work_dir(out_dir)
-    result = train_seq2seq(model, tokenizer, train_ds, val_ds, finetune_cfg.train, work, hooks=hooks,
-                           callback=callback, seed=seed, device=device)
+    result = train_seq2seq(
+        model,
+        tokenizer,
+        train_ds,
+        val_ds,
+        finetune_cfg.train,
+        work,
+        hooks=hooks,
+        callback=callback,
+        seed=seed,
+        device=device,
+    )
     if not is_main_process():  # a data-parallel rank > 0: rank 0 writes the export
         return out_dir
     best, _ = load_exported(result.best_dir)
-    nash_meta = {k: v for k, v in read_json(Path(export_dir) / "config.json")["nash"].items()
-                 if k != "shapes"}
+    nash_meta = {
+        k: v
+        for k, v in read_json(Path(export_dir) / "config.json")["nash"].items()
+        if k != "shapes"
+    }
     nash_meta["finetune"] = {"best_metrics": result.best_metrics, "last_step": result.last_step}
     save_exported(best, tokenizer, out_dir, nash_meta)
     shutil.rmtree(work, ignore_errors=True)

@@ -44,7 +44,9 @@ def weights_hash(model_dir: str | Path) -> str:
     """Content hash of a model dir's config and weight files (what quantisation depends on)."""
     d = Path(model_dir)
     h = hashlib.sha256()
-    for f in sorted(p for p in d.iterdir() if p.suffix == ".safetensors" or p.name == "config.json"):
+    for f in sorted(
+        p for p in d.iterdir() if p.suffix == ".safetensors" or p.name == "config.json"
+    ):
         h.update(f.name.encode())
         with f.open("rb") as fh:
             for block in iter(lambda: fh.read(1 << 20), b""):
@@ -68,10 +70,16 @@ def quantize_dir(src_dir: str | Path, out_dir: str | Path) -> Path:
     quantize_dynamic_int8(model)
     out = Path(out_dir)
     with atomic_dir(out) as tmp:
-        atomic_write_json(tmp / MARKER, {
-            "method": METHOD, "source_relative": os.path.relpath(src, out.resolve()),
-            "source_absolute": str(src), "source_weights_hash": weights_hash(src),
-            "torch_version": torch.__version__})
+        atomic_write_json(
+            tmp / MARKER,
+            {
+                "method": METHOD,
+                "source_relative": os.path.relpath(src, out.resolve()),
+                "source_absolute": str(src),
+                "source_weights_hash": weights_hash(src),
+                "torch_version": torch.__version__,
+            },
+        )
     return out
 
 
@@ -82,11 +90,15 @@ def _source_of(qdir: Path) -> Path:
     for cand in ((qdir / meta["source_relative"]).resolve(), Path(meta["source_absolute"])):
         if (cand / "config.json").is_file():
             if weights_hash(cand) != meta["source_weights_hash"]:
-                raise ModelError(f"the source model {cand} of the quantised model {qdir} has changed "
-                                 "since it was quantised; run quantize_dir again")
+                raise ModelError(
+                    f"the source model {cand} of the quantised model {qdir} has changed "
+                    "since it was quantised; run quantize_dir again"
+                )
             return cand
-    raise ModelError(f"the source model of the quantised model {qdir} is gone (looked in "
-                     f"{meta['source_relative']} and {meta['source_absolute']}); keep them together")
+    raise ModelError(
+        f"the source model of the quantised model {qdir} is gone (looked in "
+        f"{meta['source_relative']} and {meta['source_absolute']}); keep them together"
+    )
 
 
 def _load_source(src: Path):
@@ -106,7 +118,9 @@ def default_device(model_dirs) -> torch.device:
     all its models on one device), else CUDA when torch sees one."""
     from nash_core.runtime import pick_device
 
-    return torch.device("cpu") if any(is_quantized_dir(d) for d in model_dirs) else pick_device("auto")
+    return (
+        torch.device("cpu") if any(is_quantized_dir(d) for d in model_dirs) else pick_device("auto")
+    )
 
 
 def load_for_measurement(model_dir: str | Path, device=None, dtype: torch.dtype | None = None):
@@ -116,9 +130,14 @@ def load_for_measurement(model_dir: str | Path, device=None, dtype: torch.dtype 
     other than float32 is refused rather than silently ignored.
     """
     if is_quantized_dir(model_dir):
-        if (device is not None and torch.device(device).type != "cpu") or dtype not in (None, torch.float32):
-            raise ModelError(f"{model_dir} is int8 dynamic-quantised: it runs on CPU in float32 "
-                             "only (use --device cpu / dtype float32)")
+        if (device is not None and torch.device(device).type != "cpu") or dtype not in (
+            None,
+            torch.float32,
+        ):
+            raise ModelError(
+                f"{model_dir} is int8 dynamic-quantised: it runs on CPU in float32 "
+                "only (use --device cpu / dtype float32)"
+            )
         return load_quantized(model_dir)
     from nash_core.loading import load_seq2seq
 

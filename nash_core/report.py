@@ -18,15 +18,34 @@ from nash_core.io import atomic_write_text  # noqa: E402
 
 #: Columns of the trade-off table, in order; missing ones are left out.
 TABLE_COLUMNS = [
-    "label", "method", "decoder_layers", "target_sparsity", "stage", "encoder_sparsity",
-    "params_total", "rougeL", "rouge1", "rouge2", "rougeLsum", "rougeL_retention",
-    "rougeL_delta_ci_low", "rougeL_delta_ci_high", "latency_p50_ms", "latency_p90_ms",
-    "speedup", "tokens_per_s", "peak_mem_mb", "cost_per_1k_requests", "pareto", "champion",
+    "label",
+    "method",
+    "decoder_layers",
+    "target_sparsity",
+    "stage",
+    "encoder_sparsity",
+    "params_total",
+    "rougeL",
+    "rouge1",
+    "rouge2",
+    "rougeLsum",
+    "rougeL_retention",
+    "rougeL_delta_ci_low",
+    "rougeL_delta_ci_high",
+    "latency_p50_ms",
+    "latency_p90_ms",
+    "speedup",
+    "tokens_per_s",
+    "peak_mem_mb",
+    "cost_per_1k_requests",
+    "pareto",
+    "champion",
 ]
 
 
-def tradeoff_table(df: pd.DataFrame, latency: str, frontier: pd.Series,
-                   champion: str) -> pd.DataFrame:
+def tradeoff_table(
+    df: pd.DataFrame, latency: str, frontier: pd.Series, champion: str
+) -> pd.DataFrame:
     """One row per candidate, fastest first, with ``pareto`` and ``champion`` flags."""
     out = df.copy()
     out["pareto"] = frontier.reindex(out.index).fillna(False).astype(bool)
@@ -52,8 +71,9 @@ def to_markdown(table: pd.DataFrame) -> str:
     """GitHub-flavoured markdown (no tabulate dependency)."""
     head = "| " + " | ".join(table.columns) + " |"
     sep = "|" + "|".join("---" for _ in table.columns) + "|"
-    rows = ["| " + " | ".join(_cell(v) for v in row) + " |"
-            for row in table.itertuples(index=False)]
+    rows = [
+        "| " + " | ".join(_cell(v) for v in row) + " |" for row in table.itertuples(index=False)
+    ]
     return "\n".join([head, sep, *rows]) + "\n"
 
 
@@ -78,8 +98,14 @@ def _save(fig, path: str | Path) -> Path:
 
 
 # where a point's label may go, in points from the point: right-above first, then around it
-_LABEL_SPOTS = ((5, 4, "left", "bottom"), (5, -4, "left", "top"), (-5, 4, "right", "bottom"),
-                (-5, -4, "right", "top"), (0, 9, "center", "bottom"), (0, -9, "center", "top"))
+_LABEL_SPOTS = (
+    (5, 4, "left", "bottom"),
+    (5, -4, "left", "top"),
+    (-5, 4, "right", "bottom"),
+    (-5, -4, "right", "top"),
+    (0, 9, "center", "bottom"),
+    (0, -9, "center", "top"),
+)
 
 
 def _place_labels(fig, ax, data: pd.DataFrame) -> None:
@@ -94,11 +120,19 @@ def _place_labels(fig, ax, data: pd.DataFrame) -> None:
         others = [pt for j, pt in enumerate(points) if j != i]
         first = None
         for dx, dy, ha, va in _LABEL_SPOTS:
-            text = ax.annotate(str(row["label"]), (row["_t"], row["_q"]), textcoords="offset points",
-                               xytext=(dx, dy), ha=ha, va=va, fontsize=7)
+            text = ax.annotate(
+                str(row["label"]),
+                (row["_t"], row["_q"]),
+                textcoords="offset points",
+                xytext=(dx, dy),
+                ha=ha,
+                va=va,
+                fontsize=7,
+            )
             box = text.get_window_extent(renderer).expanded(1.05, 1.15)
-            clash = (any(box.overlaps(b) for b in taken)
-                     or any(box.contains(x, y) for x, y in others))
+            clash = any(box.overlaps(b) for b in taken) or any(
+                box.contains(x, y) for x, y in others
+            )
             if not clash:
                 if first is not None:
                     first[0].remove()
@@ -112,11 +146,20 @@ def _place_labels(fig, ax, data: pd.DataFrame) -> None:
             taken.append(first[1])
 
 
-def pareto_plot(df: pd.DataFrame, quality: str, latency: str, frontier: pd.Series,
-                champion: str, path: str | Path, title: str = "") -> Path:
+def pareto_plot(
+    df: pd.DataFrame,
+    quality: str,
+    latency: str,
+    frontier: pd.Series,
+    champion: str,
+    path: str | Path,
+    title: str = "",
+) -> Path:
     """Quality vs latency, every candidate labelled, the frontier drawn, the champion starred."""
-    data = df.assign(_q=pd.to_numeric(df[quality], errors="coerce"),
-                     _t=pd.to_numeric(df[latency], errors="coerce")).dropna(subset=["_q", "_t"])
+    data = df.assign(
+        _q=pd.to_numeric(df[quality], errors="coerce"),
+        _t=pd.to_numeric(df[latency], errors="coerce"),
+    ).dropna(subset=["_q", "_t"])
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
     for method, group in data.groupby("method", sort=True):
         ax.scatter(group["_t"], group["_q"], label=method, s=40, zorder=3)
@@ -124,12 +167,29 @@ def pareto_plot(df: pd.DataFrame, quality: str, latency: str, frontier: pd.Serie
     _place_labels(fig, ax, data)
     front = data[frontier.reindex(data.index).fillna(False).astype(bool)].sort_values("_t")
     if len(front):
-        ax.step(front["_t"], front["_q"], where="post", color="grey", ls="--", lw=1,
-                label="Pareto frontier", zorder=2)
+        ax.step(
+            front["_t"],
+            front["_q"],
+            where="post",
+            color="grey",
+            ls="--",
+            lw=1,
+            label="Pareto frontier",
+            zorder=2,
+        )
     champ = data[data["label"] == champion]
     if len(champ):
-        ax.scatter(champ["_t"], champ["_q"], marker="*", s=320, facecolors="none",
-                   edgecolors="red", linewidths=1.5, label=f"champion: {champion}", zorder=4)
+        ax.scatter(
+            champ["_t"],
+            champ["_q"],
+            marker="*",
+            s=320,
+            facecolors="none",
+            edgecolors="red",
+            linewidths=1.5,
+            label=f"champion: {champion}",
+            zorder=4,
+        )
     ax.set_xlabel(f"{latency} (lower is better)")
     ax.set_ylabel(f"{quality} (higher is better)")
     ax.set_title(title or f"{quality} vs {latency}")
@@ -138,8 +198,9 @@ def pareto_plot(df: pd.DataFrame, quality: str, latency: str, frontier: pd.Serie
     return _save(fig, path)
 
 
-def mask_heatmap(shapes: dict, num_heads: int, d_ff: int, path: str | Path,
-                 title: str = "") -> Path:
+def mask_heatmap(
+    shapes: dict, num_heads: int, d_ff: int, path: str | Path, title: str = ""
+) -> Path:
     """What survived pruning in each encoder layer: a head grid and the FFN width kept.
 
     ``shapes`` is ``config.json["nash"]["shapes"]`` of a pruned export: per encoder layer the
@@ -157,8 +218,9 @@ def mask_heatmap(shapes: dict, num_heads: int, d_ff: int, path: str | Path,
             heads[i, h] = 1.0
         ffn[i, 0] = (spec.get("ffn") or 0) / d_ff
     size = (2.0 + 0.5 * num_heads, 1.2 + 0.45 * len(layers))
-    fig, (ax_h, ax_f) = plt.subplots(1, 2, figsize=size, dpi=110,
-                                     gridspec_kw={"width_ratios": [num_heads, 1.6]})
+    fig, (ax_h, ax_f) = plt.subplots(
+        1, 2, figsize=size, dpi=110, gridspec_kw={"width_ratios": [num_heads, 1.6]}
+    )
     ax_h.imshow(heads, cmap="Greens", vmin=0, vmax=1, aspect="auto")
     ax_h.set_xticks(range(num_heads))
     ax_h.set_yticks(range(len(layers)))

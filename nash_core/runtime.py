@@ -18,8 +18,9 @@ def pick_device(pref: str = "auto") -> torch.device:
         if not torch.cuda.is_available():
             from nash_core.errors import NashError
 
-            raise NashError("experiment.device is 'cuda' but torch sees no CUDA device; "
-                            "use device: auto or cpu")
+            raise NashError(
+                "experiment.device is 'cuda' but torch sees no CUDA device; use device: auto or cpu"
+            )
         return torch.device("cuda")
     return torch.device("cpu")
 

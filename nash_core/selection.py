@@ -64,9 +64,11 @@ class Decision:
     rejected: dict[str, str] = field(default_factory=dict)
 
     def as_text(self) -> str:
-        lines = [f"champion: {self.label}" + (f" (run {self.run_id})" if self.run_id else ""),
-                 f"reason: {self.reason}",
-                 f"qualified: {', '.join(self.qualified) if self.qualified else 'none'}"]
+        lines = [
+            f"champion: {self.label}" + (f" (run {self.run_id})" if self.run_id else ""),
+            f"reason: {self.reason}",
+            f"qualified: {', '.join(self.qualified) if self.qualified else 'none'}",
+        ]
         lines += [f"rejected {name}: {why}" for name, why in self.rejected.items()]
         return "\n".join(lines) + "\n"
 
@@ -96,8 +98,9 @@ def choose_champion(df: pd.DataFrame, sel: SelectionConfig) -> Decision:
     lat = latency_column(sel)
     for col in ("label", "method", "rougeL", "rougeL_retention", "rougeL_delta_ci_low", lat):
         if col not in df.columns:
-            raise KeyError(f"selection needs column '{col}' in the candidate table "
-                           f"(have {sorted(df.columns)})")
+            raise KeyError(
+                f"selection needs column '{col}' in the candidate table (have {sorted(df.columns)})"
+            )
     teachers = df[df["method"] == TEACHER]
     if teachers.empty:
         raise ValueError("selection needs the teacher's row (method 'teacher') as the baseline")
@@ -108,15 +111,19 @@ def choose_champion(df: pd.DataFrame, sel: SelectionConfig) -> Decision:
     rejected: dict[str, str] = {}
     qualified = []
     for _, row in df[df["method"] != TEACHER].iterrows():
-        ret, low, ms = (pd.to_numeric(row[c], errors="coerce")
-                        for c in ("rougeL_retention", "rougeL_delta_ci_low", lat))
+        ret, low, ms = (
+            pd.to_numeric(row[c], errors="coerce")
+            for c in ("rougeL_retention", "rougeL_delta_ci_low", lat)
+        )
         why = []
         if not ret >= sel.min_retention:  # NaN fails too
             why.append(f"rougeL_retention {_fmt(ret)} < {sel.min_retention}")
         ret_low = retention_low(low, t_quality)
         if not ret_low >= sel.min_retention_low:
-            why.append(f"retention lower bound {_fmt(ret_low)} < {sel.min_retention_low} "
-                       f"(rougeL_delta_ci_low {_fmt(low)} on a teacher at {_fmt(t_quality)})")
+            why.append(
+                f"retention lower bound {_fmt(ret_low)} < {sel.min_retention_low} "
+                f"(rougeL_delta_ci_low {_fmt(low)} on a teacher at {_fmt(t_quality)})"
+            )
         if pd.isna(ms):
             why.append(f"{lat} missing")
         if why:
@@ -124,27 +131,45 @@ def choose_champion(df: pd.DataFrame, sel: SelectionConfig) -> Decision:
         else:
             qualified.append(row)
 
-    rule = (f"rougeL_retention >= {sel.min_retention} and its lower confidence bound "
-            f">= {sel.min_retention_low}, ranked by {lat}")
+    rule = (
+        f"rougeL_retention >= {sel.min_retention} and its lower confidence bound "
+        f">= {sel.min_retention_low}, ranked by {lat}"
+    )
     names = [r["label"] for r in qualified]
     if not qualified:
-        return Decision(teacher["label"], teacher.get("run_id"), True,
-                        f"no candidate qualifies ({rule}); keeping the teacher", names, rejected)
+        return Decision(
+            teacher["label"],
+            teacher.get("run_id"),
+            True,
+            f"no candidate qualifies ({rule}); keeping the teacher",
+            names,
+            rejected,
+        )
     best = min(qualified, key=lambda r: float(r[lat]))
     for r in qualified:
         if r is not best:
-            rejected[r["label"]] = f"qualifies but slower ({_fmt(float(r[lat]))} ms vs " \
-                                   f"{_fmt(float(best[lat]))} ms)"
+            rejected[r["label"]] = (
+                f"qualifies but slower ({_fmt(float(r[lat]))} ms vs {_fmt(float(best[lat]))} ms)"
+            )
     if not float(best[lat]) < t_lat:
-        rejected[best["label"]] = (f"fastest qualifier but not faster than the teacher "
-                                   f"({_fmt(float(best[lat]))} vs {_fmt(t_lat)} ms)")
-        return Decision(teacher["label"], teacher.get("run_id"), True,
-                        f"no qualifying candidate is faster than the teacher ({rule})",
-                        names, rejected)
+        rejected[best["label"]] = (
+            f"fastest qualifier but not faster than the teacher "
+            f"({_fmt(float(best[lat]))} vs {_fmt(t_lat)} ms)"
+        )
+        return Decision(
+            teacher["label"],
+            teacher.get("run_id"),
+            True,
+            f"no qualifying candidate is faster than the teacher ({rule})",
+            names,
+            rejected,
+        )
     speedup = t_lat / float(best[lat])
-    reason = (f"fastest of {len(qualified)} qualifying candidate(s) ({rule}): "
-              f"{lat} {_fmt(float(best[lat]))} vs teacher {_fmt(t_lat)} ({speedup:.2f}x), "
-              f"rougeL_retention {_fmt(float(best['rougeL_retention']))} (lower bound "
-              f"{_fmt(retention_low(best['rougeL_delta_ci_low'], t_quality))}), "
-              f"rougeL_delta_ci_low {_fmt(float(best['rougeL_delta_ci_low']))}")
+    reason = (
+        f"fastest of {len(qualified)} qualifying candidate(s) ({rule}): "
+        f"{lat} {_fmt(float(best[lat]))} vs teacher {_fmt(t_lat)} ({speedup:.2f}x), "
+        f"rougeL_retention {_fmt(float(best['rougeL_retention']))} (lower bound "
+        f"{_fmt(retention_low(best['rougeL_delta_ci_low'], t_quality))}), "
+        f"rougeL_delta_ci_low {_fmt(float(best['rougeL_delta_ci_low']))}"
+    )
     return Decision(best["label"], best.get("run_id"), False, reason, names, rejected)

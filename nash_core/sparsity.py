@@ -75,23 +75,39 @@ def sublayers(model: nn.Module) -> list[Sublayer]:
     """Every attention and FFN sub-layer that still exists in ``model``, with its unit costs."""
     adapter = get_adapter(model)
     hidden = adapter.hidden_size(model)
-    return [_sublayer(adapter, layer, stack, kind, i, ref.units if kind == "ffn" else ref.num_heads,
-                      ref, hidden)
-            for stack, kind, i, layer, ref in adapter.sublayers(model)]
+    return [
+        _sublayer(
+            adapter,
+            layer,
+            stack,
+            kind,
+            i,
+            ref.units if kind == "ffn" else ref.num_heads,
+            ref,
+            hidden,
+        )
+        for stack, kind, i, layer, ref in adapter.sublayers(model)
+    ]
 
 
 def _sublayer(adapter, layer, stack, kind, i, units, ref, hidden) -> Sublayer:
     """``ref`` (an AttentionRef or FFNRef) counts the parameters; here they are split by width."""
     what = f"{stack} layer {i} {kind}"
     norm = adapter.sublayer_norm(layer, stack, i, kind)
-    return Sublayer(stack, kind, i, units,
-                    per_unit_h=_exact_div(ref.weight_params, units * hidden, what),
-                    per_unit_c=_exact_div(ref.unit_bias_params, units, what),
-                    fixed_h=_exact_div(ref.fixed_params, hidden, what),
-                    fixed_c=0,
-                    norm_h=_exact_div(sum(p.numel() for p in norm.parameters()), hidden, what)
-                    if norm is not None else 0,
-                    hidden=hidden)
+    return Sublayer(
+        stack,
+        kind,
+        i,
+        units,
+        per_unit_h=_exact_div(ref.weight_params, units * hidden, what),
+        per_unit_c=_exact_div(ref.unit_bias_params, units, what),
+        fixed_h=_exact_div(ref.fixed_params, hidden, what),
+        fixed_c=0,
+        norm_h=_exact_div(sum(p.numel() for p in norm.parameters()), hidden, what)
+        if norm is not None
+        else 0,
+        hidden=hidden,
+    )
 
 
 def count_prunable(model: nn.Module, stacks: tuple[Stack, ...] = STACKS) -> int:
@@ -232,12 +248,23 @@ class Lagrangian(nn.Module):
 class SparsityHook(TrainHook):
     """TrainHook: trains the masks and multipliers and keeps only on-target best checkpoints."""
 
-    def __init__(self, model: nn.Module, masks: MaskSet, constraints: list[Constraint], *,
-                 warmup_steps: int, mask_lr: float, lagrangian_lr: float, epsilon: float):
+    def __init__(
+        self,
+        model: nn.Module,
+        masks: MaskSet,
+        constraints: list[Constraint],
+        *,
+        warmup_steps: int,
+        mask_lr: float,
+        lagrangian_lr: float,
+        epsilon: float,
+    ):
         self.masks = masks
         self.sizes = SizeModel(model, masks)
         self.constraints = constraints
-        self.lagrangian = Lagrangian([c.name for c in constraints]).to(next(masks.parameters()).device)
+        self.lagrangian = Lagrangian([c.name for c in constraints]).to(
+            next(masks.parameters()).device
+        )
         self.warmup_steps = warmup_steps
         self.mask_lr, self.lagrangian_lr, self.epsilon = mask_lr, lagrangian_lr, epsilon
         self.step = 0
@@ -245,10 +272,21 @@ class SparsityHook(TrainHook):
     def param_groups(self, model: nn.Module) -> list[dict]:
         return [
             # constant learning rates (not the model's warm-up/decay), as in the reference
-            {"params": list(self.masks.parameters()), "lr": self.mask_lr, "weight_decay": 0.0,
-             "scheduled": False, "name": "masks"},
-            {"params": list(self.lagrangian.parameters()), "lr": self.lagrangian_lr, "weight_decay": 0.0,
-             "maximize": True, "scheduled": False, "name": "lagrangian"},
+            {
+                "params": list(self.masks.parameters()),
+                "lr": self.mask_lr,
+                "weight_decay": 0.0,
+                "scheduled": False,
+                "name": "masks",
+            },
+            {
+                "params": list(self.lagrangian.parameters()),
+                "lr": self.lagrangian_lr,
+                "weight_decay": 0.0,
+                "maximize": True,
+                "scheduled": False,
+                "name": "lagrangian",
+            },
         ]
 
     def extra_loss(self, model, batch, outputs, step: int):
@@ -260,9 +298,14 @@ class SparsityHook(TrainHook):
             s = self.sizes.sparsity(probs, c.stacks)
             t = ramp(step, c.start, c.end, self.warmup_steps)
             loss = loss + self.lagrangian(c.name, s, t)
-            metrics.update({f"sparsity_expected_{c.name}": s.item(), f"sparsity_target_{c.name}": t,
-                            f"lambda1_{c.name}": self.lagrangian.l1[c.name].item(),
-                            f"lambda2_{c.name}": self.lagrangian.l2[c.name].item()})
+            metrics.update(
+                {
+                    f"sparsity_expected_{c.name}": s.item(),
+                    f"sparsity_target_{c.name}": t,
+                    f"lambda1_{c.name}": self.lagrangian.l1[c.name].item(),
+                    f"lambda2_{c.name}": self.lagrangian.l2[c.name].item(),
+                }
+            )
         metrics["lagrangian_loss"] = loss.item()
         return loss, metrics
 
@@ -286,12 +329,17 @@ class SparsityHook(TrainHook):
 
     def is_eligible(self, metrics: dict) -> bool:
         """Only checkpoints whose expected sparsity is within epsilon of the FINAL target."""
-        return all(abs(metrics[f"sparsity_expected_{c.name}"] - c.end) <= self.epsilon
-                   for c in self.constraints)
+        return all(
+            abs(metrics[f"sparsity_expected_{c.name}"] - c.end) <= self.epsilon
+            for c in self.constraints
+        )
 
     def state_dict(self) -> dict:
-        return {"masks": self.masks.state_dict(), "lagrangian": self.lagrangian.state_dict(),
-                "step": self.step}
+        return {
+            "masks": self.masks.state_dict(),
+            "lagrangian": self.lagrangian.state_dict(),
+            "step": self.step,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.masks.load_state_dict(state["masks"])
@@ -305,17 +353,27 @@ class SparsityHook(TrainHook):
 MASKS_FILE = "nash_masks.pt"
 
 
-def save_pruning_state(out_dir: str | Path, masks: MaskSet, lagrangian: Lagrangian, metrics: dict) -> None:
+def save_pruning_state(
+    out_dir: str | Path, masks: MaskSet, lagrangian: Lagrangian, metrics: dict
+) -> None:
     """Masks (specs + log_alpha), multipliers and the sparsity they give, next to the weights."""
     out = Path(out_dir)
-    torch.save({"specs": [asdict(s) for s in masks.specs], "masks": masks.state_dict(),
-                "lagrangian": lagrangian.state_dict()}, out / MASKS_FILE)
+    torch.save(
+        {
+            "specs": [asdict(s) for s in masks.specs],
+            "masks": masks.state_dict(),
+            "lagrangian": lagrangian.state_dict(),
+        },
+        out / MASKS_FILE,
+    )
     atomic_write_json(out / "nash_sparsity.json", metrics)
 
 
 def load_pruning_state(stage_dir: str | Path) -> dict:
     """The dict written by :func:`save_pruning_state` (specs as GroupSpec objects)."""
     state = torch.load(Path(stage_dir) / MASKS_FILE, map_location="cpu", weights_only=True)
-    state["specs"] = [GroupSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in s.items()})
-                      for s in state["specs"]]
+    state["specs"] = [
+        GroupSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in s.items()})
+        for s in state["specs"]
+    ]
     return state

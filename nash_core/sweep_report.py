@@ -100,11 +100,17 @@ class SweepReport:
         """The teacher first, then the candidates fastest first (missing latency last)."""
         t = self.table.copy()
         t["_teacher"] = t["method"] != TEACHER
-        lat = pd.to_numeric(t.get("latency_p50_ms"), errors="coerce") if "latency_p50_ms" in t \
+        lat = (
+            pd.to_numeric(t.get("latency_p50_ms"), errors="coerce")
+            if "latency_p50_ms" in t
             else pd.Series(0.0, index=t.index)
+        )
         t["_lat"] = lat
-        return t.sort_values(["_teacher", "_lat"], na_position="last", kind="stable") \
-                .drop(columns=["_teacher", "_lat"]).reset_index(drop=True)
+        return (
+            t.sort_values(["_teacher", "_lat"], na_position="last", kind="stable")
+            .drop(columns=["_teacher", "_lat"])
+            .reset_index(drop=True)
+        )
 
     def row(self, label: str) -> pd.Series | None:
         hit = self.table[self.table["label"] == label]
@@ -140,42 +146,57 @@ class SweepReport:
         """One line: what the sweep decided, with the numbers that matter."""
         champ, teacher = self.row(self.champion), self.teacher()
         if self.champion_is_teacher() or champ is None:
-            return (f"Champion: {self.champion} (no candidate met the selection policy; "
-                    "the uncompressed model stays)")
+            return (
+                f"Champion: {self.champion} (no candidate met the selection policy; "
+                "the uncompressed model stays)"
+            )
         parts = []
         if _num(champ.get("speedup")) is not None:
             parts.append(f"{_num(champ['speedup']):.2f}x faster at batch {self.batch_size}")
         if _num(champ.get("rougeL_retention")) is not None:
-            parts.append(f"keeps {100 * _num(champ['rougeL_retention']):.1f}% of the teacher's "
-                         "ROUGE-L")
-        if teacher is not None and _num(champ.get("params_total")) and \
-                _num(teacher.get("params_total")):
-            parts.append(f"{_num(champ['params_total']) / _num(teacher['params_total']):.0%} of "
-                         "its parameters")
+            parts.append(
+                f"keeps {100 * _num(champ['rougeL_retention']):.1f}% of the teacher's ROUGE-L"
+            )
+        if (
+            teacher is not None
+            and _num(champ.get("params_total"))
+            and _num(teacher.get("params_total"))
+        ):
+            parts.append(
+                f"{_num(champ['params_total']) / _num(teacher['params_total']):.0%} of "
+                "its parameters"
+            )
         return f"Champion: {self.champion}" + (f" ({', '.join(parts)})" if parts else "")
 
     def key_numbers(self, label: str) -> str:
         r = self.row(label)
         if r is None:
             return "not in the table"
-        bits = [f"ROUGE-L {_f(3)(r.get('rougeL'))}" if _num(r.get("rougeL")) is not None else None,
-                f"retention {_f(3)(r.get('rougeL_retention'))}"
-                if r.get("method") != TEACHER and _num(r.get("rougeL_retention")) is not None
-                else None,
-                f"p50 {_f(1)(r.get('latency_p50_ms'))} ms / p90 "
-                f"{_f(1)(r.get('latency_p90_ms'))} ms at batch {self.batch_size}"
-                if _num(r.get("latency_p50_ms")) is not None else None,
-                f"speedup {_speedup(r.get('speedup'))}"
-                if r.get("method") != TEACHER and _num(r.get("speedup")) is not None else None,
-                f"{_params(r.get('params_total'))} parameters"
-                if _num(r.get("params_total")) is not None else None,
-                f"{_int(r.get('decoder_layers'))} decoder layers"
-                if _num(r.get("decoder_layers")) is not None else None,
-                f"encoder sparsity {_f(3)(r.get('encoder_sparsity'))}"
-                if r.get("method") != TEACHER and _num(r.get("encoder_sparsity")) is not None
-                else None,
-                f"cost {_cost(r.get('cost_per_1k_requests'))} per 1k requests"
-                if _num(r.get("cost_per_1k_requests")) is not None else None]
+        bits = [
+            f"ROUGE-L {_f(3)(r.get('rougeL'))}" if _num(r.get("rougeL")) is not None else None,
+            f"retention {_f(3)(r.get('rougeL_retention'))}"
+            if r.get("method") != TEACHER and _num(r.get("rougeL_retention")) is not None
+            else None,
+            f"p50 {_f(1)(r.get('latency_p50_ms'))} ms / p90 "
+            f"{_f(1)(r.get('latency_p90_ms'))} ms at batch {self.batch_size}"
+            if _num(r.get("latency_p50_ms")) is not None
+            else None,
+            f"speedup {_speedup(r.get('speedup'))}"
+            if r.get("method") != TEACHER and _num(r.get("speedup")) is not None
+            else None,
+            f"{_params(r.get('params_total'))} parameters"
+            if _num(r.get("params_total")) is not None
+            else None,
+            f"{_int(r.get('decoder_layers'))} decoder layers"
+            if _num(r.get("decoder_layers")) is not None
+            else None,
+            f"encoder sparsity {_f(3)(r.get('encoder_sparsity'))}"
+            if r.get("method") != TEACHER and _num(r.get("encoder_sparsity")) is not None
+            else None,
+            f"cost {_cost(r.get('cost_per_1k_requests'))} per 1k requests"
+            if _num(r.get("cost_per_1k_requests")) is not None
+            else None,
+        ]
         return ", ".join(b for b in bits if b)
 
     def hardware_line(self) -> str:
@@ -196,10 +217,11 @@ def hardware_summary(hw: dict) -> str:
     bits += [str(hw[k]) for k in ("device", "dtype") if hw.get(k)]
     if hw.get("memory_gb"):
         bits.append(f"{hw['memory_gb']} GB RAM")
-    versions = [f"torch {hw['torch_version']}" if hw.get("torch_version") else None,
-                f"transformers {hw['transformers_version']}"
-                if hw.get("transformers_version") else None,
-                f"Python {hw['python_version']}" if hw.get("python_version") else None]
+    versions = [
+        f"torch {hw['torch_version']}" if hw.get("torch_version") else None,
+        f"transformers {hw['transformers_version']}" if hw.get("transformers_version") else None,
+        f"Python {hw['python_version']}" if hw.get("python_version") else None,
+    ]
     line = ", ".join(bits)
     vs = ", ".join(v for v in versions if v)
     if vs:
@@ -216,14 +238,21 @@ def to_text(rep: SweepReport) -> str:
     for r in rows:
         if r[0] == rep.champion:
             r[0] += " *"
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
-              for i, h in enumerate(headers)]
+    widths = [
+        max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)
+    ]
     fmt_row = lambda cells: "  ".join(  # noqa: E731
-        c.ljust(w) if i <= 1 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
-    lines = [f"sweep {rep.run_name} (run {rep.run_id}, experiment {rep.experiment}, "
-             f"started {rep.started}, {rep.status})",
-             rep.headline(), f"reason: {rep.reason}", "",
-             fmt_row(headers), "  ".join("-" * w for w in widths)]
+        c.ljust(w) if i <= 1 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))
+    )
+    lines = [
+        f"sweep {rep.run_name} (run {rep.run_id}, experiment {rep.experiment}, "
+        f"started {rep.started}, {rep.status})",
+        rep.headline(),
+        f"reason: {rep.reason}",
+        "",
+        fmt_row(headers),
+        "  ".join("-" * w for w in widths),
+    ]
     lines += [fmt_row(r) for r in rows]
     lines.append("* champion")
     lines += [f"rejected {name}: {why}" for name, why in rep.rejected.items()]
@@ -247,10 +276,14 @@ def to_markdown(rep: SweepReport, image: str | None = None) -> str:
     ``image``: the plot's URL; in MLflow ``get-artifact?path=pareto.png&run_uuid=<run id>``.
     """
     headers, rows = rep.cells()
-    out = [f"### {_md_escape(rep.headline())}", "",
-           f"**Decision.** {_md_escape(rep.reason)}", "",
-           "| " + " | ".join(headers) + " |",
-           "|" + "|".join(["---"] * 2 + ["--:"] * (len(headers) - 2)) + "|"]
+    out = [
+        f"### {_md_escape(rep.headline())}",
+        "",
+        f"**Decision.** {_md_escape(rep.reason)}",
+        "",
+        "| " + " | ".join(headers) + " |",
+        "|" + "|".join(["---"] * 2 + ["--:"] * (len(headers) - 2)) + "|",
+    ]
     for r in rows:
         cells = [_md_escape(c) for c in r]
         if r[0] == rep.champion:
@@ -262,8 +295,9 @@ def to_markdown(rep: SweepReport, image: str | None = None) -> str:
         out += [f"![Pareto plot: ROUGE-L against latency]({image})", ""]
     teacher = rep.teacher()
     if teacher is not None:
-        out.append(f"- **Teacher** ({_md_escape(teacher['label'])}): "
-                   f"{rep.key_numbers(teacher['label'])}")
+        out.append(
+            f"- **Teacher** ({_md_escape(teacher['label'])}): {rep.key_numbers(teacher['label'])}"
+        )
     if not rep.champion_is_teacher():
         out.append(f"- **Champion** ({_md_escape(rep.champion)}): {rep.key_numbers(rep.champion)}")
     for name, why in rep.rejected.items():
@@ -288,12 +322,16 @@ def to_html(rep: SweepReport, image_png: bytes | None = None) -> str:
     """A standalone page for sharing (no external files: the plot is embedded)."""
     e = html.escape
     headers, rows = rep.cells()
-    body = [f"<h1>NASH sweep {e(rep.run_name)}</h1>",
-            f"<p>run <code>{e(rep.run_id)}</code>, experiment {e(rep.experiment)}, started "
-            f"{e(rep.started)}, {e(rep.status)}</p>",
-            f"<h2>{e(rep.headline())}</h2>", f"<p><b>Decision.</b> {e(rep.reason)}</p>",
-            "<table><thead><tr>" + "".join(f"<th>{e(h)}</th>" for h in headers)
-            + "</tr></thead><tbody>"]
+    body = [
+        f"<h1>NASH sweep {e(rep.run_name)}</h1>",
+        f"<p>run <code>{e(rep.run_id)}</code>, experiment {e(rep.experiment)}, started "
+        f"{e(rep.started)}, {e(rep.status)}</p>",
+        f"<h2>{e(rep.headline())}</h2>",
+        f"<p><b>Decision.</b> {e(rep.reason)}</p>",
+        "<table><thead><tr>"
+        + "".join(f"<th>{e(h)}</th>" for h in headers)
+        + "</tr></thead><tbody>",
+    ]
     for r in rows:
         champ = r[0] == rep.champion
         label = e(r[0]) + (" (champion)" if champ else "")
@@ -304,13 +342,15 @@ def to_html(rep: SweepReport, image_png: bytes | None = None) -> str:
     body.append("</tbody></table>")
     if image_png:
         data = base64.b64encode(image_png).decode("ascii")
-        body.append(f'<img alt="Pareto plot: ROUGE-L against latency" '
-                    f'src="data:image/png;base64,{data}">')
+        body.append(
+            f'<img alt="Pareto plot: ROUGE-L against latency" src="data:image/png;base64,{data}">'
+        )
     items = []
     teacher = rep.teacher()
     if teacher is not None:
-        items.append(f"<b>Teacher</b> ({e(teacher['label'])}): "
-                     f"{e(rep.key_numbers(teacher['label']))}")
+        items.append(
+            f"<b>Teacher</b> ({e(teacher['label'])}): {e(rep.key_numbers(teacher['label']))}"
+        )
     if not rep.champion_is_teacher():
         items.append(f"<b>Champion</b> ({e(rep.champion)}): {e(rep.key_numbers(rep.champion))}")
     items += [f"not chosen: {e(n)}: {e(w)}" for n, w in rep.rejected.items()]
@@ -321,9 +361,12 @@ def to_html(rep: SweepReport, image_png: bytes | None = None) -> str:
         items.append(f"<b>Registered</b>: {e(rep.registered)}")
     items += [f'<a href="{e(u)}">{e(n)}</a>' for n, u in rep.links.items()]
     body.append("<ul>" + "".join(f"<li>{i}</li>" for i in items) + "</ul>")
-    return ("<!doctype html><html><head><meta charset=\"utf-8\"><title>NASH sweep "
-            f"{e(rep.run_name)}</title><style>{_CSS}</style></head><body>\n"
-            + "\n".join(body) + "\n</body></html>\n")
+    return (
+        '<!doctype html><html><head><meta charset="utf-8"><title>NASH sweep '
+        f"{e(rep.run_name)}</title><style>{_CSS}</style></head><body>\n"
+        + "\n".join(body)
+        + "\n</body></html>\n"
+    )
 
 
 def parse_rejected(decision_text: str) -> dict[str, str]:

@@ -19,8 +19,13 @@ from nash_core.runtime import pick_device, seed_everything, set_threads
 from nash_core.train import train_seq2seq
 
 
-def train_teacher(cfg: NashConfig, splits_dir: str | Path, base_info: BaseInfo,
-                  out_dir: str | Path, callback: Callable[[int, dict], Any] | None = None) -> Path:
+def train_teacher(
+    cfg: NashConfig,
+    splits_dir: str | Path,
+    base_info: BaseInfo,
+    out_dir: str | Path,
+    callback: Callable[[int, dict], Any] | None = None,
+) -> Path:
     """Fine-tune the base model with ``cfg.teacher.train``; return the best HF directory.
 
     The best checkpoint is the one with the lowest validation loss. ``out_dir`` also holds the
@@ -31,20 +36,38 @@ def train_teacher(cfg: NashConfig, splits_dir: str | Path, base_info: BaseInfo,
     seed_everything(cfg.experiment.seed)
     set_threads(cfg.experiment.torch_threads)
     device = pick_device(cfg.experiment.device)
-    model, tokenizer = load_seq2seq(base_info.path, attn=cfg.model.attn_implementation,
-                                    revision=base_info.revision,
-                                    trust_remote_code=cfg.model.trust_remote_code)
+    model, tokenizer = load_seq2seq(
+        base_info.path,
+        attn=cfg.model.attn_implementation,
+        revision=base_info.revision,
+        trust_remote_code=cfg.model.trust_remote_code,
+    )
     train_ds = tokenize_split(splits_dir, "train", tokenizer, cfg.data)
     val_ds = tokenize_split(splits_dir, "validation", tokenizer, cfg.data)
-    result = train_seq2seq(model, tokenizer, train_ds, val_ds, cfg.teacher.train, out_dir,
-                           callback=callback, seed=cfg.experiment.seed, device=device)
+    result = train_seq2seq(
+        model,
+        tokenizer,
+        train_ds,
+        val_ds,
+        cfg.teacher.train,
+        out_dir,
+        callback=callback,
+        seed=cfg.experiment.seed,
+        device=device,
+    )
     if result.best_dir is None:  # cannot happen without hooks; guard the contract anyway
         raise TrainingError(f"teacher training in {out_dir} produced no best checkpoint")
     return result.best_dir
 
 
-def quick_check(model_dir: str | Path, splits_dir: str | Path, cfg: NashConfig,
-                split: str = "test", limit: int | None = None, device=None) -> dict:
+def quick_check(
+    model_dir: str | Path,
+    splits_dir: str | Path,
+    cfg: NashConfig,
+    split: str = "test",
+    limit: int | None = None,
+    device=None,
+) -> dict:
     """ROUGE-L and exact match under ``cfg.evaluation``'s decoding: the demo bench's check.
 
     The sweep's real evaluation (bootstrap, per-example files) is
@@ -54,11 +77,20 @@ def quick_check(model_dir: str | Path, splits_dir: str | Path, cfg: NashConfig,
 
     model, tokenizer = load_seq2seq(model_dir, device=device)
     rows = read_split(splits_dir, split, limit)
-    preds = generate(model, tokenizer, [cfg.data.source_prefix + r["source"] for r in rows],
-                     cfg.evaluation, max_source_length=cfg.data.max_source_length)
+    preds = generate(
+        model,
+        tokenizer,
+        [cfg.data.source_prefix + r["source"] for r in rows],
+        cfg.evaluation,
+        max_source_length=cfg.data.max_source_length,
+    )
     refs = [r["target"] for r in rows]
     mean, _ = rouge_scores(preds, refs)
     exact = sum(normalize_answer(p) == normalize_answer(r) for p, r in zip(preds, refs))
-    return {"rougeL": mean["rougeL"], "rouge1": mean["rouge1"],
-            "exact_match": exact / len(rows), "examples": len(rows),
-            "sample": {"prediction": preds[0], "reference": refs[0]}}
+    return {
+        "rougeL": mean["rougeL"],
+        "rouge1": mean["rouge1"],
+        "exact_match": exact / len(rows),
+        "examples": len(rows),
+        "sample": {"prediction": preds[0], "reference": refs[0]},
+    }

@@ -103,7 +103,7 @@ class TrainHook:
 
 @dataclass
 class TrainResult:
-    best_dir: Path | None          # None when no evaluation was eligible (see TrainHook)
+    best_dir: Path | None  # None when no evaluation was eligible (see TrainHook)
     last_step: int
     best_metrics: dict | None
     history: list[dict] = field(default_factory=list)
@@ -124,8 +124,9 @@ def total_steps(cfg: TrainConfig, num_examples: int) -> int:
 GROUP_BATCHES = 50
 
 
-def batch_indices(num_examples: int, batch_size: int, seed: int, start: int = 0,
-                  lengths: Sequence | None = None) -> Iterator[list[int]]:
+def batch_indices(
+    num_examples: int, batch_size: int, seed: int, start: int = 0, lengths: Sequence | None = None
+) -> Iterator[list[int]]:
     """Micro-batches of example indices, from micro-batch number ``start`` on.
 
     Each epoch is a fresh permutation seeded by ``(seed, epoch)``, so position ``start`` can be
@@ -144,19 +145,20 @@ def batch_indices(num_examples: int, batch_size: int, seed: int, start: int = 0,
         if lengths is not None:
             order = _grouped_by_length(order, lengths, batch_size, gen)
         for b in range(offset, per_epoch):
-            yield order[b * batch_size:(b + 1) * batch_size]
+            yield order[b * batch_size : (b + 1) * batch_size]
         epoch, offset = epoch + 1, 0
 
 
-def _grouped_by_length(order: list[int], lengths: Sequence, batch_size: int,
-                       gen: torch.Generator) -> list[int]:
+def _grouped_by_length(
+    order: list[int], lengths: Sequence, batch_size: int, gen: torch.Generator
+) -> list[int]:
     """``order`` regrouped so that consecutive ``batch_size`` slices hold similar lengths; the
     batch boundaries stay where they were (only the last batch is short)."""
     group = GROUP_BATCHES * batch_size
     batches: list[list[int]] = []
     for g in range(0, len(order), group):
-        chunk = sorted(order[g:g + group], key=lambda i: lengths[i])  # stable: ties keep order
-        batches += [chunk[b:b + batch_size] for b in range(0, len(chunk), batch_size)]
+        chunk = sorted(order[g : g + group], key=lambda i: lengths[i])  # stable: ties keep order
+        batches += [chunk[b : b + batch_size] for b in range(0, len(chunk), batch_size)]
     last = batches.pop() if len(batches[-1]) < batch_size else None
     shuffled = [batches[i] for i in torch.randperm(len(batches), generator=gen).tolist()]
     return [i for b in shuffled + ([last] if last else []) for i in b]
@@ -192,8 +194,11 @@ def _build_optimizer(model, cfg: TrainConfig, hooks: Sequence[TrainHook]) -> tup
 
 def _rng_state() -> dict:
     np_state = np.random.get_state()
-    state = {"python": random.getstate(), "torch": torch.get_rng_state(),
-             "numpy": (np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:])}
+    state = {
+        "python": random.getstate(),
+        "torch": torch.get_rng_state(),
+        "numpy": (np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:]),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -210,8 +215,11 @@ def _set_rng_state(state: dict) -> None:
 
 @contextlib.contextmanager
 def _frozen_embeddings(model, freeze: bool) -> Iterator[None]:
-    params = {id(m.weight): m.weight for m in (model.get_input_embeddings(),
-                                                 model.get_output_embeddings()) if m is not None}
+    params = {
+        id(m.weight): m.weight
+        for m in (model.get_input_embeddings(), model.get_output_embeddings())
+        if m is not None
+    }
     before = {k: p.requires_grad for k, p in params.items()}
     if freeze:
         for p in params.values():
@@ -224,16 +232,18 @@ def _frozen_embeddings(model, freeze: bool) -> Iterator[None]:
 
 
 @torch.no_grad()
-def validation_loss(model, val_ds, collate, batch_size: int, limit: int,
-                    device: torch.device) -> float:
+def validation_loss(
+    model, val_ds, collate, batch_size: int, limit: int, device: torch.device
+) -> float:
     """Mean per-token cross-entropy over the first ``limit`` validation examples."""
     was_training = model.training
     model.eval()
     total, tokens = 0.0, 0
     n = min(limit, len(val_ds))
     for start in range(0, n, batch_size):
-        batch = _to_device(collate([val_ds[i] for i in range(start, min(n, start + batch_size))]),
-                           device)
+        batch = _to_device(
+            collate([val_ds[i] for i in range(start, min(n, start + batch_size))]), device
+        )
         count = int((batch["labels"] != -100).sum())
         total += float(model(**batch).loss) * count
         tokens += count
@@ -263,8 +273,9 @@ class _Checkpointer:
         load_model(model, str(self.dir / "model.safetensors"), device=str(device))
         for hook, hook_state in zip(hooks, torch.load(self.dir / "hooks.pt", weights_only=True)):
             hook.load_state_dict(hook_state)
-        optimizer.load_state_dict(torch.load(self.dir / "optimizer.pt", weights_only=True,
-                                             map_location=device))
+        optimizer.load_state_dict(
+            torch.load(self.dir / "optimizer.pt", weights_only=True, map_location=device)
+        )
         _set_rng_state(torch.load(self.dir / "rng.pt", weights_only=True))
         return read_json(self.dir / "state.json")
 
@@ -283,18 +294,31 @@ def _save_best(model, tokenizer, hooks, metrics: dict, out_dir: Path) -> Path:
 
 def _result(out_dir: Path, state: dict) -> TrainResult:
     best = out_dir / "best"
-    return TrainResult(best if best.is_dir() and state["best_metrics"] is not None else None,
-                       state["step"], state["best_metrics"], state["history"],
-                       state.get("stop_reason") or "completed")
+    return TrainResult(
+        best if best.is_dir() and state["best_metrics"] is not None else None,
+        state["step"],
+        state["best_metrics"],
+        state["history"],
+        state.get("stop_reason") or "completed",
+    )
 
 
 # --------------------------------------------------------------------------- the loop
-def train_seq2seq(model, tokenizer, train_ds, val_ds, cfg: TrainConfig, out_dir: str | Path, *,
-                  hooks: Sequence[TrainHook] = (),
-                  callback: Callable[[int, dict], Any] | None = None,
-                  seed: int = 0, device: torch.device | str | None = None,
-                  eval_fn: Callable[[Any], dict] | None = None,
-                  collate: Callable[[list], dict] | None = None) -> TrainResult:
+def train_seq2seq(
+    model,
+    tokenizer,
+    train_ds,
+    val_ds,
+    cfg: TrainConfig,
+    out_dir: str | Path,
+    *,
+    hooks: Sequence[TrainHook] = (),
+    callback: Callable[[int, dict], Any] | None = None,
+    seed: int = 0,
+    device: torch.device | str | None = None,
+    eval_fn: Callable[[Any], dict] | None = None,
+    collate: Callable[[list], dict] | None = None,
+) -> TrainResult:
     """Train ``model`` in place on tokenised ``train_ds``; see the module docstring.
 
     ``train_ds``/``val_ds``: sequences of dicts with input_ids, attention_mask, labels (e.g. from
@@ -316,9 +340,17 @@ def train_seq2seq(model, tokenizer, train_ds, val_ds, cfg: TrainConfig, out_dir:
 
     with _frozen_embeddings(model, cfg.freeze_embeddings):
         optimizer, model_params = _build_optimizer(model, cfg, hooks)
-        state = {"step": 0, "micro_batches": 0, "best_score": None, "best_metrics": None,
-                 "bad_steps": 0, "elapsed_s": 0.0, "history": [], "done": False,
-                 "stop_reason": None}
+        state = {
+            "step": 0,
+            "micro_batches": 0,
+            "best_score": None,
+            "best_metrics": None,
+            "bad_steps": 0,
+            "elapsed_s": 0.0,
+            "history": [],
+            "done": False,
+            "stop_reason": None,
+        }
         if ckpt.exists():
             state = ckpt.load(model, optimizer, hooks, device)
             if state["done"]:
@@ -333,11 +365,14 @@ def train_seq2seq(model, tokenizer, train_ds, val_ds, cfg: TrainConfig, out_dir:
                 metrics = dict(eval_fn(model))
                 model.train(was_training)
                 if "score" not in metrics:
-                    raise TrainingError(f"eval_fn returned {sorted(metrics)}: it must include "
-                                        "'score' (higher is better)")
+                    raise TrainingError(
+                        f"eval_fn returned {sorted(metrics)}: it must include "
+                        "'score' (higher is better)"
+                    )
             else:
-                loss = validation_loss(model, val_ds, collate, cfg.batch_size, cfg.eval_examples,
-                                       device)
+                loss = validation_loss(
+                    model, val_ds, collate, cfg.batch_size, cfg.eval_examples, device
+                )
                 metrics = {"val_loss": loss, "score": -loss}
             for hook in hooks:
                 metrics.update(hook.eval_metrics())
@@ -349,28 +384,44 @@ def train_seq2seq(model, tokenizer, train_ds, val_ds, cfg: TrainConfig, out_dir:
             eligible = all(h.is_eligible(metrics) for h in hooks)
             better = state["best_score"] is None or metrics["score"] > state["best_score"]
             if eligible and better:
-                state["best_score"], state["best_metrics"] = metrics["score"], {**metrics,
-                                                                                 "step": step}
+                state["best_score"], state["best_metrics"] = (
+                    metrics["score"],
+                    {**metrics, "step": step},
+                )
                 if main:
                     _save_best(model, tokenizer, hooks, state["best_metrics"], out_dir)
-            record = {"step": step, **{f"eval_{k}": v for k, v in metrics.items()},
-                      "eval_eligible": float(eligible)}
+            record = {
+                "step": step,
+                **{f"eval_{k}": v for k, v in metrics.items()},
+                "eval_eligible": float(eligible),
+            }
             state["history"].append(record)
             if callback and main:
                 callback(step, record)
 
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16,
-                                  enabled=cfg.bf16 and device.type == "cuda")
+        autocast = torch.autocast(
+            "cuda", dtype=torch.bfloat16, enabled=cfg.bf16 and device.type == "cuda"
+        )
         wants_hidden = any(h.wants_hidden_states() for h in hooks)
-        lengths = (list(zip(map(len, train_ds["input_ids"]), map(len, train_ds["labels"])))
-                   if cfg.group_by_length else None)
-        batches = batch_indices(len(train_ds), cfg.batch_size, seed, state["micro_batches"],
-                                lengths)
+        lengths = (
+            list(zip(map(len, train_ds["input_ids"]), map(len, train_ds["labels"])))
+            if cfg.group_by_length
+            else None
+        )
+        batches = batch_indices(
+            len(train_ds), cfg.batch_size, seed, state["micro_batches"], lengths
+        )
         started = time.monotonic() - state["elapsed_s"]
         window = {"loss": 0.0, "n": 0, "tokens": 0, "t0": time.monotonic(), "extra": {}}
         window.update(state.get("log_window", {}))  # a checkpoint between two log steps
-        bar = tqdm(total=steps, initial=state["step"], desc="train", unit="step",
-                   disable=progress_disabled() or not main, dynamic_ncols=True)
+        bar = tqdm(
+            total=steps,
+            initial=state["step"],
+            desc="train",
+            unit="step",
+            disable=progress_disabled() or not main,
+            dynamic_ncols=True,
+        )
         model.train()
         with stop_on_signals():  # process-wide: works when Prefect trains in a worker thread
             while state["step"] < steps:
@@ -401,13 +452,18 @@ def train_seq2seq(model, tokenizer, train_ds, val_ds, cfg: TrainConfig, out_dir:
                     window["tokens"] += int((batch["labels"] != -100).sum())
 
                 # ---- (data-parallel: average over ranks) NaN/inf guard, clipping, update
-                distributed.average_gradients(p for g in optimizer.param_groups
-                                              for p in g["params"])
+                distributed.average_gradients(
+                    p for g in optimizer.param_groups for p in g["params"]
+                )
                 step_loss = distributed.mean(step_loss)
-                grad_norm = (torch.nn.utils.clip_grad_norm_(model_params, cfg.max_grad_norm)
-                             if cfg.max_grad_norm else None)
-                finite = math.isfinite(step_loss) and (grad_norm is None
-                                                       or bool(torch.isfinite(grad_norm)))
+                grad_norm = (
+                    torch.nn.utils.clip_grad_norm_(model_params, cfg.max_grad_norm)
+                    if cfg.max_grad_norm
+                    else None
+                )
+                finite = math.isfinite(step_loss) and (
+                    grad_norm is None or bool(torch.isfinite(grad_norm))
+                )
                 if finite:
                     optimizer.step()
                     for hook in hooks:
@@ -422,12 +478,16 @@ def train_seq2seq(model, tokenizer, train_ds, val_ds, cfg: TrainConfig, out_dir:
                     state["bad_steps"] += 1
                     if state["bad_steps"] >= cfg.max_bad_steps:
                         bar.close()
-                        kept = (f"the last good checkpoint is {ckpt.dir}" if ckpt.exists()
-                                else "no checkpoint was written yet")
+                        kept = (
+                            f"the last good checkpoint is {ckpt.dir}"
+                            if ckpt.exists()
+                            else "no checkpoint was written yet"
+                        )
                         raise TrainingError(
                             f"loss was NaN/inf for {state['bad_steps']} consecutive steps (up to "
                             f"step {step + 1}; max_bad_steps={cfg.max_bad_steps}); {kept}. Lower "
-                            "the learning rate, enable max_grad_norm, or check the data.")
+                            "the learning rate, enable max_grad_norm, or check the data."
+                        )
                 state["step"] = step = step + 1
                 bar.update(1)
 
@@ -435,19 +495,22 @@ def train_seq2seq(model, tokenizer, train_ds, val_ds, cfg: TrainConfig, out_dir:
                 if step % cfg.log_every == 0 and window["n"]:
                     seconds = time.monotonic() - window["t0"]
                     tokens = distributed.mean(window["tokens"]) * distributed.world_size()
-                    record = {"step": step, "train_loss": window["loss"] / window["n"],
-                              "lr": optimizer.param_groups[0]["lr"],
-                              "tokens_per_s": tokens / max(seconds, 1e-9),
-                              **{k: v / window["n"] for k, v in window["extra"].items()}}
+                    record = {
+                        "step": step,
+                        "train_loss": window["loss"] / window["n"],
+                        "lr": optimizer.param_groups[0]["lr"],
+                        "tokens_per_s": tokens / max(seconds, 1e-9),
+                        **{k: v / window["n"] for k, v in window["extra"].items()},
+                    }
                     state["history"].append(record)
                     bar.set_postfix(loss=f"{record['train_loss']:.3f}")
                     if callback and main:
                         callback(step, record)
-                    window = {"loss": 0.0, "n": 0, "tokens": 0, "t0": time.monotonic(),
-                              "extra": {}}
+                    window = {"loss": 0.0, "n": 0, "tokens": 0, "t0": time.monotonic(), "extra": {}}
                 state["elapsed_s"] = time.monotonic() - started
-                out_of_time = distributed.any_rank(cfg.max_time_s is not None
-                                                   and state["elapsed_s"] >= cfg.max_time_s)
+                out_of_time = distributed.any_rank(
+                    cfg.max_time_s is not None and state["elapsed_s"] >= cfg.max_time_s
+                )
                 stop = distributed.any_rank(bool(stop_requested()))
                 last = step >= steps or out_of_time
                 if step % cfg.eval_every == 0 or last:
@@ -464,10 +527,12 @@ def train_seq2seq(model, tokenizer, train_ds, val_ds, cfg: TrainConfig, out_dir:
                 if stop:
                     bar.close()
                     distributed.barrier()  # the checkpoint is written before anyone leaves
-                    raise TrainingInterrupted(f"{stop_requested() or 'a signal'} received: "
-                                              f"stopped at step {step}"
-                                              f" with a checkpoint in {ckpt.dir}; run again to "
-                                              "resume")
+                    raise TrainingInterrupted(
+                        f"{stop_requested() or 'a signal'} received: "
+                        f"stopped at step {step}"
+                        f" with a checkpoint in {ckpt.dir}; run again to "
+                        "resume"
+                    )
                 if last:
                     break
         bar.close()

@@ -38,8 +38,10 @@ sys.path.insert(0, str(ROOT))
 
 WIDTH, HEIGHT = 1600, 1000
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
-INSTALL = ("install Chromium: `apt-get update && apt-get install -y chromium` on Debian/Ubuntu "
-           "(as root), or point $CHROMIUM at a Chrome/Chromium binary")
+INSTALL = (
+    "install Chromium: `apt-get update && apt-get install -y chromium` on Debian/Ubuntu "
+    "(as root), or point $CHROMIUM at a Chrome/Chromium binary"
+)
 
 
 class ScreenshotError(Exception):
@@ -51,8 +53,9 @@ def find_chromium() -> str:
         path = shutil.which(name)
         if path:
             return path
-    raise ScreenshotError(f"no Chromium found (looked for ${'{CHROMIUM}'}, {', '.join(BROWSERS)}); "
-                          + INSTALL)
+    raise ScreenshotError(
+        f"no Chromium found (looked for ${'{CHROMIUM}'}, {', '.join(BROWSERS)}); " + INSTALL
+    )
 
 
 class Browser:
@@ -64,10 +67,21 @@ class Browser:
 
         self.profile = tempfile.mkdtemp(prefix="nash-screenshots-")
         self.proc = subprocess.Popen(
-            [chromium, "--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-             "--no-first-run", "--remote-debugging-port=0", f"--user-data-dir={self.profile}",
-             f"--window-size={width},{height}", "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [
+                chromium,
+                "--headless=new",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--hide-scrollbars",
+                "--no-first-run",
+                "--remote-debugging-port=0",
+                f"--user-data-dir={self.profile}",
+                f"--window-size={width},{height}",
+                "about:blank",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         port_file = Path(self.profile) / "DevToolsActivePort"
         deadline = time.monotonic() + 60
         while not (port_file.is_file() and port_file.read_text().strip()):
@@ -80,8 +94,13 @@ class Browser:
             page = next(p for p in json.load(r) if p["type"] == "page")
         self.ws = connect(page["webSocketDebuggerUrl"], max_size=None)
         self.ids = itertools.count(1)
-        self.call("Emulation.setDeviceMetricsOverride", width=width, height=height,
-                  deviceScaleFactor=1, mobile=False)
+        self.call(
+            "Emulation.setDeviceMetricsOverride",
+            width=width,
+            height=height,
+            deviceScaleFactor=1,
+            mobile=False,
+        )
 
     def call(self, method: str, **params) -> dict:
         i = next(self.ids)
@@ -94,8 +113,9 @@ class Browser:
                 return msg.get("result", {})
 
     def js(self, expression: str):
-        r = self.call("Runtime.evaluate", expression=expression, returnByValue=True,
-                      awaitPromise=True)
+        r = self.call(
+            "Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True
+        )
         return r.get("result", {}).get("value")
 
     def open(self, url: str, ready: str, timeout: float = 90) -> None:
@@ -108,8 +128,10 @@ class Browser:
         while not self.js(check):
             if time.monotonic() > deadline:
                 text = (self.js("document.body ? document.body.innerText : ''") or "")[:600]
-                raise ScreenshotError(f"{url} did not show what was expected ({ready}) within "
-                                      f"{timeout:.0f} s; the page said: {text!r}")
+                raise ScreenshotError(
+                    f"{url} did not show what was expected ({ready}) within "
+                    f"{timeout:.0f} s; the page said: {text!r}"
+                )
             time.sleep(0.5)
         time.sleep(2.5)  # charts animate, late requests land
 
@@ -144,9 +166,23 @@ def serve(tracking_uri: str, log: Path) -> tuple[subprocess.Popen, str]:
     port = _free_port()
     mlflow = shutil.which("mlflow") or str(Path(sys.executable).with_name("mlflow"))
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
-    proc = subprocess.Popen([mlflow, "server", "--backend-store-uri", tracking_uri, "--host",
-                             "127.0.0.1", "--port", str(port), "--workers", "1"],
-                            env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [
+            mlflow,
+            "server",
+            "--backend-store-uri",
+            tracking_uri,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        env=env,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+    )
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 180
     while True:
@@ -172,8 +208,11 @@ def take(tracking_uri: str, run_id: str | None, out: Path) -> list[Path]:
     client = MlflowClient(tracking_uri)
     sweep = find_sweep(client, tracking_uri, run_id)
     exp, sid = sweep.info.experiment_id, sweep.info.run_id
-    n = len(client.search_runs([exp], f"tags.mlflow.parentRunId = '{sid}' "
-                                      "and tags.`nash.kind` = 'candidate'"))
+    n = len(
+        client.search_runs(
+            [exp], f"tags.mlflow.parentRunId = '{sid}' and tags.`nash.kind` = 'candidate'"
+        )
+    )
     server = None
     with tempfile.TemporaryDirectory(prefix="nash-screenshots-") as tmp:
         try:
@@ -186,31 +225,47 @@ def take(tracking_uri: str, run_id: str | None, out: Path) -> list[Path]:
             browser = Browser(chromium)
             try:
                 # MLflow opens its assistant panel once per browser on a loopback host
-                browser.open(f"{base}/#/experiments/{exp}/runs?workflowType=machine_learning",
-                             "document.body.innerText.includes('Runs')")
-                browser.js("localStorage.setItem('mlflow.assistant.panelOpen_v1', 'false');"
-                           "localStorage.setItem('mlflow.assistant.fab.autoOpenedOnFirstLoad_v1',"
-                           " 'true')")
+                browser.open(
+                    f"{base}/#/experiments/{exp}/runs?workflowType=machine_learning",
+                    "document.body.innerText.includes('Runs')",
+                )
+                browser.js(
+                    "localStorage.setItem('mlflow.assistant.panelOpen_v1', 'false');"
+                    "localStorage.setItem('mlflow.assistant.fab.autoOpenedOnFirstLoad_v1',"
+                    " 'true')"
+                )
                 shots = []
-                browser.open(links["trade-off table"],
-                             f"document.body.innerText.includes('{n} matching runs') && "
-                             f"document.querySelectorAll('.ag-row').length >= {n}")
+                browser.open(
+                    links["trade-off table"],
+                    f"document.body.innerText.includes('{n} matching runs') && "
+                    f"document.querySelectorAll('.ag-row').length >= {n}",
+                )
                 shots.append(browser.screenshot(out / "mlflow-tradeoff-table.png"))
-                browser.open(links["trade-off charts"],
-                             "document.body.innerText.includes('Trade-off') && "
-                             "document.querySelectorAll('.js-plotly-plot').length > 0")
+                browser.open(
+                    links["trade-off charts"],
+                    "document.body.innerText.includes('Trade-off') && "
+                    "document.querySelectorAll('.js-plotly-plot').length > 0",
+                )
                 shots.append(browser.screenshot(out / "mlflow-tradeoff-charts.png"))
-                browser.open(run_page_url(base, exp, sid) + "?workflowType=machine_learning",
-                             "document.body.innerText.includes('Decision.')")
-                browser.js("document.querySelectorAll('[aria-label=\"Expand description\"]')"
-                           ".forEach(e => e.click())")
+                browser.open(
+                    run_page_url(base, exp, sid) + "?workflowType=machine_learning",
+                    "document.body.innerText.includes('Decision.')",
+                )
+                browser.js(
+                    "document.querySelectorAll('[aria-label=\"Expand description\"]')"
+                    ".forEach(e => e.click())"
+                )
                 # the plot is an artifact the page fetches after the description renders
                 deadline = time.monotonic() + 30
-                while not browser.js("[...document.images].some(i => i.src.includes("
-                                     "'get-artifact') && i.complete && i.naturalWidth > 0)"):
+                while not browser.js(
+                    "[...document.images].some(i => i.src.includes("
+                    "'get-artifact') && i.complete && i.naturalWidth > 0)"
+                ):
                     if time.monotonic() > deadline:
-                        raise ScreenshotError("the Pareto plot in the sweep's description did "
-                                              "not load (is pareto.png among its artifacts?)")
+                        raise ScreenshotError(
+                            "the Pareto plot in the sweep's description did "
+                            "not load (is pareto.png among its artifacts?)"
+                        )
                     time.sleep(0.5)
                 time.sleep(1)
                 shots.append(browser.screenshot(out / "mlflow-sweep-report.png"))
@@ -225,8 +280,11 @@ def take(tracking_uri: str, run_id: str | None, out: Path) -> list[Path]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="screenshots.py", description=__doc__.split("\n\n")[0])
-    p.add_argument("--workdir", default=os.environ.get("NASH_HOME", ".nash"),
-                   help="the store of this workdir (default $NASH_HOME or ./.nash)")
+    p.add_argument(
+        "--workdir",
+        default=os.environ.get("NASH_HOME", ".nash"),
+        help="the store of this workdir (default $NASH_HOME or ./.nash)",
+    )
     p.add_argument("--tracking-uri", help="any MLflow store or server instead of the workdir's")
     p.add_argument("--run-id", help="the sweep to show (default: the latest)")
     p.add_argument("--out", default=str(ROOT / "docs" / "img"), help="folder (default docs/img)")
@@ -238,8 +296,10 @@ def main(argv: list[str] | None = None) -> int:
     uri = args.tracking_uri or default_tracking_uri(args.workdir)
     try:
         if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
-            raise ScreenshotError(f"no MLflow store at {uri.removeprefix('sqlite:///')}: run "
-                                  "`make demo` first, or pass --workdir / --tracking-uri")
+            raise ScreenshotError(
+                f"no MLflow store at {uri.removeprefix('sqlite:///')}: run "
+                "`make demo` first, or pass --workdir / --tracking-uri"
+            )
         for path in take(uri, args.run_id, Path(args.out)):
             print(f"wrote {path}")
     except (ScreenshotError, NashError) as exc:

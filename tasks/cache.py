@@ -66,10 +66,13 @@ def _imports(tree: ast.AST) -> set[str]:
 def _strip_docstrings(tree: ast.AST) -> ast.AST:
     for node in ast.walk(tree):
         body = getattr(node, "body", None)
-        if (isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
-                and body and isinstance(body[0], ast.Expr)
-                and isinstance(getattr(body[0], "value", None), ast.Constant)
-                and isinstance(body[0].value.value, str)):
+        if (
+            isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+            and body
+            and isinstance(body[0], ast.Expr)
+            and isinstance(getattr(body[0], "value", None), ast.Constant)
+            and isinstance(body[0].value.value, str)
+        ):
             node.body = body[1:] or [ast.Pass()]
     return tree
 
@@ -108,8 +111,9 @@ def code_version(*modules: str) -> str:
 
 def cache_key(kind: str, code: tuple[str, ...], **parts: Any) -> str:
     """Stable key of a step from the JSON of its determining parts and its code version."""
-    blob = json.dumps({"kind": kind, "code": code_version(*code), **parts}, sort_keys=True,
-                      default=str)
+    blob = json.dumps(
+        {"kind": kind, "code": code_version(*code), **parts}, sort_keys=True, default=str
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -119,12 +123,15 @@ def resumable_checkpoints(rdir: Path) -> dict[str, int]:
     Recorded in the done-marker as ``resumed_from``, so a crash and its resume are visible
     afterwards (empty for a step computed in one go).
     """
-    return {str(p.parent.relative_to(rdir)): read_json(p)["step"]
-            for p in sorted(rdir.rglob("checkpoint/state.json"))}
+    return {
+        str(p.parent.relative_to(rdir)): read_json(p)["step"]
+        for p in sorted(rdir.rglob("checkpoint/state.json"))
+    }
 
 
-def run_cached(workdir: str | Path, kind: str, key: str,
-               compute: Callable[[Path], dict[str, Any]]) -> StepResult:
+def run_cached(
+    workdir: str | Path, kind: str, key: str, compute: Callable[[Path], dict[str, Any]]
+) -> StepResult:
     """Return the finished result for ``key``, or run ``compute(result_dir) -> meta`` once.
 
     ``meta`` must be JSON-serialisable and small (paths inside the directory, fingerprints,
@@ -137,15 +144,29 @@ def run_cached(workdir: str | Path, kind: str, key: str,
         marker = rdir / DONE
         if marker.is_file():
             done = read_json(marker)
-            return StepResult(kind=kind, key=key, path=str(rdir), meta=done["meta"], cached=True,
-                              seconds=done["seconds"])
+            return StepResult(
+                kind=kind,
+                key=key,
+                path=str(rdir),
+                meta=done["meta"],
+                cached=True,
+                seconds=done["seconds"],
+            )
         if stop_requested():
             raise KeyboardInterrupt(f"{stop_requested()} received: not starting {kind}-{key}")
         resumed = resumable_checkpoints(rdir)
         start = time.perf_counter()
         meta = compute(rdir)
         seconds = round(time.perf_counter() - start, 3)
-        atomic_write_json(marker, {"kind": kind, "key": key, "meta": meta, "seconds": seconds,
-                                   "resumed_from": resumed,
-                                   "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+        atomic_write_json(
+            marker,
+            {
+                "kind": kind,
+                "key": key,
+                "meta": meta,
+                "seconds": seconds,
+                "resumed_from": resumed,
+                "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            },
+        )
     return StepResult(kind=kind, key=key, path=str(rdir), meta=meta, cached=False, seconds=seconds)

@@ -16,20 +16,35 @@ from tasks.registry import log_candidate_model
 from tasks.retry import transient_retries
 
 #: Benchmark metrics also logged without the ``_bs<N>`` suffix, at ``selection.batch_size``.
-HEADLINE = ("latency_p50_ms", "latency_p90_ms", "speedup", "tokens_per_s", "peak_mem_mb",
-            "cost_per_1k_requests", "ms_per_token", "encoder_ms", "decoder_ms")
+HEADLINE = (
+    "latency_p50_ms",
+    "latency_p90_ms",
+    "speedup",
+    "tokens_per_s",
+    "peak_mem_mb",
+    "cost_per_1k_requests",
+    "ms_per_token",
+    "encoder_ms",
+    "decoder_ms",
+)
 #: The teacher compared with itself: what retention and the delta CI are by definition.
-TEACHER_SELF = {"rougeL_retention": 1.0, "rougeL_delta": 0.0, "rougeL_delta_ci_low": 0.0,
-                "rougeL_delta_ci_high": 0.0, "rougeL_retention_ci_low": 1.0,
-                "rougeL_retention_ci_high": 1.0}
+TEACHER_SELF = {
+    "rougeL_retention": 1.0,
+    "rougeL_delta": 0.0,
+    "rougeL_delta_ci_low": 0.0,
+    "rougeL_delta_ci_high": 0.0,
+    "rougeL_retention_ci_low": 1.0,
+    "rougeL_retention_ci_high": 1.0,
+}
 
 
 def model_config(model_dir: str | Path) -> dict:
     return json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
 
 
-def candidate_metrics(spec: CandidateSpec, evaluation: StepResult, bench_model: dict,
-                      nash: dict, selection_batch: int) -> dict:
+def candidate_metrics(
+    spec: CandidateSpec, evaluation: StepResult, bench_model: dict, nash: dict, selection_batch: int
+) -> dict:
     """Every number of the candidate run: quality, speed per batch size, size, sparsity."""
     from nash_core.benchmark import flat_metrics
 
@@ -56,9 +71,15 @@ def _mask_picture(config: dict, out: Path, title: str) -> Path | None:
 
 
 @task(name="log-candidate", cache_policy=NO_CACHE, **transient_retries())
-def log_candidate(ctx: SweepContext, spec: CandidateSpec, model: StepResult,
-                  evaluation: StepResult, bench: StepResult, trained: dict[str, StepResult],
-                  serving: dict) -> str:
+def log_candidate(
+    ctx: SweepContext,
+    spec: CandidateSpec,
+    model: StepResult,
+    evaluation: StepResult,
+    bench: StepResult,
+    trained: dict[str, StepResult],
+    serving: dict,
+) -> str:
     """Fill the candidate's run and finish it; returns its run id.
 
     ``trained`` maps a curve phase (``train``, ``stage``, ``finetune``) to the step that trained
@@ -72,12 +93,19 @@ def log_candidate(ctx: SweepContext, spec: CandidateSpec, model: StepResult,
     # an int8 variant is a marker dir: shapes, layers and the served weights are its source's
     weights_dir = model.meta.get("source_dir", model.meta["model_dir"])
     config = model_config(weights_dir)
-    metrics = candidate_metrics(spec, evaluation, bench_model, config.get("nash", {}),
-                                ctx.cfg.selection.batch_size)
+    metrics = candidate_metrics(
+        spec, evaluation, bench_model, config.get("nash", {}), ctx.cfg.selection.batch_size
+    )
     tracking.log_metrics(client, run_id, metrics)
-    tracking.log_params(client, run_id, {"decoder_layers": bench_model["decoder_layers"],
-                                         "encoder_layers": bench_model["encoder_layers"],
-                                         "model_dir": model.meta["model_dir"]})
+    tracking.log_params(
+        client,
+        run_id,
+        {
+            "decoder_layers": bench_model["decoder_layers"],
+            "encoder_layers": bench_model["encoder_layers"],
+            "model_dir": model.meta["model_dir"],
+        },
+    )
 
     for phase, step in trained.items():
         curve = step.meta.get("curves", {}).get(phase)
@@ -85,18 +113,28 @@ def log_candidate(ctx: SweepContext, spec: CandidateSpec, model: StepResult,
             tracking.replay_curve(client, run_id, phase, Path(step.path) / curve)
 
     files = Path(ctx.workdir) / "sweeps" / ctx.sweep_run_id / spec.label
-    single = atomic_write_json(files / "benchmark.json", {
-        **{k: v for k, v in report.items() if k != "models"}, "model": bench_model})
+    single = atomic_write_json(
+        files / "benchmark.json",
+        {**{k: v for k, v in report.items() if k != "models"}, "model": bench_model},
+    )
     eval_dir = Path(evaluation.meta["eval_dir"])
-    tracking.log_files(client, run_id, [single, eval_dir / "metrics.json",
-                                        eval_dir / "predictions_sample.csv"])
+    tracking.log_files(
+        client, run_id, [single, eval_dir / "metrics.json", eval_dir / "predictions_sample.csv"]
+    )
     picture = _mask_picture(config, files / "mask.png", spec.label)
     if picture:
         tracking.log_files(client, run_id, [picture])
-    log_candidate_model(client, run_id, weights_dir,
-                        {**serving, "quantize": "int8"} if spec.quantized else serving)
-    tracking.set_tags(client, run_id, {
-        "nash.result_key": model.key, **{f"nash.cached.{p}": s.cached for p, s in trained.items()},
-        "nash.model_dir": model.meta["model_dir"]})
+    log_candidate_model(
+        client, run_id, weights_dir, {**serving, "quantize": "int8"} if spec.quantized else serving
+    )
+    tracking.set_tags(
+        client,
+        run_id,
+        {
+            "nash.result_key": model.key,
+            **{f"nash.cached.{p}": s.cached for p, s in trained.items()},
+            "nash.model_dir": model.meta["model_dir"],
+        },
+    )
     tracking.finish_run(client, run_id)
     return run_id

@@ -43,18 +43,31 @@ class CandidateSpec(BaseModel):
 
     def int8(self) -> "CandidateSpec":
         """This candidate's int8 dynamic-quantised variant (same arm, stage and target)."""
-        return self.model_copy(update={"label": self.label + INT8, "method": self.method + INT8,
-                                       "quantized": True, "run_id": None})
+        return self.model_copy(
+            update={
+                "label": self.label + INT8,
+                "method": self.method + INT8,
+                "quantized": True,
+                "run_id": None,
+            }
+        )
 
 
 def arm_candidates(arm: ArmConfig, index: int) -> list[CandidateSpec]:
     """Candidates of one arm in stage order: one per target (each continues the previous)
     or, for an arm without targets (SFT), the single shallow-decoder model."""
     targets = list(arm.targets) or [None]
-    return [CandidateSpec(
-        label=arm.label if t is None else f"{arm.label}@{t:g}", arm_index=index, method=arm.method,
-        stage=i + 1 if t is not None else 0, target=t,
-        decoder_layers=arm.decoder_layers) for i, t in enumerate(targets)]
+    return [
+        CandidateSpec(
+            label=arm.label if t is None else f"{arm.label}@{t:g}",
+            arm_index=index,
+            method=arm.method,
+            stage=i + 1 if t is not None else 0,
+            target=t,
+            decoder_layers=arm.decoder_layers,
+        )
+        for i, t in enumerate(targets)
+    ]
 
 
 class SweepContext(BaseModel):

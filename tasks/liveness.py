@@ -70,8 +70,9 @@ def fail_abandoned(client: MlflowClient, workdir: str | Path, successor: str) ->
     experiments = [e.experiment_id for e in client.search_experiments()]
     if not experiments:
         return []
-    sweeps = client.search_runs(experiments, "attributes.status = 'RUNNING' and "
-                                f"tags.`{tracking.KIND}` = 'sweep'")
+    sweeps = client.search_runs(
+        experiments, f"attributes.status = 'RUNNING' and tags.`{tracking.KIND}` = 'sweep'"
+    )
     failed = []
     for sweep in sweeps:
         tags, run_id = sweep.data.tags, sweep.info.run_id
@@ -79,11 +80,14 @@ def fail_abandoned(client: MlflowClient, workdir: str | Path, successor: str) ->
             continue
         if is_alive(Path(mine[WORKDIR_TAG]) / "sweeps" / run_id):
             continue
-        children = client.search_runs([sweep.info.experiment_id],
-                                      f"tags.`{tracking.PARENT_TAG}` = '{run_id}' and "
-                                      "attributes.status = 'RUNNING'")
-        note = (f"the process running this sweep died without closing it (killed or crashed); "
-                f"sweep run {successor} continues from its cached steps and checkpoints")
+        children = client.search_runs(
+            [sweep.info.experiment_id],
+            f"tags.`{tracking.PARENT_TAG}` = '{run_id}' and attributes.status = 'RUNNING'",
+        )
+        note = (
+            f"the process running this sweep died without closing it (killed or crashed); "
+            f"sweep run {successor} continues from its cached steps and checkpoints"
+        )
         for run in [*children, sweep]:
             tracking.set_tags(client, run.info.run_id, {ABANDONED_TAG: note})
             tracking.finish_run(client, run.info.run_id, ok=False)

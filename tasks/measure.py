@@ -12,36 +12,58 @@ from tasks.cache import StepResult, cache_key, run_cached
 from tasks.context import GPU_TAG, SweepContext
 
 #: Hardware facts that change latencies (not the load average or the Python patch level).
-_MACHINE = ("device", "dtype", "cpu_model", "cpu_cores_logical", "torch_threads", "gpu_name",
-            "torch_version", "transformers_version")
+_MACHINE = (
+    "device",
+    "dtype",
+    "cpu_model",
+    "cpu_cores_logical",
+    "torch_threads",
+    "gpu_name",
+    "torch_version",
+    "transformers_version",
+)
 
 
 @task(name="evaluate", cache_policy=NO_CACHE, tags=[GPU_TAG])
-def evaluate(ctx: SweepContext, data: StepResult, model: StepResult,
-             teacher_eval: StepResult | None = None) -> StepResult:
+def evaluate(
+    ctx: SweepContext, data: StepResult, model: StepResult, teacher_eval: StepResult | None = None
+) -> StepResult:
     """ROUGE on the test split; with ``teacher_eval``: retention and the paired-bootstrap CI."""
     from nash_core.evaluate import evaluate_model
 
     cfg = ctx.cfg
-    key = cache_key("eval", ("nash_core.evaluate",), model=model.key, data=data.meta["fingerprint"],
-                    sections=cfg.section_hash("evaluation", "data.source_prefix",
-                                              "data.max_source_length", "experiment.seed"),
-                    teacher=teacher_eval.key if teacher_eval else None)
+    key = cache_key(
+        "eval",
+        ("nash_core.evaluate",),
+        model=model.key,
+        data=data.meta["fingerprint"],
+        sections=cfg.section_hash(
+            "evaluation", "data.source_prefix", "data.max_source_length", "experiment.seed"
+        ),
+        teacher=teacher_eval.key if teacher_eval else None,
+    )
 
     def compute(rdir: Path) -> dict:
         metrics = evaluate_model(
-            model.meta["model_dir"], data.meta["splits"], cfg.evaluation, rdir / "eval",
+            model.meta["model_dir"],
+            data.meta["splits"],
+            cfg.evaluation,
+            rdir / "eval",
             teacher_eval_dir=Path(teacher_eval.path) / "eval" if teacher_eval else None,
-            device=pick_device(cfg.experiment.device), source_prefix=cfg.data.source_prefix,
-            max_source_length=cfg.data.max_source_length, seed=cfg.experiment.seed)
+            device=pick_device(cfg.experiment.device),
+            source_prefix=cfg.data.source_prefix,
+            max_source_length=cfg.data.max_source_length,
+            seed=cfg.experiment.seed,
+        )
         return {"metrics": metrics, "eval_dir": str(rdir / "eval")}
 
     return run_cached(ctx.workdir, "eval", key, compute)
 
 
 @task(name="benchmark", cache_policy=NO_CACHE, tags=[GPU_TAG])
-def benchmark(ctx: SweepContext, data: StepResult, models: list[StepResult],
-              names: list[str]) -> StepResult:
+def benchmark(
+    ctx: SweepContext, data: StepResult, models: list[StepResult], names: list[str]
+) -> StepResult:
     """Time every model in one process, interleaved, the first (the teacher) as the baseline.
 
     Keyed on every model, so a changed candidate re-times them all: speedups are only
@@ -54,20 +76,32 @@ def benchmark(ctx: SweepContext, data: StepResult, models: list[StepResult],
     cfg = ctx.cfg
     device = pick_device(cfg.experiment.device)
     hardware = hardware_fingerprint(device, cfg.benchmark.dtype, name=cfg.benchmark.hardware_name)
-    key = cache_key("bench", ("nash_core.benchmark",), models=[m.key for m in models], names=names,
-                    data=data.meta["fingerprint"],
-                    sections=cfg.section_hash("benchmark", "evaluation", "data.source_prefix",
-                                              "data.max_source_length"),
-                    hardware={k: hardware[k] for k in _MACHINE})
+    key = cache_key(
+        "bench",
+        ("nash_core.benchmark",),
+        models=[m.key for m in models],
+        names=names,
+        data=data.meta["fingerprint"],
+        sections=cfg.section_hash(
+            "benchmark", "evaluation", "data.source_prefix", "data.max_source_length"
+        ),
+        hardware={k: hardware[k] for k in _MACHINE},
+    )
 
     rows = read_split(data.meta["splits"], "test", limit=cfg.benchmark.num_inputs)
     texts = [cfg.data.source_prefix + r["source"] for r in rows]
 
     def compute(rdir: Path) -> dict:
         result = benchmark_models(
-            [m.meta["model_dir"] for m in models], cfg.benchmark, cfg.evaluation,
-            texts=texts, max_source_length=cfg.data.max_source_length, device=device,
-            names=names, seed=cfg.experiment.seed)
+            [m.meta["model_dir"] for m in models],
+            cfg.benchmark,
+            cfg.evaluation,
+            texts=texts,
+            max_source_length=cfg.data.max_source_length,
+            device=device,
+            names=names,
+            seed=cfg.experiment.seed,
+        )
         atomic_write_json(rdir / "benchmark.json", result)
         return {"benchmark_json": str(rdir / "benchmark.json")}
 
@@ -85,9 +119,11 @@ def log_benchmark_inputs(ctx: SweepContext, texts: list[str]) -> None:
 
     path = atomic_write_json(
         Path(ctx.workdir) / "sweeps" / ctx.sweep_run_id / INPUTS_ARTIFACT,
-        {"texts": texts, "max_source_length": ctx.cfg.data.max_source_length})
+        {"texts": texts, "max_source_length": ctx.cfg.data.max_source_length},
+    )
     tracking.make_client(ctx.tracking_uri).log_artifact(
-        ctx.sweep_run_id, str(path), str(Path(INPUTS_ARTIFACT).parent))
+        ctx.sweep_run_id, str(path), str(Path(INPUTS_ARTIFACT).parent)
+    )
 
 
 @task(name="compare-with-sft", cache_policy=NO_CACHE)
@@ -103,18 +139,21 @@ def compare_with_sft(ctx: SweepContext, evaluations: dict[str, tuple]) -> dict[s
     from tasks import tracking
 
     cfg = ctx.cfg
-    sft = {spec.decoder_layers: (spec, ev) for spec, ev in evaluations.values()
-           if spec.method == "sft" and not spec.quantized}
+    sft = {
+        spec.decoder_layers: (spec, ev)
+        for spec, ev in evaluations.values()
+        if spec.method == "sft" and not spec.quantized
+    }
     client = tracking.make_client(ctx.tracking_uri)
     out = {}
     for label, (spec, ev) in evaluations.items():
         if spec.method != "nash" or spec.quantized or spec.decoder_layers not in sft:
             continue
         base_spec, base_ev = sft[spec.decoder_layers]
-        cmp = compare_evaluations(ev.meta["eval_dir"], base_ev.meta["eval_dir"], cfg.evaluation,
-                                  cfg.experiment.seed)
+        cmp = compare_evaluations(
+            ev.meta["eval_dir"], base_ev.meta["eval_dir"], cfg.evaluation, cfg.experiment.seed
+        )
         out[label] = {"vs": base_spec.label, **cmp}
-        tracking.log_metrics(client, spec.run_id, {f"rougeL_vs_sft_{k}": v
-                                                   for k, v in cmp.items()})
+        tracking.log_metrics(client, spec.run_id, {f"rougeL_vs_sft_{k}": v for k, v in cmp.items()})
         tracking.set_tags(client, spec.run_id, {"nash.vs_sft": base_spec.label})
     return out

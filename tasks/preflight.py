@@ -66,8 +66,9 @@ def data_step(cfg: NashConfig, workdir: str | Path) -> StepResult:
     """Validated train/validation/test splits; ``meta.fingerprint`` is their content hash."""
     from nash_core.data import prepare_splits, splits_fingerprint
 
-    key = cache_key("data", ("nash_core.data",), data=cfg.section_hash("data"),
-                    files=_local_file_stamps(cfg))
+    key = cache_key(
+        "data", ("nash_core.data",), data=cfg.section_hash("data"), files=_local_file_stamps(cfg)
+    )
 
     def compute(rdir: Path) -> dict:
         splits = prepare_splits(cfg.data, Path(workdir) / "data")
@@ -81,13 +82,22 @@ def base_step(cfg: NashConfig, workdir: str | Path, data: StepResult) -> StepRes
     ``ConfigError`` when an arm keeps more decoder layers than the model has."""
     from nash_core.base_model import prepare_base as build
 
-    key = cache_key("base", ("nash_core.base_model",), data=data.meta["fingerprint"],
-                    model=cfg.section_hash("model", "experiment.seed"),
-                    source=base_source_fingerprint(cfg.model))
+    key = cache_key(
+        "base",
+        ("nash_core.base_model",),
+        data=data.meta["fingerprint"],
+        model=cfg.section_hash("model", "experiment.seed"),
+        source=base_source_fingerprint(cfg.model),
+    )
 
     def compute(rdir: Path) -> dict:
-        info = build(cfg.model, data.meta["splits"], Path(workdir) / "models",
-                     data_cfg=cfg.data, seed=cfg.experiment.seed)
+        info = build(
+            cfg.model,
+            data.meta["splits"],
+            Path(workdir) / "models",
+            data_cfg=cfg.data,
+            seed=cfg.experiment.seed,
+        )
         return info.to_dict()
 
     res = run_cached(workdir, "base", key, compute)
@@ -127,25 +137,32 @@ def check_tracking(uri: str, timeout_s: float = 10.0) -> None:
             reason = getattr(exc, "reason", exc)
             raise TrackingError(
                 f"MLflow tracking server {uri} is unreachable ({reason}). Start it, or fix "
-                "experiment.tracking_uri / MLFLOW_TRACKING_URI; nothing was started.") from None
+                "experiment.tracking_uri / MLFLOW_TRACKING_URI; nothing was started."
+            ) from None
     elif uri.startswith("sqlite:///"):
         where = Path(uri.removeprefix("sqlite:///")).parent
         while not where.exists() and where != where.parent:
             where = where.parent
         if not os.access(where, os.W_OK):
-            raise TrackingError(f"MLflow store {uri}: cannot write in {where}; fix its permissions "
-                                "or point MLFLOW_TRACKING_URI / --workdir elsewhere")
+            raise TrackingError(
+                f"MLflow store {uri}: cannot write in {where}; fix its permissions "
+                "or point MLFLOW_TRACKING_URI / --workdir elsewhere"
+            )
 
 
 def _model_config(cfg: NashConfig, base: StepResult):
     from transformers import AutoConfig
 
     try:
-        return AutoConfig.from_pretrained(base.meta["path"], revision=base.meta["revision"],
-                                          trust_remote_code=cfg.model.trust_remote_code)
+        return AutoConfig.from_pretrained(
+            base.meta["path"],
+            revision=base.meta["revision"],
+            trust_remote_code=cfg.model.trust_remote_code,
+        )
     except (OSError, ValueError) as exc:
-        raise ModelError(f"model.base '{cfg.model.base}': cannot read its config "
-                         f"({type(exc).__name__}: {exc})") from exc
+        raise ModelError(
+            f"model.base '{cfg.model.base}': cannot read its config ({type(exc).__name__}: {exc})"
+        ) from exc
 
 
 def check_tokenizer(cfg: NashConfig, base: StepResult, data: StepResult, model_config) -> None:
@@ -156,18 +173,23 @@ def check_tokenizer(cfg: NashConfig, base: StepResult, data: StepResult, model_c
 
     path = base.meta["path"]
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, revision=base.meta["revision"],
-                                                  trust_remote_code=cfg.model.trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(
+            path, revision=base.meta["revision"], trust_remote_code=cfg.model.trust_remote_code
+        )
     except (OSError, ValueError, TypeError) as exc:
-        raise ModelError(f"model.base '{cfg.model.base}': cannot load its tokenizer "
-                         f"({type(exc).__name__}: {exc}); save it next to the model with "
-                         "tokenizer.save_pretrained") from exc
+        raise ModelError(
+            f"model.base '{cfg.model.base}': cannot load its tokenizer "
+            f"({type(exc).__name__}: {exc}); save it next to the model with "
+            "tokenizer.save_pretrained"
+        ) from exc
     vocab = model_config.vocab_size
     if len(tokenizer) > vocab:
-        raise ModelError(f"model.base '{cfg.model.base}': the tokenizer has {len(tokenizer)} "
-                         f"tokens but the {model_config.model_type} model embeds only {vocab}; "
-                         "the tokenizer does not belong to this model (save the matching "
-                         "tokenizer next to it)")
+        raise ModelError(
+            f"model.base '{cfg.model.base}': the tokenizer has {len(tokenizer)} "
+            f"tokens but the {model_config.model_type} model embeds only {vocab}; "
+            "the tokenizer does not belong to this model (save the matching "
+            "tokenizer next to it)"
+        )
     for split in ("train", "validation"):
         tokenize_split(data.meta["splits"], split, tokenizer, cfg.data)
 
@@ -192,12 +214,13 @@ def check_disk(workdir: str | Path, model_bytes: int, candidates: int) -> tuple[
     needed = model_bytes * (FIXED_COPIES + COPIES_PER_CANDIDATE * candidates)
     free = shutil.disk_usage(workdir).free
     if free < needed and os.environ.get(SKIP_DISK_CHECK, "") in ("", "0", "false"):
-        gb = 1024 ** 3
+        gb = 1024**3
         raise NashError(
             f"not enough free disk space in workdir {workdir}: {free / gb:.2f} GiB free, the sweep "
-            f"needs about {needed / gb:.2f} GiB (base model {model_bytes / 1024 ** 2:.1f} MiB in "
+            f"needs about {needed / gb:.2f} GiB (base model {model_bytes / 1024**2:.1f} MiB in "
             f"fp32 x ({FIXED_COPIES} + {COPIES_PER_CANDIDATE} x {candidates} candidates)). Free "
-            f"some space, use another --workdir, or set {SKIP_DISK_CHECK}=1 if you know it fits.")
+            f"some space, use another --workdir, or set {SKIP_DISK_CHECK}=1 if you know it fits."
+        )
     return free, needed
 
 

@@ -20,44 +20,70 @@ from tasks.context import GPU_TAG, CandidateSpec, SweepContext
 
 PRUNE = ("nash_core.prune",)  # the code these steps run (tasks/cache.py: code_version)
 #: Config sections every training step of an arm depends on (tokenisation, seed).
-_TRAINING = ("data.source_prefix", "data.max_source_length", "data.max_target_length",
-             "experiment.seed")
+_TRAINING = (
+    "data.source_prefix",
+    "data.max_source_length",
+    "data.max_target_length",
+    "experiment.seed",
+)
 
 
 def _arm_identity(ctx: SweepContext, spec: CandidateSpec) -> dict:
     """What of the arm shapes the student (its name does not)."""
     arm = ctx.cfg.pruning.arms[spec.arm_index]
-    identity = arm.model_dump(include={"method", "decoder_layers", "layer_selection",
-                                       "custom_layers"})
+    identity = arm.model_dump(
+        include={"method", "decoder_layers", "layer_selection", "custom_layers"}
+    )
     return identity if arm.stage_steps is None else {**identity, "stage_steps": arm.stage_steps}
 
 
 def _curve(ctx: SweepContext, spec: CandidateSpec, phase: str, rdir: Path):
-    return tracking.CurveLogger(tracking.make_client(ctx.tracking_uri), spec.run_id, phase,
-                                rdir / f"{phase}.jsonl")
+    return tracking.CurveLogger(
+        tracking.make_client(ctx.tracking_uri), spec.run_id, phase, rdir / f"{phase}.jsonl"
+    )
 
 
-@task(name="prune-stage", cache_policy=NO_CACHE, task_run_name="stage-{spec.label}",
-      tags=[GPU_TAG])
-def prune_stage(ctx: SweepContext, spec: CandidateSpec, data: StepResult, teacher: StepResult,
-                previous: StepResult | None) -> StepResult:
+@task(name="prune-stage", cache_policy=NO_CACHE, task_run_name="stage-{spec.label}", tags=[GPU_TAG])
+def prune_stage(
+    ctx: SweepContext,
+    spec: CandidateSpec,
+    data: StepResult,
+    teacher: StepResult,
+    previous: StepResult | None,
+) -> StepResult:
     """Train one sparsity target of an arm (SFT: the shallow-decoder distillation, no masks)."""
     cfg = ctx.cfg
     arm = cfg.pruning.arms[spec.arm_index]
     prev_target = arm.targets[spec.stage - 2] if spec.stage > 1 else 0.0
     target = spec.target or 0.0
-    key = cache_key("stage", PRUNE, teacher=teacher.key,
-                    previous=previous.key if previous else None, arm=_arm_identity(ctx, spec),
-                    prev_target=prev_target, target=target, data=data.meta["fingerprint"],
-                    sections=cfg.section_hash("pruning.stage", *_TRAINING))
+    key = cache_key(
+        "stage",
+        PRUNE,
+        teacher=teacher.key,
+        previous=previous.key if previous else None,
+        arm=_arm_identity(ctx, spec),
+        prev_target=prev_target,
+        target=target,
+        data=data.meta["fingerprint"],
+        sections=cfg.section_hash("pruning.stage", *_TRAINING),
+    )
 
     def compute(rdir: Path) -> dict:
-        out = run_step("stage", cfg, {
-            "teacher_dir": teacher.meta["model_dir"], "arm_index": spec.arm_index,
-            "init_dir": previous.meta["model_dir"] if previous else None,
-            "prev_target": prev_target, "target": target, "out_dir": str(rdir / "stage"),
-            "splits_dir": data.meta["splits"]},
-            callback=_curve(ctx, spec, "stage", rdir), device=pick_device(cfg.experiment.device))
+        out = run_step(
+            "stage",
+            cfg,
+            {
+                "teacher_dir": teacher.meta["model_dir"],
+                "arm_index": spec.arm_index,
+                "init_dir": previous.meta["model_dir"] if previous else None,
+                "prev_target": prev_target,
+                "target": target,
+                "out_dir": str(rdir / "stage"),
+                "splits_dir": data.meta["splits"],
+            },
+            callback=_curve(ctx, spec, "stage", rdir),
+            device=pick_device(cfg.experiment.device),
+        )
         return {"model_dir": str(out), "curves": {"stage": "stage.jsonl"}}
 
     return run_cached(ctx.workdir, "stage", key, compute)
@@ -74,26 +100,43 @@ def materialize(ctx: SweepContext, spec: CandidateSpec, stage: StepResult) -> St
     return run_cached(ctx.workdir, "export", cache_key("export", PRUNE, stage=stage.key), compute)
 
 
-@task(name="finetune", cache_policy=NO_CACHE, task_run_name="finetune-{spec.label}",
-      tags=[GPU_TAG])
-def finetune(ctx: SweepContext, spec: CandidateSpec, data: StepResult, teacher: StepResult,
-             export: StepResult) -> StepResult:
+@task(name="finetune", cache_policy=NO_CACHE, task_run_name="finetune-{spec.label}", tags=[GPU_TAG])
+def finetune(
+    ctx: SweepContext,
+    spec: CandidateSpec,
+    data: StepResult,
+    teacher: StepResult,
+    export: StepResult,
+) -> StepResult:
     """Final fine-tune of the exported model (the export itself when disabled)."""
     cfg = ctx.cfg
     if not cfg.finetune.enabled:
         return export
     steps = cfg.pruning.arms[spec.arm_index].finetune_steps
-    key = cache_key("finetune", PRUNE, export=export.key, teacher=teacher.key,
-                    data=data.meta["fingerprint"], sections=cfg.section_hash("finetune",
-                                                                             *_TRAINING),
-                    **({"steps": steps} if steps is not None else {}))
+    key = cache_key(
+        "finetune",
+        PRUNE,
+        export=export.key,
+        teacher=teacher.key,
+        data=data.meta["fingerprint"],
+        sections=cfg.section_hash("finetune", *_TRAINING),
+        **({"steps": steps} if steps is not None else {}),
+    )
 
     def compute(rdir: Path) -> dict:
-        out = run_step("finetune", cfg, {
-            "export_dir": export.meta["model_dir"], "teacher_dir": teacher.meta["model_dir"],
-            "arm_index": spec.arm_index,
-            "out_dir": str(rdir / "model"), "splits_dir": data.meta["splits"]},
-            callback=_curve(ctx, spec, "finetune", rdir), device=pick_device(cfg.experiment.device))
+        out = run_step(
+            "finetune",
+            cfg,
+            {
+                "export_dir": export.meta["model_dir"],
+                "teacher_dir": teacher.meta["model_dir"],
+                "arm_index": spec.arm_index,
+                "out_dir": str(rdir / "model"),
+                "splits_dir": data.meta["splits"],
+            },
+            callback=_curve(ctx, spec, "finetune", rdir),
+            device=pick_device(cfg.experiment.device),
+        )
         return {"model_dir": str(out), "curves": {"finetune": "finetune.jsonl"}}
 
     return run_cached(ctx.workdir, "finetune", key, compute)
@@ -109,8 +152,11 @@ def quantize(ctx: SweepContext, spec: CandidateSpec, model: StepResult) -> StepR
     from nash_core.quantize import quantize_dir
 
     def compute(rdir: Path) -> dict:
-        return {"model_dir": str(quantize_dir(model.meta["model_dir"], rdir / "model")),
-                "source_dir": model.meta["model_dir"]}
+        return {
+            "model_dir": str(quantize_dir(model.meta["model_dir"], rdir / "model")),
+            "source_dir": model.meta["model_dir"],
+        }
 
-    return run_cached(ctx.workdir, "int8", cache_key("int8", ("nash_core.quantize",),
-                                                     source=model.key), compute)
+    return run_cached(
+        ctx.workdir, "int8", cache_key("int8", ("nash_core.quantize",), source=model.key), compute
+    )

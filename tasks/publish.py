@@ -23,14 +23,26 @@ def publish_report(ctx: SweepContext, bench: StepResult, base_fingerprint: str) 
     (``views.sweep_links``: the saved views, the sweep's page, the plain-URL fallback)."""
     client = tracking.make_client(ctx.tracking_uri)
     hardware = read_json(bench.meta["benchmark_json"]).get("hardware", {})
-    rep = publish(client, ctx.tracking_uri, ctx.sweep_run_id, hardware=hardware,
-                  base_fingerprint=base_fingerprint, out_dir=sweep_dir(ctx))
+    rep = publish(
+        client,
+        ctx.tracking_uri,
+        ctx.sweep_run_id,
+        hardware=hardware,
+        base_fingerprint=base_fingerprint,
+        out_dir=sweep_dir(ctx),
+    )
     links = sweep_links(ctx.tracking_uri, ctx.experiment_id, ctx.sweep_run_id)
     get_run_logger().info("%s; trade-off view: %s", rep.headline(), links["trade-off table"])
-    local = "" if ctx.tracking_uri.startswith("http") else \
-        f"\n\nServe the store first: `nash ui --workdir {ctx.workdir}`."
+    local = (
+        ""
+        if ctx.tracking_uri.startswith("http")
+        else f"\n\nServe the store first: `nash ui --workdir {ctx.workdir}`."
+    )
     create_markdown_artifact(
-        key="mlflow-tradeoff-views", description="The sweep's answer in the MLflow UI",
-        markdown="## MLflow views\n\n" + "\n".join(f"- {k}: <{v}>" for k, v in links.items())
-                 + local)
+        key="mlflow-tradeoff-views",
+        description="The sweep's answer in the MLflow UI",
+        markdown="## MLflow views\n\n"
+        + "\n".join(f"- {k}: <{v}>" for k, v in links.items())
+        + local,
+    )
     return links

@@ -32,8 +32,9 @@ class Seq2SeqSummarizer(PythonModel):
         quantize = cfg.pop("quantize", None)
         device = cfg.pop("device", "auto")
         self.device = pick_device("cpu" if quantize else device)
-        self.model, self.tokenizer = load_seq2seq(context.artifacts["model_dir"],
-                                                  device=self.device)
+        self.model, self.tokenizer = load_seq2seq(
+            context.artifacts["model_dir"], device=self.device
+        )
         if quantize == "int8":
             from nash_core.quantize import quantize_dynamic_int8
 
@@ -45,14 +46,24 @@ class Seq2SeqSummarizer(PythonModel):
         from nash_core.evaluate import generate
 
         if not isinstance(model_input, pd.DataFrame) or "source" not in model_input.columns:
-            got = list(model_input.columns) if isinstance(model_input, pd.DataFrame) else \
-                type(model_input).__name__
-            raise ValueError(f"expected a DataFrame with a 'source' column of texts to "
-                             f"summarise (got {got})")
+            got = (
+                list(model_input.columns)
+                if isinstance(model_input, pd.DataFrame)
+                else type(model_input).__name__
+            )
+            raise ValueError(
+                f"expected a DataFrame with a 'source' column of texts to summarise (got {got})"
+            )
         texts = model_input["source"]
         sources = [self.prefix + str(t) for t in texts]
-        return generate(self.model, self.tokenizer, sources, self.eval_cfg, self.device,
-                        max_source_length=self.max_source_length)
+        return generate(
+            self.model,
+            self.tokenizer,
+            sources,
+            self.eval_cfg,
+            self.device,
+            max_source_length=self.max_source_length,
+        )
 
 
 mlflow.models.set_model(Seq2SeqSummarizer())

@@ -26,8 +26,18 @@ MODEL_ARTIFACT = "model"
 PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
 #: What the served model imports; pinned to the versions it was built with (without local
 #: build tags such as "+cpu", which no public index serves).
-_REQUIREMENTS = ("torch", "transformers", "tokenizers", "safetensors", "pandas", "pydantic",
-                 "pyyaml", "numpy", "mlflow", "sentencepiece")
+_REQUIREMENTS = (
+    "torch",
+    "transformers",
+    "tokenizers",
+    "safetensors",
+    "pandas",
+    "pydantic",
+    "pyyaml",
+    "numpy",
+    "mlflow",
+    "sentencepiece",
+)
 
 
 def pip_requirements() -> list[str]:
@@ -41,8 +51,9 @@ def pip_requirements() -> list[str]:
     return reqs
 
 
-def log_candidate_model(client: MlflowClient, run_id: str, model_dir: str | Path,
-                        model_config: dict[str, Any]) -> str:
+def log_candidate_model(
+    client: MlflowClient, run_id: str, model_dir: str | Path, model_config: dict[str, Any]
+) -> str:
     """Log ``model_dir`` as a pyfunc summariser under the run's ``model/``; return its URI."""
     signature = infer_signature(pd.DataFrame({"source": ["a dialogue"]}), ["a summary"])
     with tempfile.TemporaryDirectory(prefix="nash-pyfunc-") as tmp, warnings.catch_warnings():
@@ -53,15 +64,26 @@ def log_candidate_model(client: MlflowClient, run_id: str, model_dir: str | Path
         warnings.filterwarnings("ignore", message=".*input example.*")
         local = Path(tmp) / MODEL_ARTIFACT
         mlflow.pyfunc.save_model(
-            str(local), python_model=str(PYFUNC_CODE), artifacts={"model_dir": str(model_dir)},
-            code_paths=[str(Path(nash_core.__file__).parent)], model_config=model_config,
-            signature=signature, pip_requirements=pip_requirements())
+            str(local),
+            python_model=str(PYFUNC_CODE),
+            artifacts={"model_dir": str(model_dir)},
+            code_paths=[str(Path(nash_core.__file__).parent)],
+            model_config=model_config,
+            signature=signature,
+            pip_requirements=pip_requirements(),
+        )
         client.log_artifacts(run_id, str(local), MODEL_ARTIFACT)
     return f"runs:/{run_id}/{MODEL_ARTIFACT}"
 
 
-def register_champion(client: MlflowClient, name: str, run_id: str, alias: str | None,
-                      tags: dict[str, Any], result_key: str) -> str:
+def register_champion(
+    client: MlflowClient,
+    name: str,
+    run_id: str,
+    alias: str | None,
+    tags: dict[str, Any],
+    result_key: str,
+) -> str:
     """Register the champion's model and point ``alias`` at it; return the version.
 
     ``alias`` None registers the version only (tasks/rollout.py moves aliases and records it).
@@ -72,10 +94,14 @@ def register_champion(client: MlflowClient, name: str, run_id: str, alias: str |
     try:
         client.get_registered_model(name)
     except MlflowException:
-        client.create_registered_model(name, description="NASH sweep champions (alias marks the "
-                                                         "current one)")
-    same = [v for v in client.search_model_versions(f"name='{name}'")
-            if v.tags.get("nash.result_key") == result_key]
+        client.create_registered_model(
+            name, description="NASH sweep champions (alias marks the current one)"
+        )
+    same = [
+        v
+        for v in client.search_model_versions(f"name='{name}'")
+        if v.tags.get("nash.result_key") == result_key
+    ]
     if same:
         version = max(same, key=lambda v: int(v.version)).version
     else:
@@ -91,7 +117,9 @@ def register_champion(client: MlflowClient, name: str, run_id: str, alias: str |
 
 def serving_config(cfg) -> dict[str, Any]:
     """``model_config`` of the pyfunc: the training-time prefix and the sweep's decoding."""
-    return {"source_prefix": cfg.data.source_prefix,
-            "max_source_length": cfg.data.max_source_length,
-            "evaluation": cfg.evaluation.model_dump(mode="json"),
-            "device": cfg.experiment.device}
+    return {
+        "source_prefix": cfg.data.source_prefix,
+        "max_source_length": cfg.data.max_source_length,
+        "evaluation": cfg.evaluation.model_dump(mode="json"),
+        "device": cfg.experiment.device,
+    }

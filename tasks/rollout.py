@@ -33,8 +33,15 @@ from mlflow.tracking import MlflowClient
 from nash_core.config import NashConfig
 from nash_core.errors import NashError, TrackingError
 from nash_core.io import atomic_write_json, atomic_write_text
-from nash_core.promotion import (champion_alias, hardware_names, hardware_table, hw_metric,
-                                 next_move_key, parse_moves, rollback_target)
+from nash_core.promotion import (
+    champion_alias,
+    hardware_names,
+    hardware_table,
+    hw_metric,
+    next_move_key,
+    parse_moves,
+    rollback_target,
+)
 from tasks import tracking
 from tasks.registry import MODEL_ARTIFACT, register_champion
 
@@ -65,9 +72,11 @@ def _get_run(client: MlflowClient, run_id: str, uri: str) -> Run:
         return client.get_run(run_id)
     except MlflowException as exc:
         if "RESOURCE_DOES_NOT_EXIST" in str(exc.error_code) or "not found" in str(exc).lower():
-            raise RolloutError(f"no run '{run_id}' in the MLflow store {uri}: pass the id of a "
-                               "sweep run (the parent run `nash run` prints and the UI shows), "
-                               "and check MLFLOW_TRACKING_URI / --tracking-uri") from None
+            raise RolloutError(
+                f"no run '{run_id}' in the MLflow store {uri}: pass the id of a "
+                "sweep run (the parent run `nash run` prints and the UI shows), "
+                "and check MLFLOW_TRACKING_URI / --tracking-uri"
+            ) from None
         raise TrackingError(f"cannot read run '{run_id}' from {uri}: {exc}") from None
 
 
@@ -78,25 +87,34 @@ def load_sweep(client: MlflowClient, run_id: str, uri: str) -> Sweep:
     kind = tags.get(tracking.KIND)
     if kind != "sweep":
         parent = tags.get(tracking.PARENT_TAG)
-        hint = (f"; it belongs to sweep run {parent}, pass that id" if parent else "")
-        raise RolloutError(f"run '{run_id}' is not a nash sweep run (its {tracking.KIND} tag is "
-                           f"{kind!r}, a sweep's is 'sweep'){hint}")
+        hint = f"; it belongs to sweep run {parent}, pass that id" if parent else ""
+        raise RolloutError(
+            f"run '{run_id}' is not a nash sweep run (its {tracking.KIND} tag is "
+            f"{kind!r}, a sweep's is 'sweep'){hint}"
+        )
     if run.info.status != "FINISHED":
-        raise RolloutError(f"sweep run '{run_id}' is {run.info.status}, not FINISHED: only a "
-                           "finished sweep has every candidate's model and figures")
+        raise RolloutError(
+            f"sweep run '{run_id}' is {run.info.status}, not FINISHED: only a "
+            "finished sweep has every candidate's model and figures"
+        )
     with tempfile.TemporaryDirectory(prefix="nash-sweep-") as tmp:
         try:
             path = client.download_artifacts(run_id, CONFIG_ARTIFACT, tmp)
             cfg = NashConfig.model_validate(yaml.safe_load(Path(path).read_text()))
         except (MlflowException, OSError, ValueError) as exc:
-            raise RolloutError(f"sweep run '{run_id}' has no readable {CONFIG_ARTIFACT} artifact "
-                               f"(the resolved config every sweep logs): {exc}") from None
+            raise RolloutError(
+                f"sweep run '{run_id}' has no readable {CONFIG_ARTIFACT} artifact "
+                f"(the resolved config every sweep logs): {exc}"
+            ) from None
     children = client.search_runs(
         [run.info.experiment_id],
         f"tags.`{tracking.PARENT_TAG}` = '{run_id}' and tags.`{tracking.KIND}` = 'candidate'",
-        max_results=1000, order_by=["attributes.start_time ASC"])
-    children = sorted(children, key=lambda r: (r.data.tags.get(tracking.METHOD) != "teacher",
-                                               r.info.start_time))
+        max_results=1000,
+        order_by=["attributes.start_time ASC"],
+    )
+    children = sorted(
+        children, key=lambda r: (r.data.tags.get(tracking.METHOD) != "teacher", r.info.start_time)
+    )
     if not children or children[0].data.tags.get(tracking.METHOD) != "teacher":
         raise RolloutError(f"sweep run '{run_id}' has no teacher candidate run")
     return Sweep(run, cfg, children)
@@ -110,36 +128,51 @@ def candidate_frame(sweep: Sweep) -> pd.DataFrame:
     """One row per candidate run: label, method, run_id, the decoder depth and every metric."""
     rows = []
     for r in sweep.candidates:
-        rows.append({"run_id": r.info.run_id, "label": label(r),
-                     "method": r.data.tags.get(tracking.METHOD),
-                     "result_key": r.data.tags.get("nash.result_key"),
-                     "decoder_layers": r.data.params.get("decoder_layers"),
-                     "target_sparsity": r.data.params.get("target_sparsity"),
-                     "stage": r.data.params.get("stage"), **r.data.metrics})
+        rows.append(
+            {
+                "run_id": r.info.run_id,
+                "label": label(r),
+                "method": r.data.tags.get(tracking.METHOD),
+                "result_key": r.data.tags.get("nash.result_key"),
+                "decoder_layers": r.data.params.get("decoder_layers"),
+                "target_sparsity": r.data.params.get("target_sparsity"),
+                "stage": r.data.params.get("stage"),
+                **r.data.metrics,
+            }
+        )
     return pd.DataFrame(rows)
 
 
 def model_weights(client: MlflowClient, run: Run) -> tuple[str, str | None]:
     """Where the run's logged pyfunc model keeps the weights (``model/artifacts/<dir>``, read
     from its MLmodel) and its ``quantize`` setting; a RolloutError when either is missing."""
-    missing = (f"candidate run '{label(run)}' ({run.info.run_id}) has no usable model artifact "
-               f"({MODEL_ARTIFACT}/")
+    missing = (
+        f"candidate run '{label(run)}' ({run.info.run_id}) has no usable model artifact "
+        f"({MODEL_ARTIFACT}/"
+    )
     with tempfile.TemporaryDirectory(prefix="nash-mlmodel-") as tmp:
         try:
-            mlmodel = yaml.safe_load(Path(client.download_artifacts(
-                run.info.run_id, f"{MODEL_ARTIFACT}/MLmodel", tmp)).read_text())
+            mlmodel = yaml.safe_load(
+                Path(
+                    client.download_artifacts(run.info.run_id, f"{MODEL_ARTIFACT}/MLmodel", tmp)
+                ).read_text()
+            )
             flavor = mlmodel["flavors"]["python_function"]
             weights = f"{MODEL_ARTIFACT}/{flavor['artifacts']['model_dir']['path']}"
         except (MlflowException, OSError, ValueError, KeyError, TypeError):
-            raise RolloutError(missing + "MLmodel is missing or unreadable): its model cannot "
-                               "be fetched; re-run the sweep to log it again") from None
+            raise RolloutError(
+                missing + "MLmodel is missing or unreadable): its model cannot "
+                "be fetched; re-run the sweep to log it again"
+            ) from None
     try:
         found = client.list_artifacts(run.info.run_id, weights)
     except (MlflowException, OSError):
         found = []
     if not any(f.path.endswith("config.json") for f in found):
-        raise RolloutError(missing + f"{weights.split('/', 1)[1]} has no weights): its model "
-                           "cannot be fetched; re-run the sweep to log it again")
+        raise RolloutError(
+            missing + f"{weights.split('/', 1)[1]} has no weights): its model "
+            "cannot be fetched; re-run the sweep to log it again"
+        )
     return weights, (flavor.get("config") or {}).get("quantize")
 
 
@@ -156,8 +189,9 @@ def fetch_model(client: MlflowClient, run: Run, dest: Path) -> Path:
     try:
         path = Path(client.download_artifacts(run.info.run_id, weights, str(dest)))
     except (MlflowException, OSError) as exc:
-        raise RolloutError(f"cannot download the model of candidate run '{label(run)}' "
-                           f"({run.info.run_id}): {exc}") from None
+        raise RolloutError(
+            f"cannot download the model of candidate run '{label(run)}' ({run.info.run_id}): {exc}"
+        ) from None
     if quantize:
         from nash_core.quantize import quantize_dir
 
@@ -169,8 +203,11 @@ def fetch_model(client: MlflowClient, run: Run, dest: Path) -> Path:
 def check_hardware_name(name: str, alias: str = "champion") -> str:
     """``name`` if MLflow accepts ``hw/<name>/...`` as a metric key and ``<alias>-<name>`` as a
     model alias, else a RolloutError saying which characters are allowed."""
-    from mlflow.utils.validation import (_validate_metric_name, _validate_model_alias_name,
-                                         _validate_model_alias_name_reserved)
+    from mlflow.utils.validation import (
+        _validate_metric_name,
+        _validate_model_alias_name,
+        _validate_model_alias_name_reserved,
+    )
 
     try:
         if not name or "/" in name:
@@ -179,16 +216,24 @@ def check_hardware_name(name: str, alias: str = "champion") -> str:
         _validate_model_alias_name(champion_alias(name, alias))
         _validate_model_alias_name_reserved(champion_alias(name, alias))
     except MlflowException as exc:
-        raise RolloutError(f"hardware name {name!r} cannot be used: MLflow rejects it in metric "
-                           f"keys or model aliases (use letters, digits, '_' and '-'): "
-                           f"{exc.message if hasattr(exc, 'message') else exc}") from None
+        raise RolloutError(
+            f"hardware name {name!r} cannot be used: MLflow rejects it in metric "
+            f"keys or model aliases (use letters, digits, '_' and '-'): "
+            f"{exc.message if hasattr(exc, 'message') else exc}"
+        ) from None
     return name
 
 
 # --------------------------------------------------------------------------- re-benchmark
-def rebenchmark_sweep(tracking_uri: str, run_id: str, *, hardware_name: str | None = None,
-                      price_per_hour: float | None = None, device: str | None = None,
-                      threads: int | None = None) -> dict:
+def rebenchmark_sweep(
+    tracking_uri: str,
+    run_id: str,
+    *,
+    hardware_name: str | None = None,
+    price_per_hour: float | None = None,
+    device: str | None = None,
+    threads: int | None = None,
+) -> dict:
     """Time the sweep's teacher and candidates on this machine and log the figures under a
     hardware name (nothing of the sweep's own figures is overwritten).
 
@@ -216,52 +261,94 @@ def rebenchmark_sweep(tracking_uri: str, run_id: str, *, hardware_name: str | No
     if cfg.benchmark.quantize_int8:
         dev = torch.device("cpu")  # int8 dynamic quantisation runs on CPU only (as in the sweep)
     if hardware_name is None:
-        hardware_name = check_hardware_name(default_hardware_name(
-            hardware_fingerprint(dev, cfg.benchmark.dtype)))
-    bench_cfg = cfg.benchmark.model_copy(update={
-        "hardware_name": hardware_name,
-        "price_per_hour": (cfg.benchmark.price_per_hour if price_per_hour is None
-                           else price_per_hour)})
+        hardware_name = check_hardware_name(
+            default_hardware_name(hardware_fingerprint(dev, cfg.benchmark.dtype))
+        )
+    bench_cfg = cfg.benchmark.model_copy(
+        update={
+            "hardware_name": hardware_name,
+            "price_per_hour": (
+                cfg.benchmark.price_per_hour if price_per_hour is None else price_per_hour
+            ),
+        }
+    )
 
     with tempfile.TemporaryDirectory(prefix="nash-rebench-") as tmp:
         tmp = Path(tmp)
         dirs = [fetch_model(client, r, tmp / f"m{i}") for i, r in enumerate(sweep.candidates)]
         names = [label(r) for r in sweep.candidates]
-        result = benchmark_models(dirs, bench_cfg, cfg.evaluation, texts=inputs["texts"],
-                                  max_source_length=inputs.get("max_source_length"), device=dev,
-                                  names=names, seed=cfg.experiment.seed)
+        result = benchmark_models(
+            dirs,
+            bench_cfg,
+            cfg.evaluation,
+            texts=inputs["texts"],
+            max_source_length=inputs.get("max_source_length"),
+            device=dev,
+            names=names,
+            seed=cfg.experiment.seed,
+        )
         for m in result["models"]:
             m.pop("dir", None)  # a temporary path on this machine
         sel_bs = cfg.selection.batch_size
         logged = {}
         for run, model in zip(sweep.candidates, result["models"]):
             flat = flat_metrics(model)
-            for name in ("latency_p50_ms", "latency_p90_ms", "speedup", "tokens_per_s",
-                         "peak_mem_mb", "cost_per_1k_requests", "ms_per_token"):
+            for name in (
+                "latency_p50_ms",
+                "latency_p90_ms",
+                "speedup",
+                "tokens_per_s",
+                "peak_mem_mb",
+                "cost_per_1k_requests",
+                "ms_per_token",
+            ):
                 if f"{name}_bs{sel_bs}" in flat:
                     flat[name] = flat[f"{name}_bs{sel_bs}"]
             metrics = {hw_metric(hardware_name, k): v for k, v in flat.items()}
             tracking.log_metrics(client, run.info.run_id, metrics)
-            single = atomic_write_json(tmp / "runs" / label(run) / "benchmark.json", {
-                **{k: v for k, v in result.items() if k != "models"}, "model": model})
+            single = atomic_write_json(
+                tmp / "runs" / label(run) / "benchmark.json",
+                {**{k: v for k, v in result.items() if k != "models"}, "model": model},
+            )
             client.log_artifact(run.info.run_id, str(single), f"hardware/{hardware_name}")
-            tracking.set_tags(client, run.info.run_id,
-                              {f"nash.hardware.{hardware_name}": _hw_line(result["hardware"])})
+            tracking.set_tags(
+                client,
+                run.info.run_id,
+                {f"nash.hardware.{hardware_name}": _hw_line(result["hardware"])},
+            )
             logged[label(run)] = metrics
         files = _hardware_report(client, sweep, hardware_name, result, tmp / "sweep")
-        tracking.set_tags(client, sweep.run_id, {
-            f"nash.hardware.{hardware_name}": _hw_line(result["hardware"]),
-            "nash.hardware_names": ",".join(sorted(set(
-                (sweep.run.data.tags.get("nash.hardware_names") or "").split(",")
-                + [hardware_name]) - {""}))})
-    return {"hardware_name": hardware_name, "sweep_run_id": run_id, "result": result,
-            "metrics": logged, "files": files}
+        tracking.set_tags(
+            client,
+            sweep.run_id,
+            {
+                f"nash.hardware.{hardware_name}": _hw_line(result["hardware"]),
+                "nash.hardware_names": ",".join(
+                    sorted(
+                        set(
+                            (sweep.run.data.tags.get("nash.hardware_names") or "").split(",")
+                            + [hardware_name]
+                        )
+                        - {""}
+                    )
+                ),
+            },
+        )
+    return {
+        "hardware_name": hardware_name,
+        "sweep_run_id": run_id,
+        "result": result,
+        "metrics": logged,
+        "files": files,
+    }
 
 
 def _hw_line(hw: dict) -> str:
-    return (f"{hw.get('gpu_name') or hw.get('cpu_model')} | device {hw.get('device')} | "
-            f"{hw.get('torch_threads')} torch threads | {hw.get('dtype')} | torch "
-            f"{hw.get('torch_version')} | transformers {hw.get('transformers_version')}")
+    return (
+        f"{hw.get('gpu_name') or hw.get('cpu_model')} | device {hw.get('device')} | "
+        f"{hw.get('torch_threads')} torch threads | {hw.get('dtype')} | torch "
+        f"{hw.get('torch_version')} | transformers {hw.get('transformers_version')}"
+    )
 
 
 def _benchmark_inputs(client: MlflowClient, sweep: Sweep) -> dict:
@@ -270,17 +357,19 @@ def _benchmark_inputs(client: MlflowClient, sweep: Sweep) -> dict:
             path = client.download_artifacts(sweep.run_id, INPUTS_ARTIFACT, tmp)
             inputs = json.loads(Path(path).read_text(encoding="utf-8"))
         except (MlflowException, OSError, ValueError):
-            raise RolloutError(f"sweep run '{sweep.run_id}' has no {INPUTS_ARTIFACT} (the texts "
-                               "its benchmark timed; sweeps record it since nash-pipeline can "
-                               "re-benchmark them): run the sweep again to re-benchmark it"
-                               ) from None
+            raise RolloutError(
+                f"sweep run '{sweep.run_id}' has no {INPUTS_ARTIFACT} (the texts "
+                "its benchmark timed; sweeps record it since nash-pipeline can "
+                "re-benchmark them): run the sweep again to re-benchmark it"
+            ) from None
     if not inputs.get("texts"):
         raise RolloutError(f"sweep run '{sweep.run_id}': {INPUTS_ARTIFACT} holds no texts")
     return inputs
 
 
-def _hardware_report(client: MlflowClient, sweep: Sweep, hardware: str, result: dict,
-                     out: Path) -> list[str]:
+def _hardware_report(
+    client: MlflowClient, sweep: Sweep, hardware: str, result: dict, out: Path
+) -> list[str]:
     """Trade-off table, Pareto plot and the full benchmark (fingerprint included) of one
     hardware, logged on the sweep run under ``hardware/<name>/``."""
     from nash_core.report import pareto_plot, tradeoff_table, write_tradeoff
@@ -293,8 +382,15 @@ def _hardware_report(client: MlflowClient, sweep: Sweep, hardware: str, result: 
     frontier = pareto_frontier(table, QUALITY, lat)
     trade = tradeoff_table(table, lat, frontier, decision.label)
     csv, md = write_tradeoff(trade, out)
-    plot = pareto_plot(table, QUALITY, lat, frontier, decision.label, out / "pareto.png",
-                       title=f"{cfg.experiment.name} on {hardware}: {QUALITY} vs {lat}")
+    plot = pareto_plot(
+        table,
+        QUALITY,
+        lat,
+        frontier,
+        decision.label,
+        out / "pareto.png",
+        title=f"{cfg.experiment.name} on {hardware}: {QUALITY} vs {lat}",
+    )
     full = atomic_write_json(out / "benchmark.json", result)
     text = atomic_write_text(out / "decision.txt", decision.as_text())
     files = [csv, md, plot, full, text]
@@ -322,29 +418,58 @@ def select_for_hardware(tracking_uri: str, run_id: str, hardware: str) -> dict:
     lat = latency_column(cfg.selection)
     if hw_metric(hardware, lat) not in frame.columns:
         known = hardware_names(frame.columns)
-        raise RolloutError(f"sweep run '{run_id}' has no figures for hardware {hardware!r} "
-                           f"(it has: {', '.join(known) or 'none'}): run `nash benchmark --sweep "
-                           f"{run_id} --hardware-name {hardware}` on that machine first")
+        raise RolloutError(
+            f"sweep run '{run_id}' has no figures for hardware {hardware!r} "
+            f"(it has: {', '.join(known) or 'none'}): run `nash benchmark --sweep "
+            f"{run_id} --hardware-name {hardware}` on that machine first"
+        )
     decision = choose_champion(hardware_table(frame, hardware), cfg.selection)
     winner = next(r for r in sweep.candidates if r.info.run_id == decision.run_id)
     check_model_artifacts(client, [winner])
     name = cfg.registered_model_name()
     alias = champion_alias(hardware, cfg.registry.alias)
-    tags = {"nash.label": decision.label, "nash.sweep_run_id": run_id,
-            "nash.config_name": cfg.experiment.name,
-            f"nash.decision_reason.{hardware}": decision.reason[:5000]}
-    version = register_champion(client, name, decision.run_id, None, tags,
-                                winner.data.tags.get("nash.result_key") or decision.run_id)
-    moved = move_alias(client, name, alias, version, kind="select",
-                       why=f"nash select --hardware {hardware} on sweep {run_id}: "
-                           f"{decision.label}: {decision.reason}")
+    tags = {
+        "nash.label": decision.label,
+        "nash.sweep_run_id": run_id,
+        "nash.config_name": cfg.experiment.name,
+        f"nash.decision_reason.{hardware}": decision.reason[:5000],
+    }
+    version = register_champion(
+        client,
+        name,
+        decision.run_id,
+        None,
+        tags,
+        winner.data.tags.get("nash.result_key") or decision.run_id,
+    )
+    moved = move_alias(
+        client,
+        name,
+        alias,
+        version,
+        kind="select",
+        why=f"nash select --hardware {hardware} on sweep {run_id}: "
+        f"{decision.label}: {decision.reason}",
+    )
     with tempfile.TemporaryDirectory(prefix="nash-select-") as tmp:
         text = atomic_write_text(Path(tmp) / "decision.txt", decision.as_text())
         tracking.log_files(client, run_id, [text], f"hardware/{hardware}")
-    tracking.set_tags(client, run_id, {f"nash.champion.{hardware}": decision.label,
-                                       f"nash.registered_version.{hardware}": version})
-    return {"model": name, "alias": alias, "version": version, "label": decision.label,
-            "reason": decision.reason, "moved": moved}
+    tracking.set_tags(
+        client,
+        run_id,
+        {
+            f"nash.champion.{hardware}": decision.label,
+            f"nash.registered_version.{hardware}": version,
+        },
+    )
+    return {
+        "model": name,
+        "alias": alias,
+        "version": version,
+        "label": decision.label,
+        "reason": decision.reason,
+        "moved": moved,
+    }
 
 
 # --------------------------------------------------------------------------- aliases
@@ -363,8 +488,9 @@ def alias_version(client: MlflowClient, model: str, alias: str) -> str | None:
         return None
 
 
-def move_alias(client: MlflowClient, model: str, alias: str, version: str | None, *, why: str,
-               kind: str) -> bool:
+def move_alias(
+    client: MlflowClient, model: str, alias: str, version: str | None, *, why: str, kind: str
+) -> bool:
     """Point ``alias`` at ``version`` (None: remove it) and record the move; False when it
     already pointed there (nothing moved, nothing recorded)."""
     current = alias_version(client, model, alias)
@@ -376,9 +502,15 @@ def move_alias(client: MlflowClient, model: str, alias: str, version: str | None
     else:
         client.set_registered_model_alias(model, alias, version)
     tags = client.get_registered_model(model).tags
-    record = {"alias": alias, "from": current, "to": version, "who": _who(),
-              "when": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-              "why": why[:2000], "kind": kind}
+    record = {
+        "alias": alias,
+        "from": current,
+        "to": version,
+        "who": _who(),
+        "when": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "why": why[:2000],
+        "kind": kind,
+    }
     client.set_registered_model_tag(model, next_move_key(tags), json.dumps(record))
     return True
 
@@ -392,27 +524,38 @@ def resolve_model(client: MlflowClient, model: str | None, uri: str) -> str:
     names = sorted(m.name for m in client.search_registered_models(max_results=1000))
     if model:
         if model not in names:
-            raise RolloutError(f"no registered model {model!r} in {uri} (registered: "
-                               f"{', '.join(names) or 'none'})")
+            raise RolloutError(
+                f"no registered model {model!r} in {uri} (registered: {', '.join(names) or 'none'})"
+            )
         return model
     if len(names) != 1:
-        raise RolloutError(f"{'no registered model' if not names else 'several registered models'}"
-                           f" in {uri}{': ' + ', '.join(names) if names else ''}; "
-                           "name one with --model")
+        raise RolloutError(
+            f"{'no registered model' if not names else 'several registered models'}"
+            f" in {uri}{': ' + ', '.join(names) if names else ''}; "
+            "name one with --model"
+        )
     return names[0]
 
 
-def promote(tracking_uri: str, version: str, *, model: str | None = None,
-            alias: str = "champion", challenger: str = "challenger",
-            why: str | None = None) -> dict:
+def promote(
+    tracking_uri: str,
+    version: str,
+    *,
+    model: str | None = None,
+    alias: str = "champion",
+    challenger: str = "challenger",
+    why: str | None = None,
+) -> dict:
     """Point ``alias`` at ``version``; a version that was the challenger stops being one."""
     client = tracking.make_client(tracking_uri)
     model = resolve_model(client, model, tracking_uri)
-    versions = sorted((str(v.version) for v in client.search_model_versions(f"name='{model}'")),
-                      key=int)
+    versions = sorted(
+        (str(v.version) for v in client.search_model_versions(f"name='{model}'")), key=int
+    )
     if str(version) not in versions:
-        raise RolloutError(f"{model} has no version {version!r} (versions: "
-                           f"{', '.join(versions) or 'none'})")
+        raise RolloutError(
+            f"{model} has no version {version!r} (versions: {', '.join(versions) or 'none'})"
+        )
     before = alias_version(client, model, alias)
     why = why or f"nash promote {version}"
     moved = move_alias(client, model, alias, str(version), why=why, kind="promote")
@@ -421,8 +564,9 @@ def promote(tracking_uri: str, version: str, *, model: str | None = None,
     return {"model": model, "alias": alias, "from": before, "to": str(version), "moved": moved}
 
 
-def rollback(tracking_uri: str, *, model: str | None = None, alias: str = "champion",
-             why: str | None = None) -> dict:
+def rollback(
+    tracking_uri: str, *, model: str | None = None, alias: str = "champion", why: str | None = None
+) -> dict:
     """Point ``alias`` back at the version it pointed at before the current one."""
     client = tracking.make_client(tracking_uri)
     model = resolve_model(client, model, tracking_uri)
@@ -431,8 +575,15 @@ def rollback(tracking_uri: str, *, model: str | None = None, alias: str = "champ
         raise RolloutError(f"{model} has no {alias!r} alias: nothing to roll back")
     target = rollback_target(alias_history(client, model), alias, current)
     if target is None:
-        raise RolloutError(f"{model}@{alias} (version {current}) has no earlier {alias} to roll "
-                           "back to")
-    move_alias(client, model, alias, target, why=why or f"nash rollback from version {current}",
-               kind="rollback")
+        raise RolloutError(
+            f"{model}@{alias} (version {current}) has no earlier {alias} to roll back to"
+        )
+    move_alias(
+        client,
+        model,
+        alias,
+        target,
+        why=why or f"nash rollback from version {current}",
+        kind="rollback",
+    )
     return {"model": model, "alias": alias, "from": current, "to": target}

@@ -25,14 +25,22 @@ from mlflow.tracking import MlflowClient
 from nash_core.errors import NashError
 from nash_core.io import atomic_write_text
 from nash_core.selection import pareto_frontier
-from nash_core.sweep_report import (SweepReport, hardware_summary, parse_rejected, to_html,
-                                    to_markdown)
+from nash_core.sweep_report import (
+    SweepReport,
+    hardware_summary,
+    parse_rejected,
+    to_html,
+    to_markdown,
+)
 from tasks import tracking, views
 
 DESCRIPTION = "mlflow.note.content"
 PARETO = "pareto.png"
-HARDWARE_TAG, HARDWARE_JSON_TAG, BASE_TAG = "nash.hardware", "nash.hardware_json", \
-    "nash.base_fingerprint"
+HARDWARE_TAG, HARDWARE_JSON_TAG, BASE_TAG = (
+    "nash.hardware",
+    "nash.hardware_json",
+    "nash.base_fingerprint",
+)
 
 
 class UnknownSweep(NashError):
@@ -46,26 +54,39 @@ def find_sweep(client: MlflowClient, tracking_uri: str, run_id: str | None = Non
         try:
             run = client.get_run(run_id)
         except MlflowException:
-            raise UnknownSweep(f"no run '{run_id}' in the MLflow store {tracking_uri}: pass the "
-                               "run id `nash run` printed (or --tracking-uri / --workdir of the "
-                               "store it used)") from None
+            raise UnknownSweep(
+                f"no run '{run_id}' in the MLflow store {tracking_uri}: pass the "
+                "run id `nash run` printed (or --tracking-uri / --workdir of the "
+                "store it used)"
+            ) from None
         kind = run.data.tags.get(tracking.KIND)
         if kind == "candidate" and run.data.tags.get(tracking.PARENT_TAG):
             return find_sweep(client, tracking_uri, run.data.tags[tracking.PARENT_TAG])
         if kind != "sweep":
-            raise UnknownSweep(f"run '{run_id}' in {tracking_uri} is not a NASH sweep run "
-                               f"(tag {tracking.KIND} is {kind!r}); pass a sweep's run id")
+            raise UnknownSweep(
+                f"run '{run_id}' in {tracking_uri} is not a NASH sweep run "
+                f"(tag {tracking.KIND} is {kind!r}); pass a sweep's run id"
+            )
         return run
     try:
         exps = [e.experiment_id for e in client.search_experiments()]
-        runs = client.search_runs(exps, f"tags.`{tracking.KIND}` = 'sweep'",
-                                  order_by=["attributes.start_time DESC"], max_results=1) \
-            if exps else []
+        runs = (
+            client.search_runs(
+                exps,
+                f"tags.`{tracking.KIND}` = 'sweep'",
+                order_by=["attributes.start_time DESC"],
+                max_results=1,
+            )
+            if exps
+            else []
+        )
     except MlflowException as exc:
         raise UnknownSweep(f"cannot read the MLflow store {tracking_uri}: {exc}") from None
     if not runs:
-        raise UnknownSweep(f"no NASH sweep in the MLflow store {tracking_uri}: run `nash run "
-                           "CONFIG` first, or pass --workdir / --tracking-uri of another store")
+        raise UnknownSweep(
+            f"no NASH sweep in the MLflow store {tracking_uri}: run `nash run "
+            "CONFIG` first, or pass --workdir / --tracking-uri of another store"
+        )
     return runs[0]
 
 
@@ -73,12 +94,20 @@ def find_sweep(client: MlflowClient, tracking_uri: str, run_id: str | None = Non
 def candidate_frame(client: MlflowClient, experiment_id: str, sweep_run_id: str) -> pd.DataFrame:
     """One row per candidate run of the sweep: label, method, decoder_layers, every metric."""
     runs = client.search_runs(
-        [experiment_id], f"tags.mlflow.parentRunId = '{sweep_run_id}' "
-                         f"and tags.`{tracking.KIND}` = 'candidate'", max_results=1000)
-    rows = [{"run_id": r.info.run_id, "label": r.data.tags.get(tracking.LABEL, r.info.run_name),
-             "method": r.data.tags.get(tracking.METHOD, ""),
-             "decoder_layers": pd.to_numeric(r.data.params.get("decoder_layers"), errors="coerce"),
-             **r.data.metrics} for r in runs]
+        [experiment_id],
+        f"tags.mlflow.parentRunId = '{sweep_run_id}' and tags.`{tracking.KIND}` = 'candidate'",
+        max_results=1000,
+    )
+    rows = [
+        {
+            "run_id": r.info.run_id,
+            "label": r.data.tags.get(tracking.LABEL, r.info.run_name),
+            "method": r.data.tags.get(tracking.METHOD, ""),
+            "decoder_layers": pd.to_numeric(r.data.params.get("decoder_layers"), errors="coerce"),
+            **r.data.metrics,
+        }
+        for r in runs
+    ]
     return pd.DataFrame(rows)
 
 
@@ -107,8 +136,10 @@ def load_report(client: MlflowClient, tracking_uri: str, run: Run) -> SweepRepor
     latency = f"{params.get('selection.latency_metric', 'latency_p50_ms')}_bs{batch}"
     table = candidate_frame(client, run.info.experiment_id, run.info.run_id)
     if table.empty:
-        raise UnknownSweep(f"sweep run '{run.info.run_id}' in {tracking_uri} has no candidate "
-                           "runs (was it interrupted before opening them?)")
+        raise UnknownSweep(
+            f"sweep run '{run.info.run_id}' in {tracking_uri} has no candidate "
+            "runs (was it interrupted before opening them?)"
+        )
     if "rougeL" in table and latency in table:
         table["pareto"] = pareto_frontier(table, "rougeL", latency)
     try:
@@ -118,24 +149,34 @@ def load_report(client: MlflowClient, tracking_uri: str, run: Run) -> SweepRepor
     decision = _artifact_text(client, run.info.run_id, "decision.txt") or ""
     registered = None
     if tags.get("nash.registered_model"):
-        registered = (f"{tags['nash.registered_model']} version "
-                      f"{tags.get('nash.registered_version')}")
+        registered = (
+            f"{tags['nash.registered_model']} version {tags.get('nash.registered_version')}"
+        )
         if tags.get("nash.registered_alias"):
             registered += f" (@{tags['nash.registered_alias']})"
         if tags.get("nash.promotion.decision"):
-            registered += (f"; promotion: {tags['nash.promotion.decision']} "
-                           f"({tags.get('nash.promotion.reason', '')})")
+            registered += (
+                f"; promotion: {tags['nash.promotion.decision']} "
+                f"({tags.get('nash.promotion.reason', '')})"
+            )
     exp = client.get_experiment(run.info.experiment_id)
     started = datetime.fromtimestamp(run.info.start_time / 1000, tz=timezone.utc)
     champion = tags.get("nash.champion")
     return SweepReport(
-        run_id=run.info.run_id, run_name=run.info.run_name or run.info.run_id,
+        run_id=run.info.run_id,
+        run_name=run.info.run_name or run.info.run_id,
         experiment=exp.name if exp else run.info.experiment_id,
-        started=started.strftime("%Y-%m-%d %H:%M UTC"), status=run.info.status,
+        started=started.strftime("%Y-%m-%d %H:%M UTC"),
+        status=run.info.status,
         champion=champion or "(not selected: the sweep did not finish)",
-        reason=tags.get("nash.decision_reason", "no decision recorded"), table=table,
-        batch_size=batch, base_fingerprint=tags.get(BASE_TAG), hardware=hardware,
-        registered=registered, rejected=parse_rejected(decision))
+        reason=tags.get("nash.decision_reason", "no decision recorded"),
+        table=table,
+        batch_size=batch,
+        base_fingerprint=tags.get(BASE_TAG),
+        hardware=hardware,
+        registered=registered,
+        rejected=parse_rejected(decision),
+    )
 
 
 def sweep_metrics(rep: SweepReport) -> dict[str, float]:
@@ -155,26 +196,39 @@ def sweep_metrics(rep: SweepReport) -> dict[str, float]:
 
 
 # --------------------------------------------------------------------------- publishing
-def publish(client: MlflowClient, tracking_uri: str, sweep_run_id: str, *, hardware: dict,
-            base_fingerprint: str | None, chart_latency: str | None = None,
-            out_dir: str | Path | None = None) -> SweepReport:
+def publish(
+    client: MlflowClient,
+    tracking_uri: str,
+    sweep_run_id: str,
+    *,
+    hardware: dict,
+    base_fingerprint: str | None,
+    chart_latency: str | None = None,
+    out_dir: str | Path | None = None,
+) -> SweepReport:
     """Fingerprints as tags, saved views, the Markdown description, the sweep's metrics.
 
     ``chart_latency``: the metric on the first chart's x axis (default: batch-1 p50 latency
     when batch 1 was benchmarked, else the selection's latency). ``out_dir``: also write
     ``report.md`` / ``report.html`` there and log them as artifacts.
     """
-    tracking.set_tags(client, sweep_run_id, {
-        HARDWARE_TAG: hardware_summary(hardware)[:5000],
-        HARDWARE_JSON_TAG: json.dumps(hardware, sort_keys=True)[:7900],
-        BASE_TAG: base_fingerprint})
+    tracking.set_tags(
+        client,
+        sweep_run_id,
+        {
+            HARDWARE_TAG: hardware_summary(hardware)[:5000],
+            HARDWARE_JSON_TAG: json.dumps(hardware, sort_keys=True)[:7900],
+            BASE_TAG: base_fingerprint,
+        },
+    )
     run = client.get_run(sweep_run_id)
     rep = load_report(client, tracking_uri, run)
     if chart_latency is None:
         bs1 = "latency_p50_ms_bs1"
         chart_latency = bs1 if bs1 in rep.table else f"latency_p50_ms_bs{rep.batch_size}"
-    views.write_views(client, run.info.experiment_id, sweep_run_id, rep.run_name,
-                      rep.batch_size, chart_latency)
+    views.write_views(
+        client, run.info.experiment_id, sweep_run_id, rep.run_name, rep.batch_size, chart_latency
+    )
     has_plot = any(f.path == PARETO for f in client.list_artifacts(sweep_run_id))
     rep.links = relative_links(run.info.experiment_id, sweep_run_id)
     image = f"get-artifact?path={PARETO}&run_uuid={sweep_run_id}" if has_plot else None
@@ -193,15 +247,24 @@ def publish(client: MlflowClient, tracking_uri: str, sweep_run_id: str, *, hardw
 def relative_links(experiment_id: str, sweep_run_id: str) -> dict[str, str]:
     """Links for inside the UI (the description): relative, so they work on any host/port."""
     key = views.sweep_view_key(sweep_run_id)
-    return {"trade-off table": views.view_url("", experiment_id, key).lstrip("/"),
-            "trade-off charts": views.view_url("", experiment_id, key, charts=True).lstrip("/"),
-            "all sweeps": views.view_url("", experiment_id, views.SWEEPS_KEY).lstrip("/")}
+    return {
+        "trade-off table": views.view_url("", experiment_id, key).lstrip("/"),
+        "trade-off charts": views.view_url("", experiment_id, key, charts=True).lstrip("/"),
+        "all sweeps": views.view_url("", experiment_id, views.SWEEPS_KEY).lstrip("/"),
+    }
 
 
 # --------------------------------------------------------------------------- nash report
-def report_main(tracking_uri: str | None, workdir: str | Path, run_id: str | None = None, *,
-                markdown: str | None = None, html: str | None = None, host: str = "127.0.0.1",
-                port: int = 5000) -> str:
+def report_main(
+    tracking_uri: str | None,
+    workdir: str | Path,
+    run_id: str | None = None,
+    *,
+    markdown: str | None = None,
+    html: str | None = None,
+    host: str = "127.0.0.1",
+    port: int = 5000,
+) -> str:
     """``nash report``: the text to print; writes ``markdown`` / ``html`` files when asked.
 
     ``tracking_uri`` default: the workdir's store (``MLFLOW_TRACKING_URI`` when set). A local
@@ -216,8 +279,10 @@ def report_main(tracking_uri: str | None, workdir: str | Path, run_id: str | Non
 
     uri = tracking_uri or tracking.default_tracking_uri(workdir)
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
-        raise UnknownSweep(f"no MLflow store at {uri.removeprefix('sqlite:///')}: run `nash run "
-                           "CONFIG` first, or pass --workdir / --tracking-uri")
+        raise UnknownSweep(
+            f"no MLflow store at {uri.removeprefix('sqlite:///')}: run `nash run "
+            "CONFIG` first, or pass --workdir / --tracking-uri"
+        )
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     run = find_sweep(client, uri, run_id)
     rep = load_report(client, uri, run)
@@ -233,12 +298,14 @@ def report_main(tracking_uri: str | None, workdir: str | Path, run_id: str | Non
             tmp.write_bytes(png)
             tmp.replace(plot)
             image = plot.name
-        rep.links = views.sweep_links(uri, run.info.experiment_id, run.info.run_id, host=host,
-                                      port=port)
+        rep.links = views.sweep_links(
+            uri, run.info.experiment_id, run.info.run_id, host=host, port=port
+        )
         atomic_write_text(md, to_markdown(rep, image=image))
         written.append(str(md))
-    rep.links = views.sweep_links(uri, run.info.experiment_id, run.info.run_id, host=host,
-                                  port=port)
+    rep.links = views.sweep_links(
+        uri, run.info.experiment_id, run.info.run_id, host=host, port=port
+    )
     if html:
         atomic_write_text(html, to_html(rep, png))
         written.append(str(html))

@@ -30,64 +30,104 @@ def candidate_specs(cfg: NashConfig) -> list[CandidateSpec]:
     """The teacher, every arm's candidates in stage order, then (``benchmark.quantize_int8``)
     an int8 variant of each of them, the teacher's included (what int8 alone buys)."""
     teacher = CandidateSpec(label=TEACHER_LABEL, method="teacher")
-    specs = [teacher] + [c for i, arm in enumerate(cfg.pruning.arms) for c in arm_candidates(arm, i)]
+    specs = [teacher] + [
+        c for i, arm in enumerate(cfg.pruning.arms) for c in arm_candidates(arm, i)
+    ]
     if cfg.benchmark.quantize_int8:
         specs += [s.int8() for s in specs]
     return specs
 
 
 @task(name="open-sweep", cache_policy=NO_CACHE, **transient_retries())
-def open_sweep(config: dict, workdir: str, config_path: str, flow_run_id: str | None,
-               flow_run_name: str | None) -> tuple[SweepContext, list[CandidateSpec]]:
+def open_sweep(
+    config: dict, workdir: str, config_path: str, flow_run_id: str | None, flow_run_name: str | None
+) -> tuple[SweepContext, list[CandidateSpec]]:
     """Create the parent run (config, provenance) and one child run per candidate."""
     cfg = NashConfig.model_validate(config)
     uri = tracking.resolve_tracking_uri(cfg, workdir)
     client = tracking.make_client(uri)
     exp_id = tracking.ensure_experiment(client, cfg.experiment_name(), uri)
     name = f"{cfg.experiment.name}-{flow_run_name}" if flow_run_name else cfg.experiment.name
-    parent = tracking.create_run(client, exp_id, name, {
-        tracking.KIND: "sweep", "nash.config_name": cfg.experiment.name,
-        "nash.config_path": config_path, "nash.git_commit": tracking.git_commit(),
-        "prefect.flow_run_id": flow_run_id, "prefect.flow_run_name": flow_run_name,
-        "mlflow.note.content": f"NASH sweep of config '{cfg.experiment.name}' "
-                               f"(Prefect flow run {flow_run_name or '-'}); its report (decision, "
-                               "candidate table, Pareto plot) replaces this text once the sweep "
-                               "completes",
-        **liveness.identity(workdir)},
-        params=tracking.flatten(cfg.model_dump(mode="json")))
-    ctx = SweepContext(workdir=str(Path(workdir).resolve()), config=cfg.model_dump(mode="json"),
-                       tracking_uri=uri, experiment_id=exp_id, sweep_run_id=parent,
-                       flow_run_id=flow_run_id, flow_run_name=flow_run_name)
+    parent = tracking.create_run(
+        client,
+        exp_id,
+        name,
+        {
+            tracking.KIND: "sweep",
+            "nash.config_name": cfg.experiment.name,
+            "nash.config_path": config_path,
+            "nash.git_commit": tracking.git_commit(),
+            "prefect.flow_run_id": flow_run_id,
+            "prefect.flow_run_name": flow_run_name,
+            "mlflow.note.content": f"NASH sweep of config '{cfg.experiment.name}' "
+            f"(Prefect flow run {flow_run_name or '-'}); its report (decision, "
+            "candidate table, Pareto plot) replaces this text once the sweep "
+            "completes",
+            **liveness.identity(workdir),
+        },
+        params=tracking.flatten(cfg.model_dump(mode="json")),
+    )
+    ctx = SweepContext(
+        workdir=str(Path(workdir).resolve()),
+        config=cfg.model_dump(mode="json"),
+        tracking_uri=uri,
+        experiment_id=exp_id,
+        sweep_run_id=parent,
+        flow_run_id=flow_run_id,
+        flow_run_name=flow_run_name,
+    )
     liveness.hold(sweep_dir(ctx), parent)  # until close_sweep, or until this process dies
     abandoned = liveness.fail_abandoned(client, workdir, parent)
     if abandoned:
-        get_run_logger().warning("marked the runs of dead sweep(s) %s FAILED; this sweep reuses "
-                                 "their finished steps", ", ".join(abandoned))
-    resolved = atomic_write_text(sweep_dir(ctx) / "config.yaml",
-                                 yaml.safe_dump(ctx.config, sort_keys=False))
+        get_run_logger().warning(
+            "marked the runs of dead sweep(s) %s FAILED; this sweep reuses their finished steps",
+            ", ".join(abandoned),
+        )
+    resolved = atomic_write_text(
+        sweep_dir(ctx) / "config.yaml", yaml.safe_dump(ctx.config, sort_keys=False)
+    )
     client.log_artifact(parent, str(resolved))
 
     specs = []
     for spec in candidate_specs(cfg):
-        run_id = tracking.create_run(client, exp_id, spec.label, {
-            tracking.KIND: "candidate", tracking.METHOD: spec.method, tracking.LABEL: spec.label,
-            "nash.config_name": cfg.experiment.name, "prefect.flow_run_id": flow_run_id,
-            "prefect.flow_run_name": flow_run_name},
-            params={"stage": spec.stage, "target_sparsity": spec.target or 0.0,
-                    "arm": spec.source_label.split("@")[0],
-                    "quantization": "int8-dynamic" if spec.quantized else "none"},
-            parent_run_id=parent)
+        run_id = tracking.create_run(
+            client,
+            exp_id,
+            spec.label,
+            {
+                tracking.KIND: "candidate",
+                tracking.METHOD: spec.method,
+                tracking.LABEL: spec.label,
+                "nash.config_name": cfg.experiment.name,
+                "prefect.flow_run_id": flow_run_id,
+                "prefect.flow_run_name": flow_run_name,
+            },
+            params={
+                "stage": spec.stage,
+                "target_sparsity": spec.target or 0.0,
+                "arm": spec.source_label.split("@")[0],
+                "quantization": "int8-dynamic" if spec.quantized else "none",
+            },
+            parent_run_id=parent,
+        )
         specs.append(spec.model_copy(update={"run_id": run_id}))
 
     url = tracking.run_url(uri, exp_id, parent)
     get_run_logger().info("MLflow sweep run %s: %s (store %s)", parent, url, uri)
     create_markdown_artifact(
-        key="mlflow-sweep-run", description="Where this sweep's results are tracked",
-        markdown=(f"## MLflow\n\n- sweep run: [{parent}]({url})\n- experiment: "
-                  f"`{cfg.experiment_name()}` (id {exp_id})\n- tracking URI: `{uri}`\n"
-                  f"- candidates: {', '.join(s.label for s in specs)}\n\n"
-                  + ("" if uri.startswith("http") else
-                     f"Open it with `nash ui --workdir {ctx.workdir}`.\n")))
+        key="mlflow-sweep-run",
+        description="Where this sweep's results are tracked",
+        markdown=(
+            f"## MLflow\n\n- sweep run: [{parent}]({url})\n- experiment: "
+            f"`{cfg.experiment_name()}` (id {exp_id})\n- tracking URI: `{uri}`\n"
+            f"- candidates: {', '.join(s.label for s in specs)}\n\n"
+            + (
+                ""
+                if uri.startswith("http")
+                else f"Open it with `nash ui --workdir {ctx.workdir}`.\n"
+            )
+        ),
+    )
     return ctx, specs
 
 

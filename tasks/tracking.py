@@ -94,7 +94,8 @@ def ensure_experiment(client: MlflowClient, name: str, tracking_uri: str) -> str
         except MlflowException as exc:
             raise TrackingError(
                 f"cannot use MLflow experiment '{name}' at {tracking_uri}: {exc}. Check "
-                "experiment.tracking_uri / MLFLOW_TRACKING_URI (is the server up?)") from exc
+                "experiment.tracking_uri / MLFLOW_TRACKING_URI (is the server up?)"
+            ) from exc
 
 
 def run_url(tracking_uri: str, experiment_id: str, run_id: str) -> str:
@@ -108,12 +109,20 @@ def git_commit(path: str | Path | None = None) -> str | None:
     """Commit of the code's repository (``+dirty`` when tracked files changed); None if none."""
     where = Path(path or Path(__file__).resolve().parent.parent)
     try:
-        head = subprocess.run(["git", "-C", str(where), "rev-parse", "HEAD"], capture_output=True,
-                              text=True, timeout=10)
+        head = subprocess.run(
+            ["git", "-C", str(where), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
         if head.returncode != 0:
             return None
-        dirty = subprocess.run(["git", "-C", str(where), "status", "--porcelain",
-                                "--untracked-files=no"], capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(
+            ["git", "-C", str(where), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
         return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
         return None
@@ -136,8 +145,14 @@ def _tags(tags: dict[str, Any]) -> dict[str, str]:
     return {k: str(v) for k, v in tags.items() if v is not None}
 
 
-def create_run(client: MlflowClient, experiment_id: str, name: str, tags: dict[str, Any],
-               params: dict[str, Any] | None = None, parent_run_id: str | None = None) -> str:
+def create_run(
+    client: MlflowClient,
+    experiment_id: str,
+    name: str,
+    tags: dict[str, Any],
+    params: dict[str, Any] | None = None,
+    parent_run_id: str | None = None,
+) -> str:
     """Create a RUNNING run (a child when ``parent_run_id``) and log its tags and params."""
     tags = _tags(tags)
     if parent_run_id:
@@ -151,7 +166,7 @@ def create_run(client: MlflowClient, experiment_id: str, name: str, tags: dict[s
 def log_params(client: MlflowClient, run_id: str, params: dict[str, Any]) -> None:
     items = [Param(k, str(v)) for k, v in params.items() if v is not None]
     for i in range(0, len(items), 90):  # params per batch are limited to 100
-        client.log_batch(run_id, params=items[i:i + 90])
+        client.log_batch(run_id, params=items[i : i + 90])
 
 
 def set_tags(client: MlflowClient, run_id: str, tags: dict[str, Any]) -> None:
@@ -169,7 +184,7 @@ def log_metrics(client: MlflowClient, run_id: str, metrics: dict[str, Any], step
             continue
         items.append(Metric(k, float(v), now, step))
     for i in range(0, len(items), _BATCH):
-        client.log_batch(run_id, metrics=items[i:i + _BATCH])
+        client.log_batch(run_id, metrics=items[i : i + _BATCH])
 
 
 def finish_run(client: MlflowClient, run_id: str, ok: bool = True) -> None:
@@ -189,8 +204,9 @@ class CurveLogger:
     exact -- are dropped instead of being logged twice.
     """
 
-    def __init__(self, client: MlflowClient | None, run_id: str | None, phase: str,
-                 path: str | Path):
+    def __init__(
+        self, client: MlflowClient | None, run_id: str | None, phase: str, path: str | Path
+    ):
         self.client, self.run_id, self.phase = client, run_id, phase
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -206,8 +222,14 @@ class CurveLogger:
         return record["step"], tuple(sorted(k for k in record if k != "step"))
 
     def __call__(self, step: int, metrics: dict) -> None:
-        record = {"step": int(step), **{k: v for k, v in metrics.items()
-                                        if isinstance(v, (int, float)) and not isinstance(v, bool)}}
+        record = {
+            "step": int(step),
+            **{
+                k: v
+                for k, v in metrics.items()
+                if isinstance(v, (int, float)) and not isinstance(v, bool)
+            },
+        }
         if self._identity(record) in self._seen:
             return
         self._seen.add(self._identity(record))
@@ -240,15 +262,20 @@ def read_curve(path: str | Path) -> list[dict]:
 def replay_curve(client: MlflowClient, run_id: str, phase: str, path: str | Path) -> int:
     """Log a saved curve as step metrics (used when the training result came from the cache)."""
     now = int(time.time() * 1000)
-    items = [Metric(f"{phase}/{k}", float(v), now, int(rec["step"]))
-             for rec in read_curve(path) for k, v in rec.items() if k != "step"]
+    items = [
+        Metric(f"{phase}/{k}", float(v), now, int(rec["step"]))
+        for rec in read_curve(path)
+        for k, v in rec.items()
+        if k != "step"
+    ]
     for i in range(0, len(items), _BATCH):
-        client.log_batch(run_id, metrics=items[i:i + _BATCH])
+        client.log_batch(run_id, metrics=items[i : i + _BATCH])
     return len(items)
 
 
-def log_files(client: MlflowClient, run_id: str, files: Iterable[str | Path],
-              artifact_path: str | None = None) -> None:
+def log_files(
+    client: MlflowClient, run_id: str, files: Iterable[str | Path], artifact_path: str | None = None
+) -> None:
     for f in files:
         if Path(f).is_file():
             client.log_artifact(run_id, str(f), artifact_path)

@@ -31,9 +31,16 @@ SHARED_VIEW = "mlflow.sharedViewState."
 SWEEPS_KEY = "nash-sweeps"
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 #: Metrics the publish step logs on each sweep run (``tasks/sweep_report.sweep_metrics``).
-SWEEP_METRICS = ("champion_speedup", "champion_rougeL_retention", "champion_rougeL",
-                 "champion_latency_p50_ms", "champion_params_total", "teacher_rougeL",
-                 "teacher_latency_p50_ms", "candidates")
+SWEEP_METRICS = (
+    "champion_speedup",
+    "champion_rougeL_retention",
+    "champion_rougeL",
+    "champion_latency_p50_ms",
+    "champion_params_total",
+    "teacher_rougeL",
+    "teacher_latency_p50_ms",
+    "candidates",
+)
 
 
 def sweep_view_key(sweep_run_id: str) -> str:
@@ -51,10 +58,22 @@ RUN_NAME, CREATED = "tags.`mlflow.runName`", "runDateAndNestInfo"
 #: Widths (px) chosen so that in a 1600 px window, MLflow's side bar open, the quality, speed
 #: and confidence columns plus the decoder depth and encoder sparsity show without scrolling
 #: sideways; a header wider than its column is cut ("latency_p50_..."), hovering shows it whole.
-_WIDTHS = {RUN_NAME: 150, CREATED: 110, "nash.method": 75, "decoder_layers": 100,
-           "encoder_sparsity": 110, "params_total": 92, "rougeL": 75, "rougeL_retention": 100,
-           "rougeL_delta_ci_low": 130, "rougeL_delta_ci_high": 132, "latency_p50_ms": 100,
-           "latency_p90_ms": 100, "speedup": 88, "cost_per_1k_requests": 150}
+_WIDTHS = {
+    RUN_NAME: 150,
+    CREATED: 110,
+    "nash.method": 75,
+    "decoder_layers": 100,
+    "encoder_sparsity": 110,
+    "params_total": 92,
+    "rougeL": 75,
+    "rougeL_retention": 100,
+    "rougeL_delta_ci_low": 130,
+    "rougeL_delta_ci_high": 132,
+    "latency_p50_ms": 100,
+    "latency_p90_ms": 100,
+    "speedup": 88,
+    "cost_per_1k_requests": 150,
+}
 
 
 def _width(column: str) -> int:
@@ -67,82 +86,153 @@ def candidate_columns(batch_size: int) -> list[str]:
     the quality loss, then what the candidate is (its run name already says method, depth and
     target: ``nash-k2@0.3``), its size and cost."""
     bs = f"_bs{batch_size}"
-    return [col("metrics", "rougeL"), col("metrics", "rougeL_retention"),
-            col("metrics", f"latency_p50_ms{bs}"), col("metrics", f"latency_p90_ms{bs}"),
-            col("metrics", f"speedup{bs}"), col("metrics", "rougeL_delta_ci_low"),
-            col("metrics", "rougeL_delta_ci_high"), col("params", "decoder_layers"),
-            col("metrics", "encoder_sparsity"), col("metrics", "params_total"),
-            col("tags", "nash.method"), col("metrics", f"cost_per_1k_requests{bs}")]
+    return [
+        col("metrics", "rougeL"),
+        col("metrics", "rougeL_retention"),
+        col("metrics", f"latency_p50_ms{bs}"),
+        col("metrics", f"latency_p90_ms{bs}"),
+        col("metrics", f"speedup{bs}"),
+        col("metrics", "rougeL_delta_ci_low"),
+        col("metrics", "rougeL_delta_ci_high"),
+        col("params", "decoder_layers"),
+        col("metrics", "encoder_sparsity"),
+        col("metrics", "params_total"),
+        col("tags", "nash.method"),
+        col("metrics", f"cost_per_1k_requests{bs}"),
+    ]
 
 
 def _scatter(uuid: str, section: str, x: str, y: str) -> dict:
-    return {"uuid": uuid, "type": "SCATTER", "runsCountToCompare": 100, "metricSectionId": section,
-            "deleted": False, "isGenerated": False, "displayName": f"{y} vs {x}",
-            "xaxis": {"key": x, "type": "METRIC"}, "yaxis": {"key": y, "type": "METRIC"}}
+    return {
+        "uuid": uuid,
+        "type": "SCATTER",
+        "runsCountToCompare": 100,
+        "metricSectionId": section,
+        "deleted": False,
+        "isGenerated": False,
+        "displayName": f"{y} vs {x}",
+        "xaxis": {"key": x, "type": "METRIC"},
+        "yaxis": {"key": y, "type": "METRIC"},
+    }
 
 
 def _bar(uuid: str, section: str, metric: str) -> dict:
-    return {"uuid": uuid, "type": "BAR", "runsCountToCompare": 100, "metricSectionId": section,
-            "deleted": False, "isGenerated": False, "metricKey": metric, "displayName": metric}
+    return {
+        "uuid": uuid,
+        "type": "BAR",
+        "runsCountToCompare": 100,
+        "metricSectionId": section,
+        "deleted": False,
+        "isGenerated": False,
+        "metricKey": metric,
+        "displayName": metric,
+    }
 
 
 def _section(uuid: str, name: str, columns: int = 3, height: int = 360) -> dict:
     """A chart section; ``columns`` cards per row, ``height`` px each (MLflow: 3 and 360)."""
-    return {"uuid": uuid, "name": name, "display": True, "isReordered": False, "deleted": False,
-            "isGenerated": False, "columns": columns, "cardHeight": height}
+    return {
+        "uuid": uuid,
+        "name": name,
+        "display": True,
+        "isReordered": False,
+        "deleted": False,
+        "isGenerated": False,
+        "columns": columns,
+        "cardHeight": height,
+    }
 
 
 def candidates_state(sweep_run_id: str, batch_size: int, chart_latency: str) -> dict:
     """The saved state of one sweep's candidate view (see the module docstring)."""
     main, more = "nash-tradeoff", "nash-tradeoff-more"
-    charts = [_scatter("nash-rougeL-vs-latency", main, chart_latency, "rougeL"),
-              _scatter("nash-rougeL-vs-params", more, "params_total", "rougeL"),
-              _bar("nash-speedup", more, f"speedup_bs{batch_size}"),
-              _bar("nash-retention", more, "rougeL_retention")]
+    charts = [
+        _scatter("nash-rougeL-vs-latency", main, chart_latency, "rougeL"),
+        _scatter("nash-rougeL-vs-params", more, "params_total", "rougeL"),
+        _bar("nash-speedup", more, f"speedup_bs{batch_size}"),
+        _bar("nash-retention", more, "rougeL_retention"),
+    ]
     columns = candidate_columns(batch_size)
     order = [CREATED, RUN_NAME, *columns]  # MLflow pins these two on the left anyway
-    return {"searchFilter": (f"tags.`mlflow.parentRunId` = '{sweep_run_id}' "
-                             "and tags.`nash.kind` = 'candidate'"),
-            "orderByKey": col("metrics", "rougeL"), "orderByAsc": False,
-            "selectedColumns": columns, "columnOrder": order,
-            "columnWidths": {c: _width(c) for c in order}, "runsHiddenMode": "SHOW_ALL",
-            "compareRunCharts": charts, "compareRunSections": [
-                _section(main, f"Trade-off: ROUGE-L vs {chart_latency}", columns=1, height=500),
-                _section(more, "Size, speedup, retention")],
-            "isAccordionReordered": True, "hideEmptyCharts": True, "runListHidden": False,
-            "viewMaximized": False, "useGroupedValuesInCharts": True, "groupBy": None}
+    return {
+        "searchFilter": (
+            f"tags.`mlflow.parentRunId` = '{sweep_run_id}' and tags.`nash.kind` = 'candidate'"
+        ),
+        "orderByKey": col("metrics", "rougeL"),
+        "orderByAsc": False,
+        "selectedColumns": columns,
+        "columnOrder": order,
+        "columnWidths": {c: _width(c) for c in order},
+        "runsHiddenMode": "SHOW_ALL",
+        "compareRunCharts": charts,
+        "compareRunSections": [
+            _section(main, f"Trade-off: ROUGE-L vs {chart_latency}", columns=1, height=500),
+            _section(more, "Size, speedup, retention"),
+        ],
+        "isAccordionReordered": True,
+        "hideEmptyCharts": True,
+        "runListHidden": False,
+        "viewMaximized": False,
+        "useGroupedValuesInCharts": True,
+        "groupBy": None,
+    }
 
 
 def sweeps_state() -> dict:
     """The saved state of the experiment's sweep-by-sweep view."""
     section = "nash-sweeps"
-    columns = [col("tags", "nash.champion"), col("tags", "nash.base_fingerprint"),
-               col("tags", "nash.hardware"),
-               *(col("metrics", m) for m in SWEEP_METRICS)]
-    return {"searchFilter": "tags.`nash.kind` = 'sweep'",
-            "orderByKey": "attributes.start_time", "orderByAsc": False,
-            "selectedColumns": columns, "columnOrder": columns, "runsHiddenMode": "SHOW_ALL",
-            "compareRunCharts": [_scatter("nash-sweeps-speed-quality", section,
-                                          "champion_speedup", "champion_rougeL_retention"),
-                                 _bar("nash-sweeps-speedup", section, "champion_speedup")],
-            "compareRunSections": [_section(section, "Sweeps")],
-            "isAccordionReordered": True, "hideEmptyCharts": True}
+    columns = [
+        col("tags", "nash.champion"),
+        col("tags", "nash.base_fingerprint"),
+        col("tags", "nash.hardware"),
+        *(col("metrics", m) for m in SWEEP_METRICS),
+    ]
+    return {
+        "searchFilter": "tags.`nash.kind` = 'sweep'",
+        "orderByKey": "attributes.start_time",
+        "orderByAsc": False,
+        "selectedColumns": columns,
+        "columnOrder": columns,
+        "runsHiddenMode": "SHOW_ALL",
+        "compareRunCharts": [
+            _scatter(
+                "nash-sweeps-speed-quality",
+                section,
+                "champion_speedup",
+                "champion_rougeL_retention",
+            ),
+            _bar("nash-sweeps-speedup", section, "champion_speedup"),
+        ],
+        "compareRunSections": [_section(section, "Sweeps")],
+        "isAccordionReordered": True,
+        "hideEmptyCharts": True,
+    }
 
 
 def envelope(name: str, state: dict, created_ms: int | None = None) -> str:
     """The experiment tag value MLflow's UI reads (``state`` as a JSON *string*)."""
     now = int(time.time() * 1000) if created_ms is None else created_ms
-    return json.dumps({"name": name, "createdAt": now, "updatedAt": now,
-                       "state": json.dumps(state)})
+    return json.dumps(
+        {"name": name, "createdAt": now, "updatedAt": now, "state": json.dumps(state)}
+    )
 
 
-def write_views(client: MlflowClient, experiment_id: str, sweep_run_id: str, sweep_name: str,
-                batch_size: int, chart_latency: str) -> dict[str, str]:
+def write_views(
+    client: MlflowClient,
+    experiment_id: str,
+    sweep_run_id: str,
+    sweep_name: str,
+    batch_size: int,
+    chart_latency: str,
+) -> dict[str, str]:
     """Write (or refresh) both saved views on the experiment; returns ``{name: key}``."""
-    views = {f"NASH sweep {sweep_name}: candidates": (sweep_view_key(sweep_run_id),
-                                                      candidates_state(sweep_run_id, batch_size,
-                                                                       chart_latency)),
-             "NASH sweeps: champion per sweep": (SWEEPS_KEY, sweeps_state())}
+    views = {
+        f"NASH sweep {sweep_name}: candidates": (
+            sweep_view_key(sweep_run_id),
+            candidates_state(sweep_run_id, batch_size, chart_latency),
+        ),
+        "NASH sweeps: champion per sweep": (SWEEPS_KEY, sweeps_state()),
+    }
     for name, (key, state) in views.items():
         client.set_experiment_tag(experiment_id, SHARED_VIEW + key, envelope(name, state))
     client.set_experiment_tag(experiment_id, *EXPERIMENT_KIND)
@@ -160,32 +250,44 @@ def ui_base(tracking_uri: str, host: str = "127.0.0.1", port: int = 5000) -> str
 def view_url(base: str, experiment_id: str, key: str, charts: bool = False) -> str:
     """Open a saved view in the model-training page (table, or ``charts=True`` the charts)."""
     mode = "&compareRunsMode=CHART" if charts else ""
-    return (f"{base}/#/experiments/{experiment_id}/runs?viewStateShareKey={quote(key)}"
-            f"&workflowType=machine_learning{mode}")
+    return (
+        f"{base}/#/experiments/{experiment_id}/runs?viewStateShareKey={quote(key)}"
+        f"&workflowType=machine_learning{mode}"
+    )
 
 
 def plain_url(base: str, experiment_id: str, sweep_run_id: str) -> str:
     """Fallback without the saved view: this sweep's candidates, flat, best ROUGE-L first
     (the columns are then the UI's defaults; add them with "Columns")."""
     flt = quote(f"tags.`mlflow.parentRunId` = '{sweep_run_id}'", safe="'")
-    return (f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
-            f"&searchFilter={flt}&orderByKey={quote(col('metrics', 'rougeL'))}&orderByAsc=false")
+    return (
+        f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+        f"&searchFilter={flt}&orderByKey={quote(col('metrics', 'rougeL'))}&orderByAsc=false"
+    )
 
 
 def run_page_url(base: str, experiment_id: str, run_id: str) -> str:
     return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
 
 
-def sweep_links(tracking_uri: str, experiment_id: str, sweep_run_id: str, *,
-                host: str = "127.0.0.1", port: int = 5000) -> dict[str, str]:
+def sweep_links(
+    tracking_uri: str,
+    experiment_id: str,
+    sweep_run_id: str,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 5000,
+) -> dict[str, str]:
     """Every link a command prints for a sweep, in the order it prints them."""
     base = ui_base(tracking_uri, host, port)
     key = sweep_view_key(sweep_run_id)
-    return {"trade-off table": view_url(base, experiment_id, key),
-            "trade-off charts": view_url(base, experiment_id, key, charts=True),
-            "sweep report": run_page_url(base, experiment_id, sweep_run_id),
-            "all sweeps": view_url(base, experiment_id, SWEEPS_KEY),
-            "without the saved view": plain_url(base, experiment_id, sweep_run_id)}
+    return {
+        "trade-off table": view_url(base, experiment_id, key),
+        "trade-off charts": view_url(base, experiment_id, key, charts=True),
+        "sweep report": run_page_url(base, experiment_id, sweep_run_id),
+        "all sweeps": view_url(base, experiment_id, SWEEPS_KEY),
+        "without the saved view": plain_url(base, experiment_id, sweep_run_id),
+    }
 
 
 def format_links(links: dict[str, str]) -> str:
@@ -194,19 +296,27 @@ def format_links(links: dict[str, str]) -> str:
     return "\n".join(f"{(k + ':').ljust(width)} {v}" for k, v in links.items())
 
 
-def latest_sweep_links(tracking_uri: str, host: str = "127.0.0.1", port: int = 5000) -> \
-        dict[str, str] | None:
+def latest_sweep_links(
+    tracking_uri: str, host: str = "127.0.0.1", port: int = 5000
+) -> dict[str, str] | None:
     """Links of the store's latest sweep (for ``nash ui``), or None when it has none."""
     client = MlflowClient(tracking_uri=tracking_uri)
     exps = [e.experiment_id for e in client.search_experiments()]
-    runs = client.search_runs(exps, "tags.`nash.kind` = 'sweep'", max_results=1,
-                              order_by=["attributes.start_time DESC"]) if exps else []
+    runs = (
+        client.search_runs(
+            exps,
+            "tags.`nash.kind` = 'sweep'",
+            max_results=1,
+            order_by=["attributes.start_time DESC"],
+        )
+        if exps
+        else []
+    )
     if not runs:
         return None
     run = runs[0]
     shown = "127.0.0.1" if _unspecified(host) else host  # a wildcard bind: link to loopback
-    return sweep_links(tracking_uri, run.info.experiment_id, run.info.run_id, host=shown,
-                       port=port)
+    return sweep_links(tracking_uri, run.info.experiment_id, run.info.run_id, host=shown, port=port)
 
 
 def _unspecified(host: str) -> bool:

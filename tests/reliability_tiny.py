@@ -26,13 +26,17 @@ from safetensors.torch import load_file
 
 from sweep_tiny import BIN, REPO, clean_env, with_overrides
 
-CRASH = ["data.demo.num_dialogues=400", "data.max_samples={validation: 8, test: 8}",
-         "teacher.train.max_steps=3",
-         "pruning.arms=[{method: nash, decoder_layers: 1, targets: [0.2, 0.3]}]",
-         "pruning.stage.train={max_steps: 30, batch_size: 8, lr: 1.0e-3, eval_every: 10, "
-         "eval_examples: 8, checkpoint_every: 5, log_every: 5}",
-         "finetune.train.max_steps=2", "evaluation.bootstrap_samples=20",
-         "benchmark={batch_sizes: [1], num_inputs: 2, warmup: 0, repeats: 1, fixed_new_tokens: 4}"]
+CRASH = [
+    "data.demo.num_dialogues=400",
+    "data.max_samples={validation: 8, test: 8}",
+    "teacher.train.max_steps=3",
+    "pruning.arms=[{method: nash, decoder_layers: 1, targets: [0.2, 0.3]}]",
+    "pruning.stage.train={max_steps: 30, batch_size: 8, lr: 1.0e-3, eval_every: 10, "
+    "eval_examples: 8, checkpoint_every: 5, log_every: 5}",
+    "finetune.train.max_steps=2",
+    "evaluation.bootstrap_samples=20",
+    "benchmark={batch_sizes: [1], num_inputs: 2, warmup: 0, repeats: 1, fixed_new_tokens: 4}",
+]
 LABELS = {"teacher", "nash-k1@0.2", "nash-k1@0.3"}
 #: Metrics that measure time or memory; everything else a sweep logs must be reproducible.
 TIMING = re.compile(r"latency|speedup|_per_s|(^|_)ms(_|$)|_ms|mem|cost")
@@ -46,9 +50,13 @@ def _prefect_server(home: Path) -> str:
         port = s.getsockname()[1]
     home.mkdir(parents=True, exist_ok=True)
     with (home / "server.log").open("w") as log:
-        proc = subprocess.Popen([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1",
-                                 "--port", str(port)], env=clean_env(home), stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+            env=clean_env(home),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     atexit.register(lambda: proc.poll() is None and os.killpg(proc.pid, signal.SIGTERM))
     url = f"http://127.0.0.1:{port}/api"
     deadline = time.monotonic() + 180
@@ -75,10 +83,21 @@ def start(workdir: Path, environ: dict, *extra: str) -> subprocess.Popen:
     attempt = len(list(workdir.parent.glob(f"{workdir.name}-attempt*.log"))) + 1
     log = workdir.parent / f"{workdir.name}-attempt{attempt}.log"
     with log.open("w") as out:
-        proc = subprocess.Popen([str(BIN / "nash"), "run", "configs/smoke.yaml", "--workdir",
-                                 str(workdir), *with_overrides(CRASH + list(extra))], cwd=REPO,
-                                env=environ, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            [
+                str(BIN / "nash"),
+                "run",
+                "configs/smoke.yaml",
+                "--workdir",
+                str(workdir),
+                *with_overrides(CRASH + list(extra)),
+            ],
+            cwd=REPO,
+            env=environ,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     proc.log = log
     return proc
 
@@ -145,8 +164,11 @@ def all_runs(workdir: Path) -> list:
 
 
 def finished_sweep(workdir: Path):
-    sweeps = [r for r in all_runs(workdir) if r.data.tags.get("nash.kind") == "sweep"
-              and r.info.status == "FINISHED"]
+    sweeps = [
+        r
+        for r in all_runs(workdir)
+        if r.data.tags.get("nash.kind") == "sweep" and r.info.status == "FINISHED"
+    ]
     assert len(sweeps) == 1, [r.info.status for r in sweeps]
     return sweeps[0]
 
@@ -174,26 +196,37 @@ def assert_same_results(ours: Path, reference: Path) -> None:
     """Same steps, bit-identical weights and masks, same candidates and non-timing metrics."""
     runs_a, runs_b = ours / "runs", reference / "runs"
     assert sorted(p.name for p in runs_a.iterdir()) == sorted(p.name for p in runs_b.iterdir())
-    weights = sorted(p.relative_to(runs_b) for p in runs_b.rglob("*.safetensors")
-                     if "/." not in str(p.relative_to(runs_b)))
-    assert len(weights) >= 6, weights                     # teacher, 2 stages, 2 exports, 2 fine-tunes
+    weights = sorted(
+        p.relative_to(runs_b)
+        for p in runs_b.rglob("*.safetensors")
+        if "/." not in str(p.relative_to(runs_b))
+    )
+    assert len(weights) >= 6, weights  # teacher, 2 stages, 2 exports, 2 fine-tunes
     for rel in weights:
         assert _equal(load_file(runs_a / rel), load_file(runs_b / rel)), f"weights differ: {rel}"
     masks = sorted(p.relative_to(runs_b) for p in runs_b.rglob("nash_masks.pt"))
     assert len(masks) == 2, masks
     for rel in masks:
-        assert _equal(torch.load(runs_a / rel, weights_only=True),
-                      torch.load(runs_b / rel, weights_only=True)), f"masks differ: {rel}"
+        assert _equal(
+            torch.load(runs_a / rel, weights_only=True), torch.load(runs_b / rel, weights_only=True)
+        ), f"masks differ: {rel}"
 
     ca, cb = candidates(ours), candidates(reference)
     assert set(ca) == set(cb) == LABELS
     for label in LABELS:
         ma = {k: v for k, v in ca[label].data.metrics.items() if not TIMING.search(k)}
         mb = {k: v for k, v in cb[label].data.metrics.items() if not TIMING.search(k)}
-        assert ma == mb, (label, {k: (ma.get(k), mb.get(k)) for k in ma.keys() | mb.keys()
-                                  if ma.get(k) != mb.get(k)})
+        assert ma == mb, (
+            label,
+            {k: (ma.get(k), mb.get(k)) for k in ma.keys() | mb.keys() if ma.get(k) != mb.get(k)},
+        )
         assert {"rougeL", "encoder_sparsity", "params_total"} <= ma.keys()
-    for label in ("nash-k1@0.2", "nash-k1@0.3"):                # whole training curves too
-        hist = [[(m.step, m.value) for m in client(w).get_metric_history(
-            c[label].info.run_id, "stage/train_loss")] for w, c in ((ours, ca), (reference, cb))]
+    for label in ("nash-k1@0.2", "nash-k1@0.3"):  # whole training curves too
+        hist = [
+            [
+                (m.step, m.value)
+                for m in client(w).get_metric_history(c[label].info.run_id, "stage/train_loss")
+            ]
+            for w, c in ((ours, ca), (reference, cb))
+        ]
         assert sorted(hist[0]) == sorted(hist[1]) and len(hist[0]) == 6, (label, hist)

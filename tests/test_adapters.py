@@ -28,7 +28,10 @@ def test_t5_relu_locations_and_costs():
 def test_t5_gated_ffn_counts_three_matrices():
     model = pt.t5(gated=True, d_model=32, d_ff=48)
     ffn = get_adapter(model).ffn(model.encoder.block[0], "encoder", 0)
-    assert [lin is model.encoder.block[0].layer[1].DenseReluDense.wi_0 for lin in ffn.inputs] == [True, False]
+    assert [lin is model.encoder.block[0].layer[1].DenseReluDense.wi_0 for lin in ffn.inputs] == [
+        True,
+        False,
+    ]
     assert ffn.params_per_unit == 3 * 32
 
 

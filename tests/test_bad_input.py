@@ -32,12 +32,20 @@ ARMS = "pruning.arms=[{method: sft, decoder_layers: 1}]"
 def good(tmp_path_factory) -> dict:
     """A valid local setup: data files, base model dir, the config that ties them together."""
     root = tmp_path_factory.mktemp("good")
-    files = {s: str(write_rows(samsum_rows(n, seed=i), root / f"{s}.jsonl"))
-             for i, (s, n) in enumerate((("train", 24), ("validation", 4), ("test", 4)))}
+    files = {
+        s: str(write_rows(samsum_rows(n, seed=i), root / f"{s}.jsonl"))
+        for i, (s, n) in enumerate((("train", 24), ("validation", 4), ("test", 4)))
+    }
     base = save_t5(root / "base", corpus_texts(), dec_layers=2)
     raw = yaml.safe_load((REPO / "configs/smoke.yaml").read_text())
-    raw["data"] = {"kind": "local", "files": files, "source_column": "dialogue",
-                   "target_column": "summary", "max_source_length": 64, "max_target_length": 32}
+    raw["data"] = {
+        "kind": "local",
+        "files": files,
+        "source_column": "dialogue",
+        "target_column": "summary",
+        "max_source_length": 64,
+        "max_target_length": 32,
+    }
     raw["model"] = {"base": str(base)}
     return {"raw": raw, "files": files, "base": base}
 
@@ -52,8 +60,11 @@ def write_config(tmp_path: Path, raw: dict, **data) -> Path:
 
 def run(tmp_path: Path, config: Path, *overrides: str, **env) -> tuple:
     work = tmp_path / "work"
-    proc = nash(["run", config, "--workdir", work, *with_overrides([ARMS, *overrides])],
-                clean_env(tmp_path, **env), timeout=300)
+    proc = nash(
+        ["run", config, "--workdir", work, *with_overrides([ARMS, *overrides])],
+        clean_env(tmp_path, **env),
+        timeout=300,
+    )
     return proc, work
 
 
@@ -66,8 +77,9 @@ def run_here(monkeypatch, capsys):
         monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "prefect"))  # run_sweep would set it
         work = tmp_path / "work"
         capsys.readouterr()
-        code = main(["run", str(config), "--workdir", str(work),
-                     *with_overrides([ARMS, *overrides])])
+        code = main(
+            ["run", str(config), "--workdir", str(work), *with_overrides([ARMS, *overrides])]
+        )
         out = capsys.readouterr()
         return SimpleNamespace(returncode=code, stdout=out.out, stderr=out.err), work
 
@@ -81,26 +93,47 @@ def assert_rejected(proc, work: Path, *culprits: str) -> None:
     assert "Traceback" not in proc.stderr
     assert not (work / "mlflow.db").exists(), "nothing may be tracked"
     assert "Beginning flow run" not in proc.stdout + proc.stderr, "no Prefect flow may start"
-    trained = [p.name for p in (work / "runs").glob("*")
-               if p.name.split("-")[0] in ("teacher", "stage", "finetune")]
+    trained = [
+        p.name
+        for p in (work / "runs").glob("*")
+        if p.name.split("-")[0] in ("teacher", "stage", "finetune")
+    ]
     assert not trained, f"nothing may be trained: {trained}"
 
 
 # --------------------------------------------------------------------------- configs
-@pytest.mark.parametrize("override, culprits", [
-    ("experiment.seeed=1", ["experiment.seeed: unknown key"]),
-    ("teacher.train.batch_size=big", ["teacher.train.batch_size", "integer"]),
-    ("pruning.arms=[{method: nash, decoder_layers: 1, targets: [1.0]}]",
-     ["pruning.arms.0.targets", "outside [0, 1)"]),
-    ("pruning.arms=[{method: nash, decoder_layers: 1, targets: [0.3, 0.2]}]",
-     ["pruning.arms.0.targets", "strictly increasing"]),
-    ("pruning.arms=[{method: sft, decoder_layers: 0}]", ["pruning.arms.0.decoder_layers"]),
-    ("pruning.arms=[{method: sft, decoder_layers: 3}]",
-     ["pruning.arms.0.decoder_layers: keeps 3 decoder layers but the base model has 2"]),
-    ("pruning.arms=[]", ["pruning", "arms is empty"]),
-    ("data.target_column=null", ["missing dataset column mapping: set data.target_column"]),
-], ids=["unknown-key", "wrong-type", "target-outside", "targets-not-increasing", "k-below-1",
-        "k-above-depth", "no-arms", "no-column-mapping"])
+@pytest.mark.parametrize(
+    "override, culprits",
+    [
+        ("experiment.seeed=1", ["experiment.seeed: unknown key"]),
+        ("teacher.train.batch_size=big", ["teacher.train.batch_size", "integer"]),
+        (
+            "pruning.arms=[{method: nash, decoder_layers: 1, targets: [1.0]}]",
+            ["pruning.arms.0.targets", "outside [0, 1)"],
+        ),
+        (
+            "pruning.arms=[{method: nash, decoder_layers: 1, targets: [0.3, 0.2]}]",
+            ["pruning.arms.0.targets", "strictly increasing"],
+        ),
+        ("pruning.arms=[{method: sft, decoder_layers: 0}]", ["pruning.arms.0.decoder_layers"]),
+        (
+            "pruning.arms=[{method: sft, decoder_layers: 3}]",
+            ["pruning.arms.0.decoder_layers: keeps 3 decoder layers but the base model has 2"],
+        ),
+        ("pruning.arms=[]", ["pruning", "arms is empty"]),
+        ("data.target_column=null", ["missing dataset column mapping: set data.target_column"]),
+    ],
+    ids=[
+        "unknown-key",
+        "wrong-type",
+        "target-outside",
+        "targets-not-increasing",
+        "k-below-1",
+        "k-above-depth",
+        "no-arms",
+        "no-column-mapping",
+    ],
+)
 def test_bad_config(tmp_path, good, override, culprits):
     proc, work = run(tmp_path, write_config(tmp_path, good["raw"]), override)
     assert_rejected(proc, work, *culprits)
@@ -120,11 +153,17 @@ def _with_train(tmp_path: Path, good: dict, rows: list[dict], ext: str = "jsonl"
 
 
 def test_missing_column(tmp_path, good):
-    rows = [{"id": r["id"], "dialogue": r["dialogue"], "abstract": r["summary"]}
-            for r in samsum_rows(24)]
+    rows = [
+        {"id": r["id"], "dialogue": r["dialogue"], "abstract": r["summary"]}
+        for r in samsum_rows(24)
+    ]
     proc, work = run(tmp_path, _with_train(tmp_path, good, rows))
-    assert_rejected(proc, work, "split 'train': column 'summary' (data.target_column) not found",
-                    "available columns: ['id', 'dialogue', 'abstract']")
+    assert_rejected(
+        proc,
+        work,
+        "split 'train': column 'summary' (data.target_column) not found",
+        "available columns: ['id', 'dialogue', 'abstract']",
+    )
 
 
 def test_empty_text(tmp_path, good, run_here):
@@ -150,7 +189,9 @@ def test_empty_split(tmp_path, good, run_here):
 
 
 def test_no_usable_rows_after_tokenisation(tmp_path, good, run_here):
-    rows = [{"id": str(i), "dialogue": "你好 世界 " * (i + 1), "summary": "再见"} for i in range(24)]
+    rows = [
+        {"id": str(i), "dialogue": "你好 世界 " * (i + 1), "summary": "再见"} for i in range(24)
+    ]
     proc, work = run_here(tmp_path, _with_train(tmp_path, good, rows))  # all <unk>: none left
     assert_rejected(proc, work, "split 'train'", "no row has both a non-empty source and target")
 
@@ -188,23 +229,25 @@ def test_unsupported_architecture(tmp_path, good, run_here):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     def gpt2(base: Path):
-        GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=1000,
-                                   n_positions=64)).save_pretrained(base)
+        GPT2LMHeadModel(
+            GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=1000, n_positions=64)
+        ).save_pretrained(base)
 
     proc, work = run_here(tmp_path, _broken_base(tmp_path, good, gpt2))
     assert_rejected(proc, work, "is a 'gpt2' model", "supports ['t5', 'mt5', 'bart']")
 
 
 def test_directory_without_weights(tmp_path, good, run_here):
-    proc, work = run_here(tmp_path, _broken_base(
-        tmp_path, good, lambda base: (base / "model.safetensors").unlink()))
+    proc, work = run_here(
+        tmp_path, _broken_base(tmp_path, good, lambda base: (base / "model.safetensors").unlink())
+    )
     assert_rejected(proc, work, "has no safetensors weights")
 
 
 def test_corrupted_weights(tmp_path, good):
     def corrupt(base: Path):
         blob = (base / "model.safetensors").read_bytes()
-        (base / "model.safetensors").write_bytes(blob[: len(blob) // 2])   # a cut-off download
+        (base / "model.safetensors").write_bytes(blob[: len(blob) // 2])  # a cut-off download
 
     proc, work = run(tmp_path, _broken_base(tmp_path, good, corrupt))
     assert_rejected(proc, work, "model.safetensors is corrupted or truncated")
@@ -214,8 +257,7 @@ def test_tokenizer_does_not_match_the_model(tmp_path, good, run_here):
     from nash_core.base_model import build_demo_tokenizer
 
     def other_tokenizer(base: Path):
-        build_demo_tokenizer(corpus_texts() + ["zebra quokka axolotl " * 40], base,
-                             vocab_size=5000)
+        build_demo_tokenizer(corpus_texts() + ["zebra quokka axolotl " * 40], base, vocab_size=5000)
 
     proc, work = run_here(tmp_path, _broken_base(tmp_path, good, other_tokenizer))
     assert_rejected(proc, work, "the tokenizer has", "but the t5 model embeds only")
@@ -223,11 +265,14 @@ def test_tokenizer_does_not_match_the_model(tmp_path, good, run_here):
 
 # --------------------------------------------------------------------------- tracking, disk
 def test_unreachable_tracking_server(tmp_path, good):
-    with socket.socket() as s:                       # a port nobody listens on
+    with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc, work = run(tmp_path, write_config(tmp_path, good["raw"]),
-                     MLFLOW_TRACKING_URI=f"http://127.0.0.1:{port}")
+    proc, work = run(
+        tmp_path,
+        write_config(tmp_path, good["raw"]),
+        MLFLOW_TRACKING_URI=f"http://127.0.0.1:{port}",
+    )
     assert_rejected(proc, work, f"MLflow tracking server http://127.0.0.1:{port} is unreachable")
 
 
@@ -238,10 +283,12 @@ def test_too_little_disk_space(tmp_path, good, monkeypatch):
     from nash_core.errors import NashError
     from tasks import preflight as pf
 
-    cfg = validate_config(good["raw"])                  # smoke's 4 arms: 5 candidates
+    cfg = validate_config(good["raw"])  # smoke's 4 arms: 5 candidates
     work = tmp_path / "work"
     ok = pf.preflight(cfg, work)
-    params = sum(p.numel() for p in AutoModelForSeq2SeqLM.from_pretrained(good["base"]).parameters())
+    params = sum(
+        p.numel() for p in AutoModelForSeq2SeqLM.from_pretrained(good["base"]).parameters()
+    )
     assert ok.needed_bytes == 4 * params * (pf.FIXED_COPIES + pf.COPIES_PER_CANDIDATE * 5)
 
     real = shutil.disk_usage(work)
@@ -249,9 +296,9 @@ def test_too_little_disk_space(tmp_path, good, monkeypatch):
     with pytest.raises(NashError) as err:
         pf.preflight(cfg, work)
     msg = str(err.value)
-    gib = 1024 ** 3
+    gib = 1024**3
     assert f"workdir {work}: {(ok.needed_bytes - 1) / gib:.2f} GiB free" in msg
     assert f"needs about {ok.needed_bytes / gib:.2f} GiB" in msg and "x 5 candidates" in msg
-    monkeypatch.setenv(pf.SKIP_DISK_CHECK, "1")            # the documented way past it
+    monkeypatch.setenv(pf.SKIP_DISK_CHECK, "1")  # the documented way past it
     assert pf.preflight(cfg, work).needed_bytes == ok.needed_bytes
     assert not (work / "mlflow.db").exists()

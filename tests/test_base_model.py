@@ -7,8 +7,7 @@ import torch
 from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
 from foundation_tiny import corpus_texts, save_bart, save_t5
-from nash_core.base_model import (BaseInfo, build_demo_tokenizer, fingerprint_base,
-                                  prepare_base)
+from nash_core.base_model import BaseInfo, build_demo_tokenizer, fingerprint_base, prepare_base
 from nash_core.config import DataConfig, ModelConfig
 from nash_core.data import prepare_splits
 from nash_core.errors import ModelError
@@ -30,7 +29,10 @@ def test_demo_tokenizer_roundtrip(tmp_path, texts):
     text = "Anna's dinner moved to friday at 7 pm.  Ben: Great, see you!"
     ids = tok(text)["input_ids"]
     assert ids[-1] == tok.eos_token_id and tok.unk_token_id not in ids
-    assert tok.decode(ids, skip_special_tokens=True) == "anna's dinner moved to friday at 7 pm. ben: great, see you!"
+    assert (
+        tok.decode(ids, skip_special_tokens=True)
+        == "anna's dinner moved to friday at 7 pm. ben: great, see you!"
+    )
     unknown = tok("Anna zyzzyva")["input_ids"]
     assert unknown[1] == tok.unk_token_id
 
@@ -51,12 +53,18 @@ def test_demo_base_is_built_once_and_loads(tmp_path):
     mtime = (tmp_path / "models" / f"base-{info.fingerprint}" / "model.safetensors").stat().st_mtime
     again = prepare_base(cfg, splits, tmp_path / "models", data_cfg=data_cfg, seed=1)
     assert again == info
-    assert (tmp_path / "models" / f"base-{info.fingerprint}" / "model.safetensors").stat().st_mtime == mtime
+    assert (
+        tmp_path / "models" / f"base-{info.fingerprint}" / "model.safetensors"
+    ).stat().st_mtime == mtime
     deeper = cfg.model_copy(update={"demo": cfg.demo.model_copy(update={"decoder_layers": 4})})
-    assert prepare_base(deeper, splits, tmp_path / "models", data_cfg=data_cfg,
-                        seed=1).fingerprint != info.fingerprint
-    assert fingerprint_base(cfg, info.path, data_cfg=data_cfg, splits_fp=splits.name,
-                            seed=2) != info.fingerprint
+    assert (
+        prepare_base(deeper, splits, tmp_path / "models", data_cfg=data_cfg, seed=1).fingerprint
+        != info.fingerprint
+    )
+    assert (
+        fingerprint_base(cfg, info.path, data_cfg=data_cfg, splits_fp=splits.name, seed=2)
+        != info.fingerprint
+    )
 
 
 @pytest.mark.parametrize("arch, layers", [("t5", 2), ("bart", 3)])
@@ -76,7 +84,9 @@ def test_unsupported_model_type(tmp_path, texts):
     path = tmp_path / "gpt2"
     GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50)).save_pretrained(path)
     build_demo_tokenizer(texts, path)
-    with pytest.raises(ModelError, match=r"'gpt2' model; NASH pruning supports \['t5', 'mt5', 'bart'\]"):
+    with pytest.raises(
+        ModelError, match=r"'gpt2' model; NASH pruning supports \['t5', 'mt5', 'bart'\]"
+    ):
         prepare_base(ModelConfig(base=str(path)), None, tmp_path / "models")
 
 

@@ -32,15 +32,16 @@ def test_timed_rounds_interleaves_discards_warmup_and_syncs_around_each_call():
             clock.advance(costs[name].pop(0))
             events.append(name)
             return name
+
         return run
 
-    times, last = B.timed_rounds([fn("A"), fn("B")], warmup=1, repeats=3, clock=clock,
-                                 sync=lambda: events.append("sync"))
+    times, last = B.timed_rounds(
+        [fn("A"), fn("B")], warmup=1, repeats=3, clock=clock, sync=lambda: events.append("sync")
+    )
     assert [e for e in events if e != "sync"] == ["A", "B"] * 4
     assert events[:6] == ["sync", "A", "sync", "sync", "B", "sync"]
     assert times == [[pytest.approx(0.010)] * 3, [pytest.approx(0.030)] * 3]
     assert last == ["A", "B"]
-
 
 
 def test_timed_rounds_rotate_changes_who_goes_first_but_not_what_is_attributed():
@@ -51,11 +52,32 @@ def test_timed_rounds_rotate_changes_who_goes_first_but_not_what_is_attributed()
         def run():
             clock.advance(costs[name])
             events.append(name)
+
         return run
 
-    times, _ = B.timed_rounds([fn("A"), fn("B"), fn("C")], warmup=1, repeats=3, clock=clock, rotate=True)
-    assert events == ["A", "B", "C", "B", "C", "A", "C", "A", "B", "A", "B", "C"]  # warm-up round first
-    assert times == [[pytest.approx(0.010)] * 3, [pytest.approx(0.020)] * 3, [pytest.approx(0.030)] * 3]
+    times, _ = B.timed_rounds(
+        [fn("A"), fn("B"), fn("C")], warmup=1, repeats=3, clock=clock, rotate=True
+    )
+    assert events == [
+        "A",
+        "B",
+        "C",
+        "B",
+        "C",
+        "A",
+        "C",
+        "A",
+        "B",
+        "A",
+        "B",
+        "C",
+    ]  # warm-up round first
+    assert times == [
+        [pytest.approx(0.010)] * 3,
+        [pytest.approx(0.020)] * 3,
+        [pytest.approx(0.030)] * 3,
+    ]
+
 
 def _cands(clock, log, **kw):
     teacher = FakeModel(clock, enc_ms=4.0, step_ms=3.0, name="teacher", log=log, **kw)
@@ -66,10 +88,13 @@ def _cands(clock, log, **kw):
 def test_benchmark_loaded_statistics_with_fake_model():
     clock, log = FakeClock(), []
     cands = _cands(clock, log, natural_len=5, slow_first=2, slow_ms=500.0)
-    bench = BenchmarkConfig(batch_sizes=[1, 4], warmup=2, repeats=5, fixed_new_tokens=8, price_per_hour=3.6)
+    bench = BenchmarkConfig(
+        batch_sizes=[1, 4], warmup=2, repeats=5, fixed_new_tokens=8, price_per_hour=3.6
+    )
     rows = [[5, 6, 7], [8, 9]]
-    res = B.benchmark_loaded(cands, [rows, rows], bench, EvaluationConfig(), clock=clock,
-                             measure_memory=False)
+    res = B.benchmark_loaded(
+        cands, [rows, rows], bench, EvaluationConfig(), clock=clock, measure_memory=False
+    )
     t, s = (r["results"] for r in res)
     # natural: 5 steps (EOS at 5); teacher 4 + 5*3 = 19 ms, student 4 + 5 = 9 ms; warm-up (500 ms) gone
     assert t["natural"]["1"]["latency"]["median_ms"] == pytest.approx(19.0)
@@ -102,20 +127,36 @@ def test_rounds_go_through_all_inputs_in_lockstep():
     for every model in a round), so latency is a median over inputs and throughput counts the
     tokens of every timed round, not one input's."""
     clock, log = FakeClock(), []
-    teacher = FakeModel(clock, enc_ms=4.0, step_ms=3.0, name="teacher", log=log, len_from_input=True)
-    student = FakeModel(clock, enc_ms=4.0, step_ms=1.0, name="student", log=log, len_from_input=True)
+    teacher = FakeModel(
+        clock, enc_ms=4.0, step_ms=3.0, name="teacher", log=log, len_from_input=True
+    )
+    student = FakeModel(
+        clock, enc_ms=4.0, step_ms=1.0, name="student", log=log, len_from_input=True
+    )
     cands = [B.Candidate("teacher", teacher), B.Candidate("student", student)]
     rows = [[2, 9], [4, 9], [9, 9], [20, 9]]  # natural lengths 2, 4, 9, 20 new tokens
     bench = BenchmarkConfig(batch_sizes=[1], warmup=0, repeats=8, fixed_new_tokens=None)
-    res = B.benchmark_loaded(cands, [rows, rows], bench, EvaluationConfig(max_new_tokens=64),
-                             clock=clock, measure_memory=False, modes=("natural",))
+    res = B.benchmark_loaded(
+        cands,
+        [rows, rows],
+        bench,
+        EvaluationConfig(max_new_tokens=64),
+        clock=clock,
+        measure_memory=False,
+        modes=("natural",),
+    )
     t, s = (r["results"]["natural"]["1"] for r in res)
-    per_input = [4.0 + 3.0 * n for n in (2, 4, 9, 20)]       # teacher ms on each input
-    assert (t["latency"]["min_ms"], t["latency"]["max_ms"]) == (pytest.approx(10.0), pytest.approx(64.0))
+    per_input = [4.0 + 3.0 * n for n in (2, 4, 9, 20)]  # teacher ms on each input
+    assert (t["latency"]["min_ms"], t["latency"]["max_ms"]) == (
+        pytest.approx(10.0),
+        pytest.approx(64.0),
+    )
     assert t["latency"]["median_ms"] == pytest.approx(float(np.median(per_input * 2)))
     assert t["latency"]["n"] == 8
     # every round on the same input for both models: the ratio of medians is the per-input one
-    assert s["latency"]["median_ms"] == pytest.approx(float(np.median([4.0 + n for n in (2, 4, 9, 20)])))
+    assert s["latency"]["median_ms"] == pytest.approx(
+        float(np.median([4.0 + n for n in (2, 4, 9, 20)]))
+    )
     assert t["new_tokens_per_sequence"] == pytest.approx((2 + 4 + 9 + 20) / 4)
     assert t["tokens_per_s"] == pytest.approx((2 + 4 + 9 + 20) / (sum(per_input) / 1000))
 
@@ -127,6 +168,7 @@ def test_interleaving_cancels_drift_that_sequential_timing_suffers():
     def drifting(clock, base_ms):
         def run():
             clock.advance(base_ms * (1.0 + 0.5 * clock.now))
+
         return run
 
     clock = FakeClock()
@@ -145,6 +187,7 @@ def test_peak_memory_sees_a_temporary_allocation():
         a = np.ones(100 * 2**20 // 8)  # 100 MiB, touched
         a += 1
         import time
+
         time.sleep(0.05)
         return float(a[0])
 
@@ -186,8 +229,13 @@ def test_peak_memory_of_a_warm_call_is_not_hidden_by_the_allocators_cache():
 
     if not B.release_free_memory():
         pytest.skip("no glibc malloc_trim on this platform")
-    out = subprocess.run([sys.executable, "-c", _WARM_HEAP], capture_output=True, text=True, timeout=120,
-                         cwd=Path(__file__).resolve().parents[1])
+    out = subprocess.run(
+        [sys.executable, "-c", _WARM_HEAP],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).resolve().parents[1],
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     mem = json.loads(out.stdout.strip().splitlines()[-1])
     assert mem["cached"] < 16, mem  # the allocator's cache hides the call's memory...
@@ -211,8 +259,17 @@ def test_model_facts_counts_params_once_and_sees_int8(tmp_path):
 
 def test_hardware_fingerprint_fields():
     hw = B.hardware_fingerprint("cpu", "float32", "sdpa", "laptop")
-    for key in ("cpu_model", "cpu_cores_logical", "torch_threads", "gpu_name", "gpu_driver",
-                "torch_version", "transformers_version", "dtype", "attn_implementation"):
+    for key in (
+        "cpu_model",
+        "cpu_cores_logical",
+        "torch_threads",
+        "gpu_name",
+        "gpu_driver",
+        "torch_version",
+        "transformers_version",
+        "dtype",
+        "attn_implementation",
+    ):
         assert key in hw
     assert hw["torch_threads"] == torch.get_num_threads() and hw["hardware_name"] == "laptop"
 
@@ -221,9 +278,30 @@ def test_cli_on_two_tiny_models_writes_full_json(tmp_path, capsys):
     teacher = save_tiny_t5(tmp_path / "teacher", dec=3)
     student = save_tiny_t5(tmp_path / "student", dec=1)
     out = tmp_path / "bench.json"
-    rc = B.cli_main([str(teacher), str(student), "--batch-sizes", "1,2", "--new-tokens", "4",
-                     "--max-new-tokens", "4", "--repeats", "2", "--warmup", "1", "--source-length", "8",
-                     "--num-inputs", "2", "--price-per-hour", "1.0", "--json", str(out)])
+    rc = B.cli_main(
+        [
+            str(teacher),
+            str(student),
+            "--batch-sizes",
+            "1,2",
+            "--new-tokens",
+            "4",
+            "--max-new-tokens",
+            "4",
+            "--repeats",
+            "2",
+            "--warmup",
+            "1",
+            "--source-length",
+            "8",
+            "--num-inputs",
+            "2",
+            "--price-per-hour",
+            "1.0",
+            "--json",
+            str(out),
+        ]
+    )
     assert rc == 0
     printed = capsys.readouterr().out
     assert "speedup" in printed and "hardware:" in printed
@@ -234,21 +312,48 @@ def test_cli_on_two_tiny_models_writes_full_json(tmp_path, capsys):
         for mode in ("natural", "fixed"):
             for bs in ("1", "2"):
                 r = m["results"][mode][bs]
-                for key in ("latency", "encoder", "decoder_median_ms", "tokens_per_s", "ms_per_token",
-                            "speedup", "cost_per_1k_requests", "cost_per_1m_tokens", "peak_rss_delta_mb"):
+                for key in (
+                    "latency",
+                    "encoder",
+                    "decoder_median_ms",
+                    "tokens_per_s",
+                    "ms_per_token",
+                    "speedup",
+                    "cost_per_1k_requests",
+                    "cost_per_1m_tokens",
+                    "peak_rss_delta_mb",
+                ):
                     assert r[key] is not None, (mode, bs, key)
         assert m["results"]["fixed"]["2"]["new_tokens_per_sequence"] == 4
     assert res["models"][0]["results"]["fixed"]["1"]["speedup"] == 1.0
     flat = B.flat_metrics(res["models"][1])
-    assert {"latency_p50_ms_bs1", "fixed_latency_p50_ms_bs2", "speedup_bs1", "params_total"} <= set(flat)
+    assert {"latency_p50_ms_bs1", "fixed_latency_p50_ms_bs2", "speedup_bs1", "params_total"} <= set(
+        flat
+    )
 
 
 def test_cli_with_real_text_inputs(tmp_path, capsys):
     model = save_tiny_t5(tmp_path / "m")
     splits = write_splits(tmp_path / "splits")
-    rc = B.cli_main([str(model), "--splits", str(splits), "--modes", "fixed", "--batch-sizes", "2",
-                     "--new-tokens", "3", "--repeats", "1", "--warmup", "0", "--json",
-                     str(tmp_path / "r.json")])
+    rc = B.cli_main(
+        [
+            str(model),
+            "--splits",
+            str(splits),
+            "--modes",
+            "fixed",
+            "--batch-sizes",
+            "2",
+            "--new-tokens",
+            "3",
+            "--repeats",
+            "1",
+            "--warmup",
+            "0",
+            "--json",
+            str(tmp_path / "r.json"),
+        ]
+    )
     assert rc == 0
     res = json.loads((tmp_path / "r.json").read_text())
     assert res["settings"]["inputs"] == "5 test sources"
@@ -278,23 +383,52 @@ def _structural_script():
 
 @pytest.mark.parametrize("family", ["t5", "bart"])
 def test_structural_builder_shrinks_encoder_and_decoder_and_still_generates(family):
-    from transformers import BartConfig, BartForConditionalGeneration, T5Config, T5ForConditionalGeneration
+    from transformers import (
+        BartConfig,
+        BartForConditionalGeneration,
+        T5Config,
+        T5ForConditionalGeneration,
+    )
 
     S = _structural_script()
     torch.manual_seed(0)
     if family == "t5":
-        full = T5ForConditionalGeneration(T5Config(
-            vocab_size=64, d_model=32, d_ff=64, d_kv=8, num_heads=4, num_layers=2, num_decoder_layers=4,
-            decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)).eval()
+        full = T5ForConditionalGeneration(
+            T5Config(
+                vocab_size=64,
+                d_model=32,
+                d_ff=64,
+                d_kv=8,
+                num_heads=4,
+                num_layers=2,
+                num_decoder_layers=4,
+                decoder_start_token_id=0,
+                pad_token_id=0,
+                eos_token_id=1,
+            )
+        ).eval()
     else:
-        full = BartForConditionalGeneration(BartConfig(
-            vocab_size=64, d_model=32, encoder_ffn_dim=64, decoder_ffn_dim=64, encoder_attention_heads=4,
-            decoder_attention_heads=4, encoder_layers=2, decoder_layers=4, max_position_embeddings=64)).eval()
+        full = BartForConditionalGeneration(
+            BartConfig(
+                vocab_size=64,
+                d_model=32,
+                encoder_ffn_dim=64,
+                decoder_ffn_dim=64,
+                encoder_attention_heads=4,
+                decoder_attention_heads=4,
+                encoder_layers=2,
+                decoder_layers=4,
+                max_position_embeddings=64,
+            )
+        ).eval()
     cand, achieved = S.build_candidate(full, k=2, sparsity=0.5)
     assert achieved == pytest.approx(0.5)  # 2 of 4 heads, 32 of 64 units
     assert B.model_facts(cand)["decoder_layers"] == 2 and B.model_facts(full)["decoder_layers"] == 4
-    enc_params = lambda m: sum(p.numel() for n, p in m.named_parameters()  # noqa: E731
-                               if n.startswith(("encoder.", "model.encoder.")))
+    enc_params = lambda m: sum(
+        p.numel()
+        for n, p in m.named_parameters()  # noqa: E731
+        if n.startswith(("encoder.", "model.encoder."))
+    )
     assert enc_params(cand) < enc_params(full)
     ids = torch.randint(4, 64, (2, 7))
     gen_cfg = generation_config_for(cand, EvaluationConfig(), fixed_new_tokens=5)
@@ -304,7 +438,10 @@ def test_structural_builder_shrinks_encoder_and_decoder_and_still_generates(fami
 
 def test_benchmark_models_skips_fixed_mode_when_no_fixed_length_is_configured(tmp_path):
     model = save_tiny_t5(tmp_path / "m")
-    bench = BenchmarkConfig(batch_sizes=[1], num_inputs=1, warmup=0, repeats=1, fixed_new_tokens=None)
-    res = B.benchmark_models([model], bench, EvaluationConfig(max_new_tokens=3), source_length=5,
-                             device="cpu")
+    bench = BenchmarkConfig(
+        batch_sizes=[1], num_inputs=1, warmup=0, repeats=1, fixed_new_tokens=None
+    )
+    res = B.benchmark_models(
+        [model], bench, EvaluationConfig(max_new_tokens=3), source_length=5, device="cpu"
+    )
     assert list(res["models"][0]["results"]) == ["natural"]

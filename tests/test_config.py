@@ -13,13 +13,22 @@ from nash_core.config import ConfigError, NashConfig, apply_overrides, load_conf
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
 # Published decoder depths of the hub models the real recipes name (checked without download).
-HUB_DECODER_DEPTH = {"google-t5/t5-base": 12, "google/flan-t5-base": 12,
-                     "facebook/bart-base": 6, "google-t5/t5-small": 6}
+HUB_DECODER_DEPTH = {
+    "google-t5/t5-base": 12,
+    "google/flan-t5-base": 12,
+    "facebook/bart-base": 6,
+    "google-t5/t5-small": 6,
+}
 
 
 def nash(*args, cwd=REPO):
-    return subprocess.run([sys.executable, "-m", "flows.cli", *map(str, args)], cwd=cwd,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "flows.cli", *map(str, args)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
@@ -45,9 +54,10 @@ def test_paper_recipe_is_the_paper_setting():
 
 
 def test_overrides_are_parsed_as_yaml_and_validated():
-    cfg = load_config(REPO / "configs/smoke.yaml",
-                      ["pruning.arms.0.targets=[0.1,0.4]", "evaluation.num_beams=3",
-                       "experiment.name=other"])
+    cfg = load_config(
+        REPO / "configs/smoke.yaml",
+        ["pruning.arms.0.targets=[0.1,0.4]", "evaluation.num_beams=3", "experiment.name=other"],
+    )
     assert cfg.pruning.arms[0].targets == [0.1, 0.4]
     assert cfg.evaluation.num_beams == 3 and cfg.experiment.name == "other"
     with pytest.raises(ConfigError, match="evaluation.num_beams"):
@@ -63,18 +73,21 @@ def test_apply_overrides_creates_sections_and_leaves_input_alone():
     assert raw == {"a": {"b": 1}, "l": [{"x": 1}]}
 
 
-@pytest.mark.parametrize("override, culprit", [
-    ("foo=1", "foo: unknown key"),
-    ("evaluation.num_beam=4", "evaluation.num_beam: unknown key"),
-    ("evaluation.batch_size=many", "evaluation.batch_size"),
-    ("pruning.arms.0.targets=[1.5]", "pruning.arms.0.targets: sparsity target 1.5"),
-    ("pruning.arms.0.targets=[-0.1]", "outside [0, 1)"),
-    ("pruning.arms.0.targets=[0.3,0.2]", "strictly increasing"),
-    ("pruning.arms.0.decoder_layers=0", "pruning.arms.0.decoder_layers"),
-    ("pruning.arms.0.decoder_layers=7", "keeps 7 decoder layers but the base model has 4"),
-    ("pruning.arms=[]", "arms is empty"),
-    ("selection.batch_size=2", "selection.batch_size 2 is not in benchmark.batch_sizes"),
-])
+@pytest.mark.parametrize(
+    "override, culprit",
+    [
+        ("foo=1", "foo: unknown key"),
+        ("evaluation.num_beam=4", "evaluation.num_beam: unknown key"),
+        ("evaluation.batch_size=many", "evaluation.batch_size"),
+        ("pruning.arms.0.targets=[1.5]", "pruning.arms.0.targets: sparsity target 1.5"),
+        ("pruning.arms.0.targets=[-0.1]", "outside [0, 1)"),
+        ("pruning.arms.0.targets=[0.3,0.2]", "strictly increasing"),
+        ("pruning.arms.0.decoder_layers=0", "pruning.arms.0.decoder_layers"),
+        ("pruning.arms.0.decoder_layers=7", "keeps 7 decoder layers but the base model has 4"),
+        ("pruning.arms=[]", "arms is empty"),
+        ("selection.batch_size=2", "selection.batch_size 2 is not in benchmark.batch_sizes"),
+    ],
+)
 def test_bad_values_name_the_field(override, culprit):
     with pytest.raises(ConfigError) as exc:
         load_config(REPO / "configs/smoke.yaml", [override])
@@ -86,13 +99,16 @@ def test_missing_column_mapping_is_reported(tmp_path):
     del raw["data"]["target_column"]
     with pytest.raises(ConfigError, match="missing dataset column mapping: set data.target_column"):
         from nash_core.config import validate_config
+
         validate_config(raw)
 
 
 def test_every_problem_is_listed_at_once():
     with pytest.raises(ConfigError) as exc:
-        load_config(REPO / "configs/smoke.yaml",
-                    ["foo=1", "pruning.arms.0.targets=[1.5]", "pruning.arms.1.decoder_layers=9"])
+        load_config(
+            REPO / "configs/smoke.yaml",
+            ["foo=1", "pruning.arms.0.targets=[1.5]", "pruning.arms.1.decoder_layers=9"],
+        )
     assert len(exc.value.problems) == 3
 
 
@@ -119,16 +135,21 @@ def test_cli_validate_exit_codes(tmp_path):
 
 def test_cli_run_with_bad_config_does_no_work(tmp_path):
     workdir = tmp_path / "work"
-    res = nash("run", "configs/smoke.yaml", "--set", "pruning.arms.0.targets=[1.5]",
-               "--workdir", workdir)
+    res = nash(
+        "run", "configs/smoke.yaml", "--set", "pruning.arms.0.targets=[1.5]", "--workdir", workdir
+    )
     assert res.returncode == 2 and "pruning.arms.0.targets" in res.stderr
     assert not workdir.exists(), "a rejected config must not create a workdir or a run"
 
 
 def test_cli_local_files_must_exist(tmp_path):
     raw = yaml.safe_load((REPO / "configs/samsum-t5-base.yaml").read_text())
-    raw["data"] = {"kind": "local", "files": {"train": str(tmp_path / "missing.jsonl")},
-                   "source_column": "dialogue", "target_column": "summary"}
+    raw["data"] = {
+        "kind": "local",
+        "files": {"train": str(tmp_path / "missing.jsonl")},
+        "source_column": "dialogue",
+        "target_column": "summary",
+    }
     cfg_path = tmp_path / "local.yaml"
     cfg_path.write_text(yaml.safe_dump(raw))
     res = nash("validate", cfg_path)
@@ -136,14 +157,18 @@ def test_cli_local_files_must_exist(tmp_path):
 
 
 def test_arm_step_counts_override_the_shared_training_sections():
-    cfg = load_config(REPO / "configs" / "smoke.yaml", [
-        "pruning.arms.3.stage_steps=7", "pruning.arms.3.finetune_steps=3"])
+    cfg = load_config(
+        REPO / "configs" / "smoke.yaml",
+        ["pruning.arms.3.stage_steps=7", "pruning.arms.3.finetune_steps=3"],
+    )
     shared_stage, shared_ft = cfg.pruning.stage.train.max_steps, cfg.finetune.train.max_steps
     assert (cfg.stage_config(3).train.max_steps, cfg.finetune_config(3).train.max_steps) == (7, 3)
     # the other arms and the shared sections are untouched
     assert cfg.stage_config(0) is cfg.pruning.stage and cfg.finetune_config(0) is cfg.finetune
-    assert (cfg.pruning.stage.train.max_steps, cfg.finetune.train.max_steps) == (shared_stage,
-                                                                                 shared_ft)
+    assert (cfg.pruning.stage.train.max_steps, cfg.finetune.train.max_steps) == (
+        shared_stage,
+        shared_ft,
+    )
     assert cfg.stage_config(3).mask_lr == cfg.pruning.stage.mask_lr
     with pytest.raises(ConfigError, match="pruning.arms.0.stage_steps"):
         load_config(REPO / "configs" / "smoke.yaml", ["pruning.arms.0.stage_steps=0"])

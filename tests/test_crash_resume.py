@@ -28,8 +28,19 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from reliability_tiny import (all_runs, assert_same_results, candidates, done_markers, env,
-                              finish, reference, stage_checkpoints, start, sweep, wait_for)
+from reliability_tiny import (
+    all_runs,
+    assert_same_results,
+    candidates,
+    done_markers,
+    env,
+    finish,
+    reference,
+    stage_checkpoints,
+    start,
+    sweep,
+    wait_for,
+)
 
 
 def _group_gone(pgid: int, timeout: float = 30) -> bool:
@@ -58,24 +69,27 @@ def test_terminated_then_killed_sweep_resumes_to_the_same_result(tmp_path, tmp_p
     assert "interrupted; finished steps are checkpointed" in log
     assert _group_gone(proc.pid), "a child process (a worker, a launcher) outlived nash"
     term_step = stage_checkpoints(work)[first_stage]
-    assert 5 <= term_step < 30                                # a step boundary, stage unfinished
+    assert 5 <= term_step < 30  # a step boundary, stage unfinished
     assert {r.info.status for r in all_runs(work)} == {"FAILED"}
 
     # ---- 2. resume; SIGKILL the process group while the second stage trains
     proc = start(work, environ)
-    ckpts = wait_for(lambda: {k: v for k, v in stage_checkpoints(work).items()
-                              if k != first_stage}, proc)
+    ckpts = wait_for(
+        lambda: {k: v for k, v in stage_checkpoints(work).items() if k != first_stage}, proc
+    )
     os.killpg(proc.pid, signal.SIGKILL)
     rc, _ = finish(proc)
     assert rc == -signal.SIGKILL
     second_stage = next(iter(ckpts))
-    kill_step = stage_checkpoints(work)[second_stage]            # the last checkpoint written
+    kill_step = stage_checkpoints(work)[second_stage]  # the last checkpoint written
     assert 5 <= kill_step < 30
     finished = done_markers(work)
-    assert json.loads(finished[first_stage])["resumed_from"] == {".stage.work/checkpoint": term_step}
+    assert json.loads(finished[first_stage])["resumed_from"] == {
+        ".stage.work/checkpoint": term_step
+    }
     assert second_stage not in finished
     killed = [r for r in all_runs(work) if r.info.status == "RUNNING"]
-    assert len(killed) == 4                                      # sweep + 3 candidates, left open
+    assert len(killed) == 4  # sweep + 3 candidates, left open
 
     # ---- 3. the same command again
     proc = start(work, environ)
@@ -83,7 +97,9 @@ def test_terminated_then_killed_sweep_resumes_to_the_same_result(tmp_path, tmp_p
     assert rc == 0, log[-5000:]
     markers = done_markers(work)
     assert all(markers[k] == v for k, v in finished.items()), "a finished step was recomputed"
-    assert json.loads(markers[second_stage])["resumed_from"] == {".stage.work/checkpoint": kill_step}
+    assert json.loads(markers[second_stage])["resumed_from"] == {
+        ".stage.work/checkpoint": kill_step
+    }
 
     runs = all_runs(work)
     assert not [r for r in runs if r.info.status == "RUNNING"], "no run may stay RUNNING"
@@ -96,20 +112,28 @@ def test_terminated_then_killed_sweep_resumes_to_the_same_result(tmp_path, tmp_p
 
 
 @pytest.mark.slow
-def test_diverging_stage_fails_its_run_and_keeps_the_last_good_checkpoint(tmp_path,
-                                                                         tmp_path_factory):
+def test_diverging_stage_fails_its_run_and_keeps_the_last_good_checkpoint(
+    tmp_path, tmp_path_factory
+):
     work = tmp_path / "work"
-    shutil.copytree(reference(tmp_path_factory), work,        # teacher and data are cached
-                    ignore=shutil.ignore_patterns("prefect", ".alive"))
-    rc, log, seconds = sweep(work, env(tmp_path), "pruning.stage.train.lr=1.0e+30",
-                             "pruning.stage.train.max_bad_steps=2",
-                             "pruning.stage.train.checkpoint_every=1")
+    shutil.copytree(
+        reference(tmp_path_factory),
+        work,  # teacher and data are cached
+        ignore=shutil.ignore_patterns("prefect", ".alive"),
+    )
+    rc, log, seconds = sweep(
+        work,
+        env(tmp_path),
+        "pruning.stage.train.lr=1.0e+30",
+        "pruning.stage.train.max_bad_steps=2",
+        "pruning.stage.train.checkpoint_every=1",
+    )
     print(f"\ndiverging stage: {seconds:.0f} s")
     assert rc == 2, log[-4000:]
     error = next(line for line in log.splitlines() if line.startswith("nash: error:"))
     assert "loss was NaN/inf for 2 consecutive steps (up to step 3; max_bad_steps=2)" in error
     assert "the last good checkpoint is" in error and "Lower the learning rate" in error
-    (stage, step), = stage_checkpoints(work).items()    # after step 2: skipped, weights of step 1
+    ((stage, step),) = stage_checkpoints(work).items()  # after step 2: skipped, weights of step 1
     state = json.loads((work / "runs" / stage / ".stage.work/checkpoint/state.json").read_text())
     assert step == 2 and state["bad_steps"] == 1 and not state["done"]
     weights = load_file(work / "runs" / stage / ".stage.work/checkpoint/model.safetensors")
@@ -117,8 +141,12 @@ def test_diverging_stage_fails_its_run_and_keeps_the_last_good_checkpoint(tmp_pa
 
     failed = [r for r in all_runs(work) if r.info.status != "FINISHED"]
     assert {r.info.status for r in failed} == {"FAILED"}
-    assert {r.data.tags.get("nash.label") for r in failed} == {None, "teacher", "nash-k1@0.2",
-                                                                "nash-k1@0.3"}
+    assert {r.data.tags.get("nash.label") for r in failed} == {
+        None,
+        "teacher",
+        "nash-k1@0.2",
+        "nash-k1@0.3",
+    }
 
 
 # --------------------------------------------------------------------------- the parts
@@ -130,14 +158,14 @@ def test_resumed_curve_is_replayed_once_without_duplicates(tmp_path):
     first, second = (tracking.create_run(client, exp, n, {}) for n in ("killed", "resumed"))
     path = tmp_path / "stage.jsonl"
     log = tracking.CurveLogger(client, first, "stage", path)
-    for step in (5, 10, 15):                             # checkpoint at 10, killed after 15
+    for step in (5, 10, 15):  # checkpoint at 10, killed after 15
         log(step, {"train_loss": 1.0 / step, "tokens_per_s": 99.0})
     log(10, {"eval_score": -0.5})
     with path.open("a") as f:
-        f.write('{"step": 20, "train_lo')                # the write a SIGKILL cut short
+        f.write('{"step": 20, "train_lo')  # the write a SIGKILL cut short
 
-    log = tracking.CurveLogger(client, second, "stage", path)   # the resumed attempt
-    for step in (15, 20):                                # 15 again (same numbers), then new
+    log = tracking.CurveLogger(client, second, "stage", path)  # the resumed attempt
+    for step in (15, 20):  # 15 again (same numbers), then new
         log(step, {"train_loss": 1.0 / step, "tokens_per_s": 12.0})
     history = client.get_metric_history(second, "stage/train_loss")
     assert sorted((m.step, m.value) for m in history) == [(s, 1.0 / s) for s in (5, 10, 15, 20)]
@@ -148,16 +176,22 @@ def test_resumed_curve_is_replayed_once_without_duplicates(tmp_path):
 def test_liveness_lock_tells_a_dead_sweep_from_a_live_one(tmp_path):
     from tasks import liveness
 
-    holder = ("import sys, time; from pathlib import Path; from tasks import liveness; "
-              "liveness.hold(Path(sys.argv[1]), 'r'); print('held', flush=True); time.sleep(60)")
-    proc = subprocess.Popen([sys.executable, "-c", holder, str(tmp_path / "sweep")],
-                            stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parent.parent)
+    holder = (
+        "import sys, time; from pathlib import Path; from tasks import liveness; "
+        "liveness.hold(Path(sys.argv[1]), 'r'); print('held', flush=True); time.sleep(60)"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", holder, str(tmp_path / "sweep")],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).parent.parent,
+    )
     assert proc.stdout.readline().strip() == "held"
     assert liveness.is_alive(tmp_path / "sweep")
-    proc.kill()                                          # however it dies, the kernel unlocks
+    proc.kill()  # however it dies, the kernel unlocks
     proc.wait()
     assert not liveness.is_alive(tmp_path / "sweep")
-    liveness.hold(tmp_path / "sweep", "mine")            # and this process may take it over
+    liveness.hold(tmp_path / "sweep", "mine")  # and this process may take it over
     assert liveness.is_alive(tmp_path / "sweep")
     liveness.release("mine")
     assert not liveness.is_alive(tmp_path / "sweep")
@@ -171,10 +205,25 @@ def test_only_transient_failures_are_retried():
     from nash_core.errors import DataError, TrackingError, TrainingError
     from tasks.retry import RETRIES, is_transient
 
-    assert all(is_transient(e) for e in (ConnectionError("reset"), TimeoutError(),
-                                         MlflowException("503"), TrackingError("down"),
-                                         OSError("NFS hiccup")))
-    assert not any(is_transient(e) for e in (DataError("row 3"), TrainingError("NaN"),
-                                             ConfigError("x", ["y"]), ValueError("bug")))
+    assert all(
+        is_transient(e)
+        for e in (
+            ConnectionError("reset"),
+            TimeoutError(),
+            MlflowException("503"),
+            TrackingError("down"),
+            OSError("NFS hiccup"),
+        )
+    )
+    assert not any(
+        is_transient(e)
+        for e in (
+            DataError("row 3"),
+            TrainingError("NaN"),
+            ConfigError("x", ["y"]),
+            ValueError("bug"),
+        )
+    )
     assert RETRIES["retries"] >= 2 and RETRIES["retry_delay_seconds"] == sorted(
-        RETRIES["retry_delay_seconds"])                  # growing delays: backoff
+        RETRIES["retry_delay_seconds"]
+    )  # growing delays: backoff

@@ -13,19 +13,26 @@ from mlflow.tracking import MlflowClient
 
 from sweep_tiny import REPO, TINY, clean_env, nash, with_overrides
 
-ARMS = ("pruning.arms=[{method: sft, decoder_layers: 1}, "
-        "{method: nash, decoder_layers: 1, targets: [0.3]}]")
+ARMS = (
+    "pruning.arms=[{method: sft, decoder_layers: 1}, "
+    "{method: nash, decoder_layers: 1, targets: [0.3]}]"
+)
 #: Metrics that do not depend on timing: quality, size, sparsity, training curves' last values.
-UNTIMED = re.compile(r"^(rouge|exact_match|gen_len|num_examples|params_|encoder_sparsity|"
-                     r"teacher_rouge)|/(eval_|train_loss)")
+UNTIMED = re.compile(
+    r"^(rouge|exact_match|gen_len|num_examples|params_|encoder_sparsity|"
+    r"teacher_rouge)|/(eval_|train_loss)"
+)
 
 
 def _candidates(workdir) -> dict[str, dict[str, float]]:
     client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
-    runs = client.search_runs([e.experiment_id for e in client.search_experiments()],
-                              "tags.`nash.kind` = 'candidate'")
-    return {r.data.tags["nash.label"]: {k: v for k, v in r.data.metrics.items()
-                                        if UNTIMED.search(k)} for r in runs}
+    runs = client.search_runs(
+        [e.experiment_id for e in client.search_experiments()], "tags.`nash.kind` = 'candidate'"
+    )
+    return {
+        r.data.tags["nash.label"]: {k: v for k, v in r.data.metrics.items() if UNTIMED.search(k)}
+        for r in runs
+    }
 
 
 CHOOSE = """
@@ -52,15 +59,25 @@ print(json.dumps(out))
 
 
 def test_the_configured_task_runner_is_the_one_used(tmp_path):
-    res = subprocess.run([sys.executable, "-c", CHOOSE], cwd=REPO, env=clean_env(tmp_path),
-                         capture_output=True, text=True, timeout=120)
+    res = subprocess.run(
+        [sys.executable, "-c", CHOOSE],
+        cwd=REPO,
+        env=clean_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     got = json.loads(res.stdout.splitlines()[-1])
     assert got["threads"][:2] == ["ThreadPoolTaskRunner", 3]
     assert got["sequential"][:2] == ["ThreadPoolTaskRunner", 1]
     assert got["dask"][0] == "DaskTaskRunner"
-    assert got["dask"][2] == {"n_workers": 3, "threads_per_worker": 1, "processes": True,
-                              "dashboard_address": None}
+    assert got["dask"][2] == {
+        "n_workers": 3,
+        "threads_per_worker": 1,
+        "processes": True,
+        "dashboard_address": None,
+    }
     assert got["dask_address"][0] == "DaskTaskRunner"
     assert got["dask_address"][3] == "tcp://10.0.0.5:8786"
     try:
@@ -77,8 +94,16 @@ def test_dask_sweep_matches_the_sequential_sweep(tmp_path):
     results = {}
     for runner in ("sequential", "dask"):
         overrides = TINY + [ARMS, f"experiment.task_runner={runner}", "experiment.dask_workers=2"]
-        res = nash(["run", "configs/smoke.yaml", "--workdir", tmp_path / runner,
-                    *with_overrides(overrides)], env)
+        res = nash(
+            [
+                "run",
+                "configs/smoke.yaml",
+                "--workdir",
+                tmp_path / runner,
+                *with_overrides(overrides),
+            ],
+            env,
+        )
         assert res.returncode == 0, res.stderr[-3000:]
         results[runner] = res
 

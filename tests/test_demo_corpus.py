@@ -18,7 +18,7 @@ def corpus():
 def test_same_seed_same_corpus_and_prefix_stable():
     a = generate_corpus(60, seed=7)
     assert a == generate_corpus(60, seed=7)
-    assert generate_corpus(20, seed=7) == a[:20]          # dialogue i does not depend on n
+    assert generate_corpus(20, seed=7) == a[:20]  # dialogue i does not depend on n
     other = generate_corpus(60, seed=8)
     assert sum(x == y for x, y in zip(a, other)) == 0
 
@@ -45,24 +45,51 @@ def test_dialogue_shape(corpus):
 def test_variety_and_vocabulary(corpus):
     assert len({ex["source"] for ex in corpus}) == len(corpus)
     assert len({ex["target"] for ex in corpus}) > 0.99 * len(corpus)
-    words = Counter(w for ex in corpus for text in ex.values()
-                    for w in re.findall(r"\w+", text.lower()))
-    assert 350 <= len(words) <= 700                     # a word-level vocabulary fits
+    words = Counter(
+        w for ex in corpus for text in ex.values() for w in re.findall(r"\w+", text.lower())
+    )
+    assert 350 <= len(words) <= 700  # a word-level vocabulary fits
     first = Counter(ex["target"].split()[1] for ex in corpus)
-    assert len(first) >= 3                              # "and", "will", "cancels", ...
+    assert len(first) >= 3  # "and", "will", "cancels", ...
     texts = " ".join(ex["source"] for ex in corpus)
     for marker in ("cancel", "move it to", "instead", "Where?", "did you see the game"):
         assert marker.lower() in texts.lower(), marker
 
 
 def test_counter_proposals_and_small_talk_are_common(corpus):
-    countered = sum("could not make it" in ex["target"] or "instead" in ex["target"]
-                    for ex in corpus)
+    countered = sum(
+        "could not make it" in ex["target"] or "instead" in ex["target"] for ex in corpus
+    )
     assert 0.3 < countered / len(corpus) < 0.8
-    small_talk = ("weekend", "game", "mum", "series", "keys", "book", "phone", "traffic",
-                  "running", "cold", "dog", "cafe near work", "talked to", "moving to")
-    chit_chat = ("hi ", "hey ", "hello ", "morning", "quick question", "see you", "thanks", "bye",
-                 "it's a plan", "no problem", "any time")
+    small_talk = (
+        "weekend",
+        "game",
+        "mum",
+        "series",
+        "keys",
+        "book",
+        "phone",
+        "traffic",
+        "running",
+        "cold",
+        "dog",
+        "cafe near work",
+        "talked to",
+        "moving to",
+    )
+    chit_chat = (
+        "hi ",
+        "hey ",
+        "hello ",
+        "morning",
+        "quick question",
+        "see you",
+        "thanks",
+        "bye",
+        "it's a plan",
+        "no problem",
+        "any time",
+    )
 
     def share(words):
         return sum(any(w in ex["source"].lower() for w in words) for ex in corpus) / len(corpus)

@@ -26,8 +26,9 @@ def _free_port() -> int:
 
 def _api(url: str, path: str, body: dict | None = None, method: str = "POST"):
     data = json.dumps(body or {}).encode() if method == "POST" else None
-    req = urllib.request.Request(url + path, data=data, method=method,
-                                 headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        url + path, data=data, method=method, headers={"Content-Type": "application/json"}
+    )
     with urllib.request.urlopen(req, timeout=10) as r:
         return json.loads(r.read())
 
@@ -47,19 +48,44 @@ def _env(tmp_path, api_url=None) -> dict:
 
 
 def test_deploy_refuses_without_a_server(tmp_path):
-    res = subprocess.run([BIN / "nash", "deploy", "configs/smoke.yaml", "--cron", "0 3 * * *",
-                          "--workdir", tmp_path / "w"], cwd=REPO, env=_env(tmp_path),
-                         capture_output=True, text=True, timeout=120)
+    res = subprocess.run(
+        [
+            BIN / "nash",
+            "deploy",
+            "configs/smoke.yaml",
+            "--cron",
+            "0 3 * * *",
+            "--workdir",
+            tmp_path / "w",
+        ],
+        cwd=REPO,
+        env=_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert res.returncode == 2
     assert "prefect server start --host 127.0.0.1" in res.stderr
     assert "PREFECT_API_URL" in res.stderr
 
 
 def test_deploy_rejects_a_bad_cron(tmp_path):
-    res = subprocess.run([BIN / "nash", "deploy", "configs/smoke.yaml", "--cron", "every day",
-                          "--workdir", tmp_path / "w"], cwd=REPO,
-                         env=_env(tmp_path, "http://127.0.0.1:9/api"),
-                         capture_output=True, text=True, timeout=120)
+    res = subprocess.run(
+        [
+            BIN / "nash",
+            "deploy",
+            "configs/smoke.yaml",
+            "--cron",
+            "every day",
+            "--workdir",
+            tmp_path / "w",
+        ],
+        cwd=REPO,
+        env=_env(tmp_path, "http://127.0.0.1:9/api"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert res.returncode == 2 and "not a valid cron expression" in res.stderr
 
 
@@ -72,15 +98,29 @@ def test_scheduled_sweep_runs_on_a_real_server(tmp_path):
     logs.mkdir()
     server = subprocess.Popen(
         [BIN / "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port), "--no-ui"],
-        env={**env, "PREFECT_API_URL": ""}, stdout=open(logs / "server.log", "w"),
-        stderr=subprocess.STDOUT, start_new_session=True)
+        env={**env, "PREFECT_API_URL": ""},
+        stdout=open(logs / "server.log", "w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     serving = dep = paused = code = None
     try:
         _wait(lambda: _healthy(url), 120, "the Prefect server's /health")
-        cmd = [BIN / "nash", "deploy", "configs/smoke.yaml", "--cron", "* * * * *",
-               "--name", "every-minute", "--workdir", tmp_path / "work", *with_overrides(TINY)]
-        serving = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=open(logs / "serve.log", "w"),
-                                   stderr=subprocess.STDOUT)
+        cmd = [
+            BIN / "nash",
+            "deploy",
+            "configs/smoke.yaml",
+            "--cron",
+            "* * * * *",
+            "--name",
+            "every-minute",
+            "--workdir",
+            tmp_path / "work",
+            *with_overrides(TINY),
+        ]
+        serving = subprocess.Popen(
+            cmd, cwd=REPO, env=env, stdout=open(logs / "serve.log", "w"), stderr=subprocess.STDOUT
+        )
 
         def deployment():
             found = [d for d in _api(url, "/deployments/filter") if d["name"] == "every-minute"]
@@ -92,8 +132,9 @@ def test_scheduled_sweep_runs_on_a_real_server(tmp_path):
         assert dep["parameters"]["config_path"] == str(REPO / "configs/smoke.yaml")
 
         def finished_run():
-            runs = _api(url, "/flow_runs/filter",
-                        {"flow_runs": {"deployment_id": {"any_": [dep["id"]]}}})
+            runs = _api(
+                url, "/flow_runs/filter", {"flow_runs": {"deployment_id": {"any_": [dep["id"]]}}}
+            )
             bad = [r for r in runs if r["state_type"] in ("FAILED", "CRASHED")]
             assert not bad, (logs / "serve.log").read_text()[-3000:]
             return [r for r in runs if r["state_type"] == "COMPLETED"]
@@ -101,11 +142,13 @@ def test_scheduled_sweep_runs_on_a_real_server(tmp_path):
         done = _wait(finished_run, 420, "a scheduled run to complete")
         assert done[0]["auto_scheduled"] is True
         client = MlflowClient(f"sqlite:///{tmp_path / 'work' / 'mlflow.db'}")
-        sweeps = client.search_runs([e.experiment_id for e in client.search_experiments()],
-                                    "tags.`nash.kind` = 'sweep'")
+        sweeps = client.search_runs(
+            [e.experiment_id for e in client.search_experiments()], "tags.`nash.kind` = 'sweep'"
+        )
         assert [r.info.status for r in sweeps] == ["FINISHED"]
-        sweep_run = _api(url, f"/flow_runs/{sweeps[0].data.tags['prefect.flow_run_id']}",
-                         method="GET")  # the sweep: a subflow of the scheduled run
+        sweep_run = _api(
+            url, f"/flow_runs/{sweeps[0].data.tags['prefect.flow_run_id']}", method="GET"
+        )  # the sweep: a subflow of the scheduled run
         assert sweep_run["parent_task_run_id"] and sweep_run["state_type"] == "COMPLETED"
     finally:
         if serving is not None:

@@ -8,8 +8,15 @@ import torch.nn.functional as F
 
 import pruning_tiny as pt
 from nash_core.config import DistillConfig
-from nash_core.distill import (DistillHook, align, hidden_loss, identity_linear, kd_loss, source_pairs,
-                               teacher_layers)
+from nash_core.distill import (
+    DistillHook,
+    align,
+    hidden_loss,
+    identity_linear,
+    kd_loss,
+    source_pairs,
+    teacher_layers,
+)
 from nash_core.layer_selection import keep_decoder_layers
 
 
@@ -18,8 +25,14 @@ def test_kd_loss_value_masks_padding_and_scales_by_t2():
     s, t = torch.randn(2, 3, 7), torch.randn(2, 3, 7)
     labels = torch.tensor([[4, 5, -100], [6, -100, -100]])
     keep = labels != -100
-    manual = sum(F.kl_div(F.log_softmax(s[i, j] / 2, -1), F.softmax(t[i, j] / 2, -1), reduction="sum")
-                 for i, j in keep.nonzero().tolist()) / 3 * 4
+    manual = (
+        sum(
+            F.kl_div(F.log_softmax(s[i, j] / 2, -1), F.softmax(t[i, j] / 2, -1), reduction="sum")
+            for i, j in keep.nonzero().tolist()
+        )
+        / 3
+        * 4
+    )
     assert kd_loss(s, t, labels, 2.0).item() == pytest.approx(manual.item(), rel=1e-5)
     s2 = s.clone()
     s2[1, 2] += 100.0  # a padding position: must not matter
@@ -72,7 +85,9 @@ def test_hook_with_teacher_copy_gives_zero_distillation_and_trains_only_student(
 
 def test_task_weight_rescales_task_loss_without_teacher():
     student = pt.bart()
-    hook = DistillHook(None, student, DistillConfig(task_weight=0.25, kd_weight=0.0, layer_weight=0.0))
+    hook = DistillHook(
+        None, student, DistillConfig(task_weight=0.25, kd_weight=0.0, layer_weight=0.0)
+    )
     out = student(**pt.batch())
     extra, _ = hook.extra_loss(student, pt.batch(), out, 0)
     assert (out.loss + extra).item() == pytest.approx(0.25 * out.loss.item(), rel=1e-6)
@@ -96,8 +111,9 @@ def test_source_layer_map_pairs_each_kept_layer_with_its_origin(make):
     keep_decoder_layers(student, [0, 3])
     b = pt.batch()
     out = student(**b, output_hidden_states=True)
-    source = DistillHook(teacher, student, DistillConfig(kd_weight=0.0, layer_weight=1.0,
-                                                         layer_map="source"))
+    source = DistillHook(
+        teacher, student, DistillConfig(kd_weight=0.0, layer_weight=1.0, layer_map="source")
+    )
     aligned = DistillHook(teacher, student, DistillConfig(kd_weight=0.0, layer_weight=1.0))
     # the encoder is an exact copy and the first kept decoder layer is teacher layer 0: under
     # 'source' only the last layer (teacher 3 after student 0 instead of teacher 2) differs;
@@ -106,7 +122,9 @@ def test_source_layer_map_pairs_each_kept_layer_with_its_origin(make):
     mask = b["labels"] != -100
     last = source.maps["decoder"](out.decoder_hidden_states[2])
     expected = ((last - t_out.decoder_hidden_states[4]) ** 2 * mask[..., None]).sum() / (
-        mask.sum() * last.shape[-1])
+        mask.sum() * last.shape[-1]
+    )
     assert source.extra_loss(student, b, out, 0)[1]["layer_loss"] == pytest.approx(
-        expected.item(), rel=1e-5)
+        expected.item(), rel=1e-5
+    )
     assert aligned.extra_loss(student, b, out, 0)[1]["layer_loss"] > expected.item() * 1.01

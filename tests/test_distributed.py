@@ -21,12 +21,15 @@ from nash_core.launch import run_step, run_torchrun
 from nash_core.loading import load_seq2seq
 
 OVERRIDES = [
-    "data.demo.num_dialogues=100", "data.max_source_length=32", "data.max_target_length=12",
+    "data.demo.num_dialogues=100",
+    "data.max_source_length=32",
+    "data.max_target_length=12",
     "data.max_samples={train: 48, validation: 8, test: 8}",
     "pruning.arms=[{method: nash, decoder_layers: 2, targets: [0.3]}]",
     "pruning.stage.train={max_steps: 6, batch_size: 8, lr: 1.0e-3, eval_every: 3, "
     "eval_examples: 8, checkpoint_every: 3, log_every: 2}",
-    "pruning.stage.target_warmup_steps=3"]
+    "pruning.stage.target_warmup_steps=3",
+]
 
 
 @pytest.fixture(scope="module")
@@ -35,13 +38,24 @@ def setup(tmp_path_factory):
     cfg = load_config("configs/smoke.yaml", OVERRIDES)
     splits = prepare_splits(cfg.data, root / "data")
     rows = read_split(splits, "train")
-    tok = build_demo_tokenizer([r["source"] + " " + r["target"] for r in rows], root / "tok",
-                               vocab_size=300)
+    tok = build_demo_tokenizer(
+        [r["source"] + " " + r["target"] for r in rows], root / "tok", vocab_size=300
+    )
     torch.manual_seed(0)
-    model_cfg = T5Config(vocab_size=len(tok), d_model=32, d_ff=64, d_kv=8, num_heads=4,
-                         num_layers=2, num_decoder_layers=3, dropout_rate=0.1,
-                         decoder_start_token_id=0, pad_token_id=0, eos_token_id=1,
-                         relative_attention_num_buckets=8)
+    model_cfg = T5Config(
+        vocab_size=len(tok),
+        d_model=32,
+        d_ff=64,
+        d_kv=8,
+        num_heads=4,
+        num_layers=2,
+        num_decoder_layers=3,
+        dropout_rate=0.1,
+        decoder_start_token_id=0,
+        pad_token_id=0,
+        eos_token_id=1,
+        relative_attention_num_buckets=8,
+    )
     T5ForConditionalGeneration(model_cfg).save_pretrained(root / "teacher")
     tok.save_pretrained(root / "teacher")
     return root, cfg, splits
@@ -54,9 +68,15 @@ def one_thread_per_rank(monkeypatch):
 
 def _args(setup, name: str) -> dict:
     root, _, splits = setup
-    return {"teacher_dir": str(root / "teacher"), "init_dir": None, "arm_index": 0,
-            "prev_target": 0.0, "target": 0.3, "out_dir": str(root / name / "stage"),
-            "splits_dir": str(splits)}
+    return {
+        "teacher_dir": str(root / "teacher"),
+        "init_dir": None,
+        "arm_index": 0,
+        "prev_target": 0.0,
+        "target": 0.3,
+        "out_dir": str(root / name / "stage"),
+        "splits_dir": str(splits),
+    }
 
 
 def _recorder(records: list):
@@ -79,8 +99,9 @@ def test_torchrun_world_of_one_equals_the_in_process_run(setup, in_process):
     root, cfg, _ = setup
     here, here_curve = in_process
     curve: list = []
-    there = run_torchrun("stage", cfg, _args(setup, "world1"), 1, callback=_recorder(curve),
-                         work_dir=root / "world1")
+    there = run_torchrun(
+        "stage", cfg, _args(setup, "world1"), 1, callback=_recorder(curve), work_dir=root / "world1"
+    )
     assert there == root / "world1" / "stage"
 
     a, b = load_file(here / "model.safetensors"), load_file(there / "model.safetensors")
@@ -97,8 +118,9 @@ def test_torchrun_world_of_one_equals_the_in_process_run(setup, in_process):
 def test_two_ranks_train_one_model(setup, in_process):
     root, cfg, _ = setup
     here, here_curve = in_process
-    two = cfg.model_copy(update={"experiment": cfg.experiment.model_copy(
-        update={"train_processes": 2})})
+    two = cfg.model_copy(
+        update={"experiment": cfg.experiment.model_copy(update={"train_processes": 2})}
+    )
     curve: list = []
     there = run_step("stage", two, _args(setup, "world2"), callback=_recorder(curve))
 
@@ -115,6 +137,7 @@ def test_two_ranks_train_one_model(setup, in_process):
             if key in ref:
                 assert mine[key] == pytest.approx(ref[key], rel=0.05), (mine["step"], key)
     meta_a, meta_b = (json.loads((d / "stage_meta.json").read_text()) for d in (here, there))
-    assert meta_b["best_metrics"]["val_loss"] == pytest.approx(meta_a["best_metrics"]["val_loss"],
-                                                               rel=0.01)
+    assert meta_b["best_metrics"]["val_loss"] == pytest.approx(
+        meta_a["best_metrics"]["val_loss"], rel=0.01
+    )
     assert meta_b["best_metrics"] != meta_a["best_metrics"], "two half-batches: not bit-equal"

@@ -36,7 +36,12 @@ def test_rouge_stems_and_averages_over_examples():
 
 def test_split_sentences_regex():
     assert E.split_sentences("Anna is late. Bob waits! Is it ok?  yes\nno") == [
-        "Anna is late.", "Bob waits!", "Is it ok?", "yes", "no"]
+        "Anna is late.",
+        "Bob waits!",
+        "Is it ok?",
+        "yes",
+        "no",
+    ]
     assert E.split_sentences("我来了。你好！") == ["我来了。", "你好！"]
     assert E.split_sentences("3.5 apples") == ["3.5 apples"]  # no space after the dot
     assert E.split_sentences("  ") == []
@@ -94,14 +99,27 @@ def test_bootstrap_mixed_differences_straddle_zero_around_the_mean():
 # --------------------------------------------------------------------------- protocol
 def test_generation_config_ignores_the_models_own_search_settings():
     model = type("M", (), {})()
-    model.generation_config = GenerationConfig(num_beams=4, length_penalty=2.0, no_repeat_ngram_size=3,
-                                               min_length=56, max_length=142, decoder_start_token_id=2,
-                                               eos_token_id=2, pad_token_id=1, forced_bos_token_id=0)
+    model.generation_config = GenerationConfig(
+        num_beams=4,
+        length_penalty=2.0,
+        no_repeat_ngram_size=3,
+        min_length=56,
+        max_length=142,
+        decoder_start_token_id=2,
+        eos_token_id=2,
+        pad_token_id=1,
+        forced_bos_token_id=0,
+    )
     cfg = EvaluationConfig(num_beams=1, max_new_tokens=20, min_new_tokens=2)
     g = E.generation_config_for(model, cfg)
     assert (g.num_beams, g.length_penalty, g.no_repeat_ngram_size) == (1, 1.0, 0)
     assert (g.max_new_tokens, g.min_new_tokens) == (20, 2)
-    assert (g.decoder_start_token_id, g.eos_token_id, g.pad_token_id, g.forced_bos_token_id) == (2, 2, 1, 0)
+    assert (g.decoder_start_token_id, g.eos_token_id, g.pad_token_id, g.forced_bos_token_id) == (
+        2,
+        2,
+        1,
+        0,
+    )
     fixed = E.generation_config_for(model, cfg, fixed_new_tokens=7)
     assert fixed.max_new_tokens == fixed.min_new_tokens == 7
 
@@ -109,7 +127,10 @@ def test_generation_config_ignores_the_models_own_search_settings():
 def test_run_generate_is_immune_to_the_models_generation_config(tmp_path):
     """generate() fills unset fields from model.generation_config; the protocol must not leak."""
     d = save_tiny_t5(tmp_path / "m")
-    model, tok = AutoModelForSeq2SeqLM.from_pretrained(str(d)).eval(), AutoTokenizer.from_pretrained(str(d))
+    model, tok = (
+        AutoModelForSeq2SeqLM.from_pretrained(str(d)).eval(),
+        AutoTokenizer.from_pretrained(str(d)),
+    )
     batch = dict(tok([ROWS[0]["source"]], return_tensors="pt"))
     cfg = E.generation_config_for(model, EvaluationConfig(max_new_tokens=6))
     clean = E.run_generate(model, batch, cfg)
@@ -132,7 +153,10 @@ def test_generated_lengths_stop_at_eos():
 def test_generate_decoder_deeper_than_encoder(tmp_path):
     """T5 sizes its default cache by the encoder depth; our fresh cache must cope."""
     d = save_tiny_t5(tmp_path / "m", enc=1, dec=3)
-    model, tok = AutoModelForSeq2SeqLM.from_pretrained(str(d)).eval(), AutoTokenizer.from_pretrained(str(d))
+    model, tok = (
+        AutoModelForSeq2SeqLM.from_pretrained(str(d)).eval(),
+        AutoTokenizer.from_pretrained(str(d)),
+    )
     cfg = EvaluationConfig(max_new_tokens=5, batch_size=2, num_beams=2)
     preds = E.generate(model, tok, [r["source"] for r in ROWS], cfg)
     assert len(preds) == len(ROWS) and all(isinstance(p, str) for p in preds)
@@ -142,9 +166,12 @@ def test_generate_decoder_deeper_than_encoder(tmp_path):
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("eval")
-    return {"teacher": save_tiny_t5(root / "teacher", dec=2, seed=0),
-            "student": save_tiny_t5(root / "student", dec=1, seed=1),
-            "splits": write_splits(root / "splits"), "root": root}
+    return {
+        "teacher": save_tiny_t5(root / "teacher", dec=2, seed=0),
+        "student": save_tiny_t5(root / "student", dec=1, seed=1),
+        "splits": write_splits(root / "splits"),
+        "root": root,
+    }
 
 
 CFG = EvaluationConfig(max_new_tokens=6, batch_size=2, bootstrap_samples=100, predictions_sample=3)
@@ -152,11 +179,19 @@ CFG = EvaluationConfig(max_new_tokens=6, batch_size=2, bootstrap_samples=100, pr
 
 def test_evaluate_model_writes_consistent_files(setup):
     out = setup["root"] / "t_eval"
-    m = E.evaluate_model(setup["teacher"], setup["splits"], CFG, out, device="cpu",
-                         source_prefix="summarize: ")
+    m = E.evaluate_model(
+        setup["teacher"], setup["splits"], CFG, out, device="cpu", source_prefix="summarize: "
+    )
     assert m["num_examples"] == len(ROWS)
-    assert {"rouge1", "rouge2", "rougeL", "rougeLsum", "gen_len_tokens", "gen_len_words",
-            "exact_match"} <= set(m)
+    assert {
+        "rouge1",
+        "rouge2",
+        "rougeL",
+        "rougeLsum",
+        "gen_len_tokens",
+        "gen_len_words",
+        "exact_match",
+    } <= set(m)
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["metrics"] == m and saved["protocol"]["source_prefix"] == "summarize: "
     assert saved["protocol"]["max_new_tokens"] == 6
@@ -167,24 +202,41 @@ def test_evaluate_model_writes_consistent_files(setup):
     with open(out / "predictions_sample.csv", newline="", encoding="utf-8") as f:
         sample = list(csv.DictReader(f))
     assert len(sample) == 3 and list(sample[0]) == ["source", "reference", "prediction", "rougeL"]
-    assert sample[0]["source"] == ROWS[0]["source"] and sample[0]["prediction"] == per[0]["prediction"]
+    assert (
+        sample[0]["source"] == ROWS[0]["source"] and sample[0]["prediction"] == per[0]["prediction"]
+    )
     # the same predictions as plain generate() with the prefix
-    model, tok = AutoModelForSeq2SeqLM.from_pretrained(str(setup["teacher"])), \
-        AutoTokenizer.from_pretrained(str(setup["teacher"]))
-    assert E.generate(model, tok, ["summarize: " + r["source"] for r in ROWS], CFG) == \
-        [p["prediction"] for p in per]
+    model, tok = (
+        AutoModelForSeq2SeqLM.from_pretrained(str(setup["teacher"])),
+        AutoTokenizer.from_pretrained(str(setup["teacher"])),
+    )
+    assert E.generate(model, tok, ["summarize: " + r["source"] for r in ROWS], CFG) == [
+        p["prediction"] for p in per
+    ]
 
 
 def test_teacher_comparison(setup):
     t_out = setup["root"] / "t_cmp"
     E.evaluate_model(setup["teacher"], setup["splits"], CFG, t_out, device="cpu")
-    self_cmp = E.evaluate_model(setup["teacher"], setup["splits"], CFG, setup["root"] / "self",
-                                teacher_eval_dir=t_out, device="cpu")
+    self_cmp = E.evaluate_model(
+        setup["teacher"],
+        setup["splits"],
+        CFG,
+        setup["root"] / "self",
+        teacher_eval_dir=t_out,
+        device="cpu",
+    )
     assert (self_cmp["rougeL_delta_ci_low"], self_cmp["rougeL_delta_ci_high"]) == (0.0, 0.0)
     assert self_cmp["rougeL_delta"] == 0.0
     assert self_cmp["rougeL_retention"] in (1.0, None)  # None only if the random teacher scores 0
-    s = E.evaluate_model(setup["student"], setup["splits"], CFG, setup["root"] / "s",
-                         teacher_eval_dir=t_out, device="cpu")
+    s = E.evaluate_model(
+        setup["student"],
+        setup["splits"],
+        CFG,
+        setup["root"] / "s",
+        teacher_eval_dir=t_out,
+        device="cpu",
+    )
     assert s["teacher_rougeL"] == pytest.approx(self_cmp["rougeL"])
     assert s["rougeL_delta"] == pytest.approx(s["rougeL"] - s["teacher_rougeL"])
     assert s["rougeL_delta_ci_low"] <= s["rougeL_delta_ci_high"]
@@ -192,12 +244,29 @@ def test_teacher_comparison(setup):
 
 def test_teacher_comparison_refuses_other_examples_or_protocol(setup):
     t_out = setup["root"] / "t_small"
-    E.evaluate_model(setup["teacher"], setup["splits"], CFG.model_copy(update={"num_examples": 3}), t_out,
-                     device="cpu")
+    E.evaluate_model(
+        setup["teacher"],
+        setup["splits"],
+        CFG.model_copy(update={"num_examples": 3}),
+        t_out,
+        device="cpu",
+    )
     with pytest.raises(DataError, match="has 3 examples"):
-        E.evaluate_model(setup["student"], setup["splits"], CFG, setup["root"] / "x", teacher_eval_dir=t_out,
-                         device="cpu")
+        E.evaluate_model(
+            setup["student"],
+            setup["splits"],
+            CFG,
+            setup["root"] / "x",
+            teacher_eval_dir=t_out,
+            device="cpu",
+        )
     with pytest.raises(DataError, match="decoding protocol"):
-        E.evaluate_model(setup["student"], setup["splits"], CFG.model_copy(update={"num_beams": 2}),
-                         setup["root"] / "y", teacher_eval_dir=t_out, device="cpu")
+        E.evaluate_model(
+            setup["student"],
+            setup["splits"],
+            CFG.model_copy(update={"num_beams": 2}),
+            setup["root"] / "y",
+            teacher_eval_dir=t_out,
+            device="cpu",
+        )
     assert not (setup["root"] / "x").exists()  # nothing half-written

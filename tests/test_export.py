@@ -30,15 +30,18 @@ print(json.dumps(results))
 """
 FAMILIES = {"t5": pt.t5, "t5-gated": lambda: pt.t5(gated=True), "bart": pt.bart}
 # name -> (model, CoFi hidden-dimension mask on)
-EXPORTS = {**{name: (make, False) for name, make in FAMILIES.items()},
-           **{f"{name}-hidden": (make, True) for name, make in FAMILIES.items()}}
+EXPORTS = {
+    **{name: (make, False) for name, make in FAMILIES.items()},
+    **{f"{name}-hidden": (make, True) for name, make in FAMILIES.items()},
+}
 
 
 def _pruned(make, hidden=False):
     model = make()
     keep_decoder_layers(model, [1, 2])
-    masks = MaskSet(plan_groups(model, stacks=("encoder", "decoder"), sublayers=True, cross=True,
-                                hidden=hidden)).attach(model)
+    masks = MaskSet(
+        plan_groups(model, stacks=("encoder", "decoder"), sublayers=True, cross=True, hidden=hidden)
+    ).attach(model)
     pt.randomize_masks(masks, seed=4)
     return materialize(model.eval(), masks)
 
@@ -48,12 +51,22 @@ def test_fresh_process_generates_like_load_exported(tmp_path):
     expected, jobs = {}, []
     for name, (make, hidden) in EXPORTS.items():
         model = _pruned(make, hidden)
-        out = save_exported(model, pt.tokenizer(), tmp_path / name, {"method": "cofi", "target": 0.3,
-                                                                     "teacher": "teacher-dir"})
+        out = save_exported(
+            model,
+            pt.tokenizer(),
+            tmp_path / name,
+            {"method": "cofi", "target": 0.3, "teacher": "teacher-dir"},
+        )
         config = json.loads((out / "config.json").read_text())
         nash = config["nash"]
-        assert nash["decoder_layers_kept"] == [1, 2] and nash["method"] == "cofi" and nash["target"] == 0.3
-        assert nash["encoder_heads_kept"] == [layer["self"] or [] for layer in nash["shapes"]["encoder"]]
+        assert (
+            nash["decoder_layers_kept"] == [1, 2]
+            and nash["method"] == "cofi"
+            and nash["target"] == 0.3
+        )
+        assert nash["encoder_heads_kept"] == [
+            layer["self"] or [] for layer in nash["shapes"]["encoder"]
+        ]
         assert config["auto_map"]["AutoModelForSeq2SeqLM"].startswith("modeling_nash.Nash")
         assert (out / "modeling_nash.py").is_file() and (out / "model.safetensors").is_file()
         if hidden:  # the residual width shrank; config.d_model stays the teacher's
@@ -62,16 +75,25 @@ def test_fresh_process_generates_like_load_exported(tmp_path):
         else:
             assert "hidden" not in nash["shapes"] and "hidden_dims_kept" not in nash
         ours, _ = load_exported(out)
-        assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in model.parameters())
-        assert ours.get_input_embeddings().embedding_dim == model.get_input_embeddings().embedding_dim
+        assert sum(p.numel() for p in ours.parameters()) == sum(
+            p.numel() for p in model.parameters()
+        )
+        assert (
+            ours.get_input_embeddings().embedding_dim == model.get_input_embeddings().embedding_dim
+        )
         ids = dict(input_ids=b["input_ids"], attention_mask=b["attention_mask"])
         expected[str(out)] = ours.generate(**ids, **GEN)
         assert torch.equal(expected[str(out)], model.generate(**ids, **GEN))
         jobs.append([str(out), b["input_ids"].tolist(), b["attention_mask"].tolist()])
     assert not list(tmp_path.glob(".*"))  # atomic writes left nothing temporary behind
 
-    proc = subprocess.run([sys.executable, "-I", "-c", FRESH, json.dumps(jobs)], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=480)
+    proc = subprocess.run(
+        [sys.executable, "-I", "-c", FRESH, json.dumps(jobs)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=480,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads(proc.stdout.strip().splitlines()[-1])
     for path, want in expected.items():
@@ -82,7 +104,9 @@ def test_fresh_process_generates_like_load_exported(tmp_path):
 def test_unpruned_shapes_export_is_plain_hf(tmp_path):
     model = pt.bart(dec=3)
     keep_decoder_layers(model, [0, 2])
-    out = save_exported(model, pt.tokenizer(), tmp_path / "sft", {"method": "sft", "target": None, "teacher": "t"})
+    out = save_exported(
+        model, pt.tokenizer(), tmp_path / "sft", {"method": "sft", "target": None, "teacher": "t"}
+    )
     config = json.loads((out / "config.json").read_text())
     assert "auto_map" not in config and not (out / "modeling_nash.py").exists()
     assert config["nash"]["decoder_layers_kept"] == [0, 2]

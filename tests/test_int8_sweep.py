@@ -16,14 +16,23 @@ pytestmark = pytest.mark.slow
 
 def test_int8_variants_are_candidates_like_the_others(tmp_path):
     work = tmp_path / "work"
-    res = nash(["run", "configs/smoke.yaml", "--workdir", work,
-                *with_overrides(TINY + ["benchmark.quantize_int8=true"])], clean_env(tmp_path))
+    res = nash(
+        [
+            "run",
+            "configs/smoke.yaml",
+            "--workdir",
+            work,
+            *with_overrides(TINY + ["benchmark.quantize_int8=true"]),
+        ],
+        clean_env(tmp_path),
+    )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
 
     uri = f"sqlite:///{work.resolve()}/mlflow.db"
     client = MlflowClient(uri)
-    runs = client.search_runs([e.experiment_id for e in client.search_experiments()],
-                              "tags.`nash.kind` = 'candidate'")
+    runs = client.search_runs(
+        [e.experiment_id for e in client.search_experiments()], "tags.`nash.kind` = 'candidate'"
+    )
     by_label = {r.data.tags["nash.label"]: r for r in runs}
     assert set(by_label) == {"teacher", "sft-k1", "teacher-int8", "sft-k1-int8"}
     assert by_label["sft-k1-int8"].data.tags["nash.method"] == "sft-int8"
@@ -32,13 +41,22 @@ def test_int8_variants_are_candidates_like_the_others(tmp_path):
         run = by_label[label]
         assert run.data.params["quantization"] == "int8-dynamic"
         assert run.info.status == "FINISHED"
-        for m in ("rougeL", "rougeL_retention", "rougeL_delta_ci_low", "speedup",
-                  "latency_p50_ms", "params_total"):
+        for m in (
+            "rougeL",
+            "rougeL_retention",
+            "rougeL_delta_ci_low",
+            "speedup",
+            "latency_p50_ms",
+            "params_total",
+        ):
             assert m in run.data.metrics, (label, m)
     assert by_label["sft-k1"].data.params["quantization"] == "none"
     # the same source weights: int8 keeps the parameter count, the decoder depth
-    assert (by_label["sft-k1-int8"].data.params["decoder_layers"]
-            == by_label["sft-k1"].data.params["decoder_layers"] == "1")
+    assert (
+        by_label["sft-k1-int8"].data.params["decoder_layers"]
+        == by_label["sft-k1"].data.params["decoder_layers"]
+        == "1"
+    )
 
     mlflow.set_tracking_uri(uri)
     served = mlflow.pyfunc.load_model(f"runs:/{by_label['sft-k1-int8'].info.run_id}/model")

@@ -32,12 +32,14 @@ def test_low_high_custom_and_errors():
 
 def _generate(model, use_cache):
     b = pt.batch()
-    return model.generate(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
-                          use_cache=use_cache, **GEN)
+    return model.generate(
+        input_ids=b["input_ids"], attention_mask=b["attention_mask"], use_cache=use_cache, **GEN
+    )
 
 
-@pytest.mark.parametrize("make", [pt.t5, lambda **kw: pt.t5(gated=True, **kw), pt.bart],
-                         ids=["t5", "t5-gated", "bart"])
+@pytest.mark.parametrize(
+    "make", [pt.t5, lambda **kw: pt.t5(gated=True, **kw), pt.bart], ids=["t5", "t5-gated", "bart"]
+)
 def test_cache_equals_no_cache_after_removal(make):
     model = make(enc=2, dec=4)
     keep_decoder_layers(model, [1, 3])
@@ -53,7 +55,10 @@ def test_config_and_layer_idx_updated():
     model = pt.t5(dec=4)
     keep_decoder_layers(model, [0, 2, 3])
     assert model.config.num_decoder_layers == 3 and model.decoder.config.num_layers == 3
-    idx = [(b.layer[0].SelfAttention.layer_idx, b.layer[1].EncDecAttention.layer_idx) for b in model.decoder.block]
+    idx = [
+        (b.layer[0].SelfAttention.layer_idx, b.layer[1].EncDecAttention.layer_idx)
+        for b in model.decoder.block
+    ]
     assert idx == [(0, 0), (1, 1), (2, 2)]
     keep_decoder_layers(model, [1, 2])  # composes with the first removal
     assert model.config.nash_decoder_layers_kept == [2, 3]
@@ -67,7 +72,9 @@ def test_high_on_t5_keeps_position_table():
     table = model.decoder.block[0].layer[0].SelfAttention.relative_attention_bias.weight.clone()
     keep_decoder_layers(model, select_layers(4, 2, "high"))
     first = model.decoder.block[0].layer[0].SelfAttention
-    assert first.has_relative_attention_bias and torch.equal(first.relative_attention_bias.weight, table)
+    assert first.has_relative_attention_bias and torch.equal(
+        first.relative_attention_bias.weight, table
+    )
     b = pt.batch()
     with torch.no_grad():
         with_table = model(**b).logits

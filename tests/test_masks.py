@@ -6,8 +6,18 @@ import pytest
 import torch
 
 import pruning_tiny as pt
-from nash_core.masks import (BETA, GAMMA, HIDDEN, LOG_ALPHA_MAX, LOG_ALPHA_MIN, ZETA, GroupSpec, HardConcrete, MaskSet,
-                             plan_groups)
+from nash_core.masks import (
+    BETA,
+    GAMMA,
+    HIDDEN,
+    LOG_ALPHA_MAX,
+    LOG_ALPHA_MIN,
+    ZETA,
+    GroupSpec,
+    HardConcrete,
+    MaskSet,
+    plan_groups,
+)
 
 
 def _group(values, min_keep=0):
@@ -50,14 +60,18 @@ def test_min_keep_and_clamp():
         g.log_alpha.copy_(torch.tensor([[10.0, -10.0, 0.0]]))
     g.clamp_()
     la = g.log_alpha.detach()
-    assert float(la.max()) == pytest.approx(LOG_ALPHA_MAX) and float(la.min()) == pytest.approx(LOG_ALPHA_MIN)
+    assert float(la.max()) == pytest.approx(LOG_ALPHA_MAX) and float(la.min()) == pytest.approx(
+        LOG_ALPHA_MIN
+    )
 
 
 def test_init_distribution():
     torch.manual_seed(0)
     model = pt.t5(d_ff=400)
     masks = MaskSet(plan_groups(model, head_init=10.0, ffn_init=0.0))
-    heads, ffn = (masks.groups[n].log_alpha.detach() for n in ("encoder_self_heads", "encoder_ffn_units"))
+    heads, ffn = (
+        masks.groups[n].log_alpha.detach() for n in ("encoder_self_heads", "encoder_ffn_units")
+    )
     assert abs(float(heads.mean()) - 10.0) < 0.01
     assert abs(float(ffn.mean())) < 0.01 and 0.005 < float(ffn.std()) < 0.015
 
@@ -69,7 +83,10 @@ def test_nash_plan_masks_only_encoder_and_cofi_protects_cache_owner():
     cofi = plan_groups(model, stacks=("encoder", "decoder"), sublayers=True, cross=True)
     by_name = {s.name: s for s in cofi}
     assert by_name["decoder_self_heads"].min_keep == (1, 0, 0)
-    assert by_name["decoder_self_layer"].layers == (1, 2)  # layer 0 owns the KV-cache length: no gate
+    assert by_name["decoder_self_layer"].layers == (
+        1,
+        2,
+    )  # layer 0 owns the KV-cache length: no gate
     assert by_name["decoder_cross_layer"].layers == (0, 1, 2)
 
 
@@ -79,7 +96,9 @@ def test_hooks_scale_heads_and_units_and_are_removable(make):
     b = pt.batch()
     with torch.no_grad():
         ref = model(**b).logits
-    masks = MaskSet(plan_groups(model, stacks=("encoder", "decoder"), sublayers=True, cross=True)).attach(model)
+    masks = MaskSet(
+        plan_groups(model, stacks=("encoder", "decoder"), sublayers=True, cross=True)
+    ).attach(model)
     with torch.no_grad():
         for g in masks.groups.values():
             g.log_alpha.fill_(LOG_ALPHA_MAX)
@@ -101,7 +120,10 @@ def test_one_sample_per_step_and_gradients():
     second = model(**b).loss  # a second micro-batch of the same step: same sample
     assert first.item() == second.item()
     (first + second).backward()  # both graphs are independent: no "backward twice" error
-    assert all(g.log_alpha.grad is not None and g.log_alpha.grad.abs().sum() > 0 for g in masks.groups.values())
+    assert all(
+        g.log_alpha.grad is not None and g.log_alpha.grad.abs().sum() > 0
+        for g in masks.groups.values()
+    )
     masks.resample()
     assert model(**b).loss.item() != first.item()
     model.eval()  # eval: the deterministic mask, identical across calls
@@ -127,14 +149,27 @@ def test_hidden_mask_zeroes_closed_dimensions_of_the_residual_stream(make):
     b = pt.batch()
     with torch.no_grad():
         ref = model(**b).logits
-    masks = MaskSet(plan_groups(model, stacks=("encoder", "decoder"), hidden=True, head_init=LOG_ALPHA_MAX,
-                                ffn_init=LOG_ALPHA_MAX, hidden_init=LOG_ALPHA_MAX)).attach(model)
+    masks = MaskSet(
+        plan_groups(
+            model,
+            stacks=("encoder", "decoder"),
+            hidden=True,
+            head_init=LOG_ALPHA_MAX,
+            ffn_init=LOG_ALPHA_MAX,
+            hidden_init=LOG_ALPHA_MAX,
+        )
+    ).attach(model)
     assert masks.groups[HIDDEN].spec.units == 32 and masks.groups[HIDDEN].spec.min_keep == (1,)
     closed = [3, 17, 30]
-    with torch.no_grad():  # open gates soft enough that a training sample is not clamped (gradients)
+    with (
+        torch.no_grad()
+    ):  # open gates soft enough that a training sample is not clamped (gradients)
         masks.groups[HIDDEN].log_alpha.fill_(2.0)
         masks.groups[HIDDEN].log_alpha[0, closed] = LOG_ALPHA_MIN
-    for train in (False, True):  # deterministic mask, then a training sample (closed gates sample 0)
+    for train in (
+        False,
+        True,
+    ):  # deterministic mask, then a training sample (closed gates sample 0)
         model.train(train)
         out = model(**b, output_hidden_states=True)
         for states in (out.encoder_hidden_states, out.decoder_hidden_states):

@@ -21,13 +21,21 @@ MODELS = {
 def _masked(make, cofi: bool, seed: int = 3, hidden: bool = False):
     model = make()
     keep_decoder_layers(model, [0, 2, 3])
-    kwargs = dict(stacks=("encoder", "decoder"), sublayers=True, cross=True, hidden=hidden) if cofi else {}
+    kwargs = (
+        dict(stacks=("encoder", "decoder"), sublayers=True, cross=True, hidden=hidden)
+        if cofi
+        else {}
+    )
     masks = MaskSet(plan_groups(model, **kwargs)).attach(model)
     pt.randomize_masks(masks, seed=seed)
     return model.eval(), masks
 
 
-MODES = {"nash": dict(cofi=False), "cofi": dict(cofi=True), "cofi-hidden": dict(cofi=True, hidden=True)}
+MODES = {
+    "nash": dict(cofi=False),
+    "cofi": dict(cofi=True),
+    "cofi-hidden": dict(cofi=True, hidden=True),
+}
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -91,7 +99,9 @@ def test_hidden_mask_t5_norm_rescale_is_exact_with_large_eps(gated, untie):
 
 
 @pytest.mark.parametrize("hidden", [False, True], ids=["cofi", "cofi-hidden"])
-@pytest.mark.parametrize("make", [lambda: pt.t5(enc=3, dec=4), lambda: pt.bart(dec=4)], ids=["t5", "bart"])
+@pytest.mark.parametrize(
+    "make", [lambda: pt.t5(enc=3, dec=4), lambda: pt.bart(dec=4)], ids=["t5", "bart"]
+)
 def test_cached_generation_after_materialise(make, hidden):
     # enc=3: a T5 decoder deeper than its encoder needs a growing cache (evaluate.fresh_cache)
     model, masks = _masked(make, cofi=True, seed=5, hidden=hidden)
@@ -117,4 +127,6 @@ def test_shapes_record_original_head_indices():
         assert layer["self"] == [int(h) for h in torch.nonzero(row).flatten()]
     for layer, units in zip(shapes["encoder"], masks.deterministic()["encoder_ffn_units"]):
         assert (layer["ffn"] or 0) == int((units > 0).sum())
-    assert all(layer["self"] == [0, 1, 2, 3] for layer in shapes["decoder"])  # NASH leaves the decoder whole
+    assert all(
+        layer["self"] == [0, 1, 2, 3] for layer in shapes["decoder"]
+    )  # NASH leaves the decoder whole

@@ -24,10 +24,24 @@ def test_sweep_tracks_to_an_mlflow_server(tmp_path):
     uri = f"http://127.0.0.1:{port}"
     env = clean_env(tmp_path)
     server = subprocess.Popen(
-        [BIN / "mlflow", "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-         "--artifacts-destination", str(tmp_path / "artifacts"), "--host", "127.0.0.1",
-         "--port", str(port), "--workers", "1"],
-        env=env, stdout=open(tmp_path / "server.log", "w"), stderr=subprocess.STDOUT)
+        [
+            BIN / "mlflow",
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{tmp_path / 'server.db'}",
+            "--artifacts-destination",
+            str(tmp_path / "artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        env=env,
+        stdout=open(tmp_path / "server.log", "w"),
+        stderr=subprocess.STDOUT,
+    )
     try:
         deadline = time.monotonic() + 120
         while True:
@@ -40,8 +54,10 @@ def test_sweep_tracks_to_an_mlflow_server(tmp_path):
             assert time.monotonic() < deadline, (tmp_path / "server.log").read_text()[-2000:]
             time.sleep(1)
 
-        res = nash(["run", "configs/smoke.yaml", "--workdir", tmp_path / "work",
-                    *with_overrides(TINY)], {**env, "MLFLOW_TRACKING_URI": uri})
+        res = nash(
+            ["run", "configs/smoke.yaml", "--workdir", tmp_path / "work", *with_overrides(TINY)],
+            {**env, "MLFLOW_TRACKING_URI": uri},
+        )
         assert res.returncode == 0, res.stderr[-3000:]
         assert not (tmp_path / "work" / "mlflow.db").exists(), "must not fall back to SQLite"
 
@@ -61,18 +77,32 @@ def test_sweep_tracks_to_an_mlflow_server(tmp_path):
 
         # re-benchmark the finished sweep under another hardware name, through the server
         before = {r.info.run_id: dict(r.data.metrics) for r in cand}
-        res = nash(["benchmark", "--sweep", sweep.info.run_id, "--tracking-uri", uri,
-                    "--hardware-name", "srv-b"], env)
+        res = nash(
+            [
+                "benchmark",
+                "--sweep",
+                sweep.info.run_id,
+                "--tracking-uri",
+                uri,
+                "--hardware-name",
+                "srv-b",
+            ],
+            env,
+        )
         assert res.returncode == 0, res.stderr[-3000:]
         for run_id, metrics in before.items():
             now = client.get_run(run_id).data.metrics
             assert {k: now[k] for k in metrics} == metrics, "original figures changed"
             assert now["hw/srv-b/latency_p50_ms_bs1"] > 0
         assert {a.path for a in client.list_artifacts(sweep.info.run_id, "hardware/srv-b")} >= {
-            "hardware/srv-b/tradeoff.md", "hardware/srv-b/pareto.png",
-            "hardware/srv-b/benchmark.json"}
-        res = nash(["select", "--sweep", sweep.info.run_id, "--hardware", "srv-b",
-                    "--tracking-uri", uri], env)
+            "hardware/srv-b/tradeoff.md",
+            "hardware/srv-b/pareto.png",
+            "hardware/srv-b/benchmark.json",
+        }
+        res = nash(
+            ["select", "--sweep", sweep.info.run_id, "--hardware", "srv-b", "--tracking-uri", uri],
+            env,
+        )
         assert res.returncode == 0, res.stderr[-3000:]
         assert client.get_model_version_by_alias("nash-smoke", "champion-srv-b").version
     finally:

@@ -22,12 +22,21 @@ print("loaded")
 
 @pytest.mark.parametrize("quiet", [True, False])
 def test_no_progress_also_silences_transformers_loading_bars(tmp_path, quiet):
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("NASH_NO_PROGRESS", "HF_HUB_DISABLE_PROGRESS_BARS", "HF_DATASETS_DISABLE_PROGRESS_BARS")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k
+        not in (
+            "NASH_NO_PROGRESS",
+            "HF_HUB_DISABLE_PROGRESS_BARS",
+            "HF_DATASETS_DISABLE_PROGRESS_BARS",
+        )
+    }
     env["NASH_NO_PROGRESS"] = "1" if quiet else "0"
     code = LOAD.format(tests=str(ROOT / "tests"), out=str(tmp_path / "m"))
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT,
-                         timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT, timeout=120
+    )
     assert out.returncode == 0 and "loaded" in out.stdout, out.stderr[-2000:]
     assert ("Loading weights" in out.stderr) is not quiet, out.stderr[-500:]
 
@@ -56,7 +65,10 @@ def test_logging_a_candidate_model_prints_no_mlflow_nags_or_bars(tmp_path):
     env = {**os.environ, "NASH_NO_PROGRESS": "1"}
     env.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
     code = LOG_MODEL.format(tests=str(ROOT / "tests"), out=str(tmp_path))
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT,
-                         timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300
+    )
     assert out.returncode == 0 and "runs:/" in out.stdout, out.stderr[-2000:]
-    assert "type hints" not in out.stderr and "Downloading artifacts" not in out.stderr, out.stderr[-1500:]
+    assert "type hints" not in out.stderr and "Downloading artifacts" not in out.stderr, out.stderr[
+        -1500:
+    ]

@@ -7,9 +7,17 @@ import pandas as pd
 import pytest
 
 from nash_core.config import SelectionConfig
-from nash_core.promotion import (champion_lineage, default_hardware_name, hardware_names,
-                                 hardware_table, hw_metric, next_move_key, parse_moves,
-                                 promotion_gate, rollback_target)
+from nash_core.promotion import (
+    champion_lineage,
+    default_hardware_name,
+    hardware_names,
+    hardware_table,
+    hw_metric,
+    next_move_key,
+    parse_moves,
+    promotion_gate,
+    rollback_target,
+)
 from tasks.rollout import RolloutError, check_hardware_name
 
 SEL = SelectionConfig(min_retention=0.95, min_retention_low=0.9)
@@ -17,8 +25,13 @@ CHAMP = {"label": "m v1", "rougeL": 0.80, "latency_ms": 100.0}
 
 
 def challenger(rougeL, low, high, ms):
-    return {"label": "new", "rougeL": rougeL, "rougeL_delta_ci_low": low,
-            "rougeL_delta_ci_high": high, "latency_ms": ms}
+    return {
+        "label": "new",
+        "rougeL": rougeL,
+        "rougeL_delta_ci_low": low,
+        "rougeL_delta_ci_high": high,
+        "latency_ms": ms,
+    }
 
 
 def test_gate_passes_an_equal_or_better_challenger_that_is_not_slower():
@@ -42,8 +55,9 @@ def test_gate_refuses_a_slower_challenger_even_when_quality_holds():
     gate = promotion_gate(CHAMP, challenger(0.80, -0.01, 0.01, 110.0), SEL, max_slowdown=0.05)
     assert not gate.passed
     assert gate.reason.startswith("speed:") and "+10.0% > +5% allowed" in gate.reason
-    assert promotion_gate(CHAMP, challenger(0.80, -0.01, 0.01, 110.0), SEL,
-                          max_slowdown=0.15).passed
+    assert promotion_gate(
+        CHAMP, challenger(0.80, -0.01, 0.01, 110.0), SEL, max_slowdown=0.15
+    ).passed
 
 
 def test_a_champion_scoring_zero_has_no_quality_to_lose():
@@ -57,9 +71,13 @@ def move(alias, frm, to, kind="promote"):
 
 
 def test_rollback_goes_back_through_the_champions_in_order():
-    moves = [move("champion", None, "1", "sweep"), move("challenger", None, "2", "sweep"),
-             move("champion", "1", "2", "gate"), move("champion", "2", "3"),
-             move("champion-box", None, "3", "select")]
+    moves = [
+        move("champion", None, "1", "sweep"),
+        move("challenger", None, "2", "sweep"),
+        move("champion", "1", "2", "gate"),
+        move("champion", "2", "3"),
+        move("champion-box", None, "3", "select"),
+    ]
     assert champion_lineage(moves, "champion") == ["1", "2", "3"]
     assert rollback_target(moves, "champion", "3") == "2"
     moves.append(move("champion", "3", "2", "rollback"))
@@ -80,11 +98,22 @@ def test_moves_are_numbered_tags_read_back_in_order():
 
 
 def test_hardware_table_replaces_every_speed_column_and_keeps_quality():
-    df = pd.DataFrame([{"label": "teacher", "method": "teacher", "rougeL": 0.8,
-                        "latency_p50_ms_bs1": 10.0, "latency_p50_ms": 10.0, "speedup_bs1": 1.0,
-                        "fixed_latency_p50_ms_bs1": 9.0, "params_total": 5.0,
-                        hw_metric("gpu-x", "latency_p50_ms_bs1"): 2.0,
-                        hw_metric("other", "latency_p50_ms_bs1"): 7.0}])
+    df = pd.DataFrame(
+        [
+            {
+                "label": "teacher",
+                "method": "teacher",
+                "rougeL": 0.8,
+                "latency_p50_ms_bs1": 10.0,
+                "latency_p50_ms": 10.0,
+                "speedup_bs1": 1.0,
+                "fixed_latency_p50_ms_bs1": 9.0,
+                "params_total": 5.0,
+                hw_metric("gpu-x", "latency_p50_ms_bs1"): 2.0,
+                hw_metric("other", "latency_p50_ms_bs1"): 7.0,
+            }
+        ]
+    )
     table = hardware_table(df, "gpu-x")
     assert table.loc[0, "latency_p50_ms_bs1"] == 2.0
     assert "latency_p50_ms" not in table and "fixed_latency_p50_ms_bs1" not in table

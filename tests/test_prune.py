@@ -8,20 +8,45 @@ from safetensors.torch import load_file
 from transformers import T5Config, T5ForConditionalGeneration
 
 from nash_core.base_model import build_demo_tokenizer
-from nash_core.config import ArmConfig, DataConfig, DistillConfig, FinetuneConfig, PruneStageConfig, TrainConfig
+from nash_core.config import (
+    ArmConfig,
+    DataConfig,
+    DistillConfig,
+    FinetuneConfig,
+    PruneStageConfig,
+    TrainConfig,
+)
 from nash_core.data import prepare_splits, read_split
 from nash_core.loading import load_seq2seq
 from nash_core import prune
 
-DATA = DataConfig(kind="demo", demo={"num_dialogues": 100}, max_source_length=32, max_target_length=12,
-                  max_samples={"train": 48, "validation": 8, "test": 8})
+DATA = DataConfig(
+    kind="demo",
+    demo={"num_dialogues": 100},
+    max_source_length=32,
+    max_target_length=12,
+    max_samples={"train": 48, "validation": 8, "test": 8},
+)
 
 
 def _stage_cfg(steps=8, **kw):
-    train = TrainConfig(max_steps=steps, batch_size=8, lr=1e-3, eval_every=4, eval_examples=8, checkpoint_every=4,
-                        log_every=2)
-    return PruneStageConfig(train=train, mask_lr=0.3, lagrangian_lr=0.3, target_warmup_steps=4,
-                            sparsity_epsilon=0.5, **kw)
+    train = TrainConfig(
+        max_steps=steps,
+        batch_size=8,
+        lr=1e-3,
+        eval_every=4,
+        eval_examples=8,
+        checkpoint_every=4,
+        log_every=2,
+    )
+    return PruneStageConfig(
+        train=train,
+        mask_lr=0.3,
+        lagrangian_lr=0.3,
+        target_warmup_steps=4,
+        sparsity_epsilon=0.5,
+        **kw,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -29,11 +54,24 @@ def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("prune")
     splits = prepare_splits(DATA, root / "splits")
     rows = read_split(splits, "train")
-    tok = build_demo_tokenizer([r["source"] + " " + r["target"] for r in rows], root / "tok", vocab_size=300)
+    tok = build_demo_tokenizer(
+        [r["source"] + " " + r["target"] for r in rows], root / "tok", vocab_size=300
+    )
     torch.manual_seed(0)
-    cfg = T5Config(vocab_size=len(tok), d_model=32, d_ff=64, d_kv=8, num_heads=4, num_layers=3,
-                   num_decoder_layers=3, dropout_rate=0.0, decoder_start_token_id=0, pad_token_id=0,
-                   eos_token_id=1, relative_attention_num_buckets=8)
+    cfg = T5Config(
+        vocab_size=len(tok),
+        d_model=32,
+        d_ff=64,
+        d_kv=8,
+        num_heads=4,
+        num_layers=3,
+        num_decoder_layers=3,
+        dropout_rate=0.0,
+        decoder_start_token_id=0,
+        pad_token_id=0,
+        eos_token_id=1,
+        relative_attention_num_buckets=8,
+    )
     T5ForConditionalGeneration(cfg).save_pretrained(root / "teacher")
     tok.save_pretrained(root / "teacher")
     return root, splits
@@ -41,8 +79,18 @@ def setup(tmp_path_factory):
 
 def _run(setup, arm, init, prev, target, name, cfg=None, **kw):
     root, splits = setup
-    return prune.run_stage(root / "teacher", init, arm, cfg or _stage_cfg(), prev, target, root / name,
-                           splits_dir=splits, data_cfg=DATA, **kw)
+    return prune.run_stage(
+        root / "teacher",
+        init,
+        arm,
+        cfg or _stage_cfg(),
+        prev,
+        target,
+        root / name,
+        splits_dir=splits,
+        data_cfg=DATA,
+        **kw,
+    )
 
 
 def test_staged_nash_materialise_finetune(setup):
@@ -63,12 +111,20 @@ def test_staged_nash_materialise_finetune(setup):
 
     export = prune.materialize_stage(s2, root / "nash-e2")
     nash = json.loads((export / "config.json").read_text())["nash"]
-    assert nash["decoder_layers_kept"] == [0, 2] and nash["method"] == "nash" and nash["target"] == 0.4
+    assert (
+        nash["decoder_layers_kept"] == [0, 2] and nash["method"] == "nash" and nash["target"] == 0.4
+    )
     assert nash["prunable_params_after"]["encoder"] <= nash["prunable_params_before"]["encoder"]
-    assert nash["encoder_sparsity"] == pytest.approx(meta2["sparsity"]["sparsity_hard_encoder"], abs=1e-6)
+    assert nash["encoder_sparsity"] == pytest.approx(
+        meta2["sparsity"]["sparsity_hard_encoder"], abs=1e-6
+    )
 
-    ft_cfg = FinetuneConfig(train=TrainConfig(max_steps=2, batch_size=8, eval_every=2, eval_examples=8))
-    final = prune.finetune(export, root / "teacher", ft_cfg, root / "nash-f2", splits_dir=splits, data_cfg=DATA)
+    ft_cfg = FinetuneConfig(
+        train=TrainConfig(max_steps=2, batch_size=8, eval_every=2, eval_examples=8)
+    )
+    final = prune.finetune(
+        export, root / "teacher", ft_cfg, root / "nash-f2", splits_dir=splits, data_cfg=DATA
+    )
     model, _ = load_seq2seq(final)
     final_nash = json.loads((final / "config.json").read_text())["nash"]
     assert final_nash["shapes"] == nash["shapes"] and "finetune" in final_nash
@@ -80,8 +136,10 @@ def test_cofi_and_sft_arms(setup):
     cofi = ArmConfig(method="cofi", targets=[0.3])
     # hidden gates start soft (log_alpha 0.5: P(open) ~ 0.89) so a few dimensions are really pruned
     stage = _run(setup, cofi, None, 0.0, 0.3, "cofi-s1", cfg=_stage_cfg(hidden_mask_init=0.5))
-    names = {(s["stack"], s["sublayer"], s["target"])
-             for s in torch.load(stage / "nash_masks.pt", weights_only=True)["specs"]}
+    names = {
+        (s["stack"], s["sublayer"], s["target"])
+        for s in torch.load(stage / "nash_masks.pt", weights_only=True)["specs"]
+    }
     assert ("decoder", "cross", "heads") in names and ("encoder", "ffn", "layer") in names
     assert ("model", "hidden", "units") in names  # the hidden-dimension mask is on by default
     sparsity = json.loads((stage / "stage_meta.json").read_text())["sparsity"]
@@ -95,15 +153,28 @@ def test_cofi_and_sft_arms(setup):
     assert nash["params_after"] <= nash["params_before"]
     # the final fine-tune with hidden-state distillation: the student's width is read from its
     # modules (config.d_model stays the teacher's)
-    ft_cfg = FinetuneConfig(train=TrainConfig(max_steps=2, batch_size=8, eval_every=2, eval_examples=8),
-                            distill=DistillConfig(kd_weight=0.5, layer_weight=0.01))
-    final = prune.finetune(export, root / "teacher", ft_cfg, root / "cofi-f1", splits_dir=setup[1], data_cfg=DATA)
+    ft_cfg = FinetuneConfig(
+        train=TrainConfig(max_steps=2, batch_size=8, eval_every=2, eval_examples=8),
+        distill=DistillConfig(kd_weight=0.5, layer_weight=0.01),
+    )
+    final = prune.finetune(
+        export, root / "teacher", ft_cfg, root / "cofi-f1", splits_dir=setup[1], data_cfg=DATA
+    )
     assert json.loads((final / "config.json").read_text())["nash"]["shapes"] == nash["shapes"]
 
-    no_hidden = _run(setup, ArmConfig(method="cofi", targets=[0.3], hidden=False, name="cofi-nohidden"), None,
-                     0.0, 0.3, "cofi-nohidden-s1", cfg=_stage_cfg(steps=2))
-    assert not any(s["sublayer"] == "hidden" for s in
-                   torch.load(no_hidden / "nash_masks.pt", weights_only=True)["specs"])
+    no_hidden = _run(
+        setup,
+        ArmConfig(method="cofi", targets=[0.3], hidden=False, name="cofi-nohidden"),
+        None,
+        0.0,
+        0.3,
+        "cofi-nohidden-s1",
+        cfg=_stage_cfg(steps=2),
+    )
+    assert not any(
+        s["sublayer"] == "hidden"
+        for s in torch.load(no_hidden / "nash_masks.pt", weights_only=True)["specs"]
+    )
     with pytest.raises(ValueError, match="hidden"):
         ArmConfig(method="nash", decoder_layers=2, targets=[0.3], hidden=True)
 
@@ -150,5 +221,9 @@ def test_off_target_stage_keeps_its_final_state_and_says_what_to_change(setup, c
     assert abs(reached - 0.9) > 0.01
     assert (d / "nash_masks.pt").is_file() and (d / "model.safetensors").is_file()
     message = " ".join(r.getMessage() for r in caplog.records)
-    assert f"encoder {reached:.3f}" in message and "max_steps" in message and "sparsity_epsilon" in message
+    assert (
+        f"encoder {reached:.3f}" in message
+        and "max_steps" in message
+        and "sparsity_epsilon" in message
+    )
     prune.materialize_stage(d, setup[0] / "off_target_export")  # the snapshot is usable as is

@@ -49,9 +49,31 @@ def test_quantized_dir_is_evaluated_and_benchmarked_like_the_others(tmp_path):
     m = evaluate_model(qdir, splits, cfg, tmp_path / "ev", device="cpu")
     assert m["num_examples"] == len(ROWS)
     out = tmp_path / "b.json"
-    assert cli_main([str(src), str(qdir), "--device", "cpu", "--batch-sizes", "1", "--new-tokens", "3",
-                     "--max-new-tokens", "3", "--repeats", "1", "--warmup", "0", "--source-length", "6",
-                     "--json", str(out)]) == 0
+    assert (
+        cli_main(
+            [
+                str(src),
+                str(qdir),
+                "--device",
+                "cpu",
+                "--batch-sizes",
+                "1",
+                "--new-tokens",
+                "3",
+                "--max-new-tokens",
+                "3",
+                "--repeats",
+                "1",
+                "--warmup",
+                "0",
+                "--source-length",
+                "6",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     res = json.loads(out.read_text())
     assert res["models"][1]["weights_mb"] < res["models"][0]["weights_mb"]
 

@@ -20,17 +20,29 @@ from nash_core.config import load_config
 from tasks import tracking
 from tasks.registry import log_candidate_model, register_champion, serving_config
 
-TEXTS = ["anna: can we meet at noon? ben: yes, at the cafe.",
-         "ben will call anna tomorrow about the flat."]
+TEXTS = [
+    "anna: can we meet at noon? ben: yes, at the cafe.",
+    "ben will call anna tomorrow about the flat.",
+]
 
 
 def tiny_model(out: Path, seed: int) -> Path:
     tok = build_demo_tokenizer(TEXTS * 3, out)
     torch.manual_seed(seed)
-    model = T5ForConditionalGeneration(T5Config(
-        vocab_size=len(tok), d_model=32, d_ff=64, d_kv=8, num_heads=2, num_layers=1,
-        num_decoder_layers=1, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
-        decoder_start_token_id=tok.pad_token_id))
+    model = T5ForConditionalGeneration(
+        T5Config(
+            vocab_size=len(tok),
+            d_model=32,
+            d_ff=64,
+            d_kv=8,
+            num_heads=2,
+            num_layers=1,
+            num_decoder_layers=1,
+            pad_token_id=tok.pad_token_id,
+            eos_token_id=tok.eos_token_id,
+            decoder_start_token_id=tok.pad_token_id,
+        )
+    )
     model.save_pretrained(str(out))
     return out
 
@@ -55,11 +67,15 @@ def test_register_alias_load_and_serve(store, tmp_path):
     runs = []
     for seed in (0, 1):
         run = tracking.create_run(client, exp, f"cand{seed}", {})
-        log_candidate_model(client, run, tiny_model(tmp_path / f"m{seed}", seed),
-                            serving_config(cfg))
+        log_candidate_model(
+            client, run, tiny_model(tmp_path / f"m{seed}", seed), serving_config(cfg)
+        )
         runs.append(run)
     assert {a.path for a in client.list_artifacts(runs[0], "model")} >= {
-        "model/MLmodel", "model/artifacts", "model/code"}
+        "model/MLmodel",
+        "model/artifacts",
+        "model/code",
+    }
 
     v1 = register_champion(client, "nash-test", runs[0], "champion", {"m": 1}, "key-a")
     v2 = register_champion(client, "nash-test", runs[1], "champion", {"m": 2}, "key-b")
@@ -76,12 +92,29 @@ def test_register_alias_load_and_serve(store, tmp_path):
 
     port = free_port()
     venv_bin = Path(sys.executable).parent  # the server execs `uvicorn` from PATH
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri,
-           "PATH": f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": uri,
+        "PATH": f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
     server = subprocess.Popen(
-        [str(venv_bin / "mlflow"), "models", "serve", "-m",
-         "models:/nash-test@champion", "--env-manager", "local", "-p", str(port),
-         "-h", "127.0.0.1"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        [
+            str(venv_bin / "mlflow"),
+            "models",
+            "serve",
+            "-m",
+            "models:/nash-test@champion",
+            "--env-manager",
+            "local",
+            "-p",
+            str(port),
+            "-h",
+            "127.0.0.1",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         deadline = time.monotonic() + 90
         while True:
@@ -93,8 +126,11 @@ def test_register_alias_load_and_serve(store, tmp_path):
                 assert time.monotonic() < deadline, "model server not healthy after 90 s"
                 time.sleep(0.5)
         body = json.dumps({"dataframe_records": [{"source": TEXTS[0]}]}).encode()
-        req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
-                                     headers={"Content-Type": "application/json"})
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations",
+            data=body,
+            headers={"Content-Type": "application/json"},
+        )
         with urllib.request.urlopen(req, timeout=30) as resp:
             answer = json.loads(resp.read())
         assert answer["predictions"] == out[:1]  # same summary as in-process

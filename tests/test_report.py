@@ -10,14 +10,16 @@ LAT = "latency_p50_ms_bs1"
 
 
 def candidates():
-    return pd.DataFrame({
-        "label": ["teacher", "nash-k2@0.3", "sft-k2", "cofi@0.3"],
-        "method": ["teacher", "nash", "sft", "cofi"],
-        "rougeL": [0.80, 0.78, 0.70, 0.79],
-        "rougeL_retention": [1.0, 0.975, 0.875, 0.9875],
-        LAT: [100.0, 40.0, 45.0, 90.0],
-        "speedup": [1.0, 2.5, 2.2, 1.1],
-    })
+    return pd.DataFrame(
+        {
+            "label": ["teacher", "nash-k2@0.3", "sft-k2", "cofi@0.3"],
+            "method": ["teacher", "nash", "sft", "cofi"],
+            "rougeL": [0.80, 0.78, 0.70, 0.79],
+            "rougeL_retention": [1.0, 0.975, 0.875, 0.9875],
+            LAT: [100.0, 40.0, 45.0, 90.0],
+            "speedup": [1.0, 2.5, 2.2, 1.1],
+        }
+    )
 
 
 def test_tradeoff_table_sorted_flags_and_files(tmp_path):
@@ -44,22 +46,32 @@ def test_markdown_blanks_missing_values():
 
 def test_pareto_plot_is_a_png(tmp_path):
     df = candidates()
-    out = pareto_plot(df, "rougeL", LAT, pareto_frontier(df, "rougeL", LAT), "nash-k2@0.3",
-                      tmp_path / "sub" / "pareto.png")
+    out = pareto_plot(
+        df,
+        "rougeL",
+        LAT,
+        pareto_frontier(df, "rougeL", LAT),
+        "nash-k2@0.3",
+        tmp_path / "sub" / "pareto.png",
+    )
     with Image.open(out) as im:
         assert im.format == "PNG" and im.size[0] > 400
     assert not list(out.parent.glob(".*tmp*"))
 
 
 def test_mask_heatmap_draws_kept_units(tmp_path):
-    shapes = {"family": "t5", "encoder": [{"self": [0, 2], "ffn": 96},
-                                          {"self": None, "ffn": 128}], "decoder": []}
+    shapes = {
+        "family": "t5",
+        "encoder": [{"self": [0, 2], "ffn": 96}, {"self": None, "ffn": 128}],
+        "decoder": [],
+    }
     out = mask_heatmap(shapes, num_heads=4, d_ff=128, path=tmp_path / "mask.png", title="x")
     with Image.open(out) as im:
         assert im.format == "PNG"
         rgb = im.convert("RGB")
-        colours = {rgb.getpixel((x, y)) for x in range(0, im.size[0], 4)
-                   for y in range(0, im.size[1], 4)}
+        colours = {
+            rgb.getpixel((x, y)) for x in range(0, im.size[0], 4) for y in range(0, im.size[1], 4)
+        }
     assert len(colours) > 10  # the grid is drawn, not a blank canvas
 
 
@@ -70,9 +82,13 @@ def test_pareto_labels_of_close_candidates_do_not_overlap():
 
     from nash_core.report import _place_labels
 
-    df = pd.DataFrame({"label": ["nash-k2@0.3", "nash-k2@0.2", "sft-k2", "nash-k3@0.3", "teacher"],
-                       "_t": [101.3, 104.8, 117.2, 138.6, 246.0],
-                       "_q": [0.7986, 0.7738, 0.7735, 0.8028, 0.8591]})
+    df = pd.DataFrame(
+        {
+            "label": ["nash-k2@0.3", "nash-k2@0.2", "sft-k2", "nash-k3@0.3", "teacher"],
+            "_t": [101.3, 104.8, 117.2, 138.6, 246.0],
+            "_q": [0.7986, 0.7738, 0.7735, 0.8028, 0.8591],
+        }
+    )
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
     ax.scatter(df["_t"], df["_q"])
     _place_labels(fig, ax, df)
@@ -80,6 +96,10 @@ def test_pareto_labels_of_close_candidates_do_not_overlap():
     boxes = [t.get_window_extent(renderer) for t in ax.texts]
     plt.close(fig)
     assert sorted(t.get_text() for t in ax.texts) == sorted(df["label"])  # one label each
-    clashes = [(i, j) for i in range(len(boxes)) for j in range(i + 1, len(boxes))
-               if boxes[i].overlaps(boxes[j])]
+    clashes = [
+        (i, j)
+        for i in range(len(boxes))
+        for j in range(i + 1, len(boxes))
+        if boxes[i].overlaps(boxes[j])
+    ]
     assert not clashes

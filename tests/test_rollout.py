@@ -30,8 +30,9 @@ CHANGED = ["model.demo.dropout_rate=0.05"]
 
 
 def _sweeps(client, exp_id):
-    runs = client.search_runs([exp_id], "tags.`nash.kind` = 'sweep'",
-                              order_by=["attributes.start_time ASC"])
+    runs = client.search_runs(
+        [exp_id], "tags.`nash.kind` = 'sweep'", order_by=["attributes.start_time ASC"]
+    )
     return runs
 
 
@@ -47,8 +48,15 @@ def store(tmp_path_factory):
     client = MlflowClient(uri, registry_uri=uri)
     exp = client.get_experiment_by_name("nash/demo/demo-dialogues")
     (sweep,) = _sweeps(client, exp.experiment_id)
-    return SimpleNamespace(tmp=tmp, env=env, work=work, uri=uri, client=client,
-                           exp=exp.experiment_id, sweep=sweep.info.run_id)
+    return SimpleNamespace(
+        tmp=tmp,
+        env=env,
+        work=work,
+        uri=uri,
+        client=client,
+        exp=exp.experiment_id,
+        sweep=sweep.info.run_id,
+    )
 
 
 def alias(s, name: str) -> str:
@@ -66,16 +74,31 @@ def snapshot(s) -> dict:
         arts = sorted(a.path for a in s.client.list_artifacts(r.info.run_id))
         out[r.info.run_id] = (dict(r.data.metrics), dict(r.data.tags), arts)
     for m in s.client.search_registered_models():
-        out[m.name] = (dict(m.tags), dict(m.aliases),
-                       len(s.client.search_model_versions(f"name='{m.name}'")))
+        out[m.name] = (
+            dict(m.tags),
+            dict(m.aliases),
+            len(s.client.search_model_versions(f"name='{m.name}'")),
+        )
     return out
 
 
 def test_benchmark_sweep_on_other_hardware_then_a_champion_for_it(store):
     s = store
     before = {r.info.run_id: dict(r.data.metrics) for r in candidates(s)}
-    res = nash(["benchmark", "--sweep", s.sweep, "--workdir", s.work, "--hardware-name", "box-b",
-                "--price-per-hour", "2.5"], s.env)  # a separate process, as on another machine
+    res = nash(
+        [
+            "benchmark",
+            "--sweep",
+            s.sweep,
+            "--workdir",
+            s.work,
+            "--hardware-name",
+            "box-b",
+            "--price-per-hour",
+            "2.5",
+        ],
+        s.env,
+    )  # a separate process, as on another machine
     assert res.returncode == 0, res.stderr[-3000:]
     assert "hardware 'box-b'" in res.stdout
 
@@ -94,10 +117,15 @@ def test_benchmark_sweep_on_other_hardware_then_a_champion_for_it(store):
     assert teacher.data.metrics["hw/box-b/speedup_bs1"] == pytest.approx(1.0)
 
     sweep_arts = {a.path for a in s.client.list_artifacts(s.sweep, "hardware/box-b")}
-    assert {f"hardware/box-b/{f}" for f in ("tradeoff.md", "tradeoff.csv", "pareto.png",
-                                            "benchmark.json", "decision.txt")} <= sweep_arts
-    bench = json.loads(Path(s.client.download_artifacts(
-        s.sweep, "hardware/box-b/benchmark.json", str(s.tmp))).read_text())
+    assert {
+        f"hardware/box-b/{f}"
+        for f in ("tradeoff.md", "tradeoff.csv", "pareto.png", "benchmark.json", "decision.txt")
+    } <= sweep_arts
+    bench = json.loads(
+        Path(
+            s.client.download_artifacts(s.sweep, "hardware/box-b/benchmark.json", str(s.tmp))
+        ).read_text()
+    )
     assert bench["hardware"]["hardware_name"] == "box-b"
     assert bench["hardware"]["cpu_model"] and bench["settings"]["price_per_hour"] == 2.5
     assert bench["settings"]["inputs"] == "2 test sources"  # the sweep's inputs, as recorded
@@ -106,10 +134,19 @@ def test_benchmark_sweep_on_other_hardware_then_a_champion_for_it(store):
     assert res.returncode == 0, res.stderr[-3000:]
     version = s.client.get_model_version_by_alias(NAME, "champion-box-b")
     assert version.run_id in after
-    moves = [json.loads(v) for k, v in s.client.get_registered_model(NAME).tags.items()
-             if k.startswith("nash.move.")]
-    assert any(m["alias"] == "champion-box-b" and m["to"] == str(version.version)
-               and m["who"] and m["when"] and "box-b" in m["why"] for m in moves)
+    moves = [
+        json.loads(v)
+        for k, v in s.client.get_registered_model(NAME).tags.items()
+        if k.startswith("nash.move.")
+    ]
+    assert any(
+        m["alias"] == "champion-box-b"
+        and m["to"] == str(version.version)
+        and m["who"]
+        and m["when"]
+        and "box-b" in m["why"]
+        for m in moves
+    )
 
 
 def test_bad_inputs_exit_2_with_one_line_and_write_nothing(store, capsys):
@@ -119,11 +156,15 @@ def test_bad_inputs_exit_2_with_one_line_and_write_nothing(store, capsys):
     cases = [
         (["benchmark", "--sweep", "0" * 32], "no run '" + "0" * 32 + "'"),
         (["benchmark", "--sweep", child.info.run_id], "is not a nash sweep run"),
-        (["benchmark", "--sweep", s.sweep, "--hardware-name", "a100 (80GB)"],
-         "hardware name 'a100 (80GB)' cannot be used"),
+        (
+            ["benchmark", "--sweep", s.sweep, "--hardware-name", "a100 (80GB)"],
+            "hardware name 'a100 (80GB)' cannot be used",
+        ),
         (["select", "--sweep", s.sweep, "--hardware", "gpu@home"], "hardware name 'gpu@home'"),
-        (["select", "--sweep", s.sweep, "--hardware", "never-measured"],
-         "no figures for hardware 'never-measured'"),
+        (
+            ["select", "--sweep", s.sweep, "--hardware", "never-measured"],
+            "no figures for hardware 'never-measured'",
+        ),
         (["promote", "99", "--model", NAME], "has no version '99'"),
         (["benchmark", "--sweep", s.sweep, "--hardware-name", "box-c"], "has no usable model"),
     ]
@@ -153,8 +194,11 @@ def _free_port() -> int:
 
 def _post(port: int, records: list[dict]):
     body = json.dumps({"dataframe_records": records}).encode()
-    req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
-                                 headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}/invocations",
+        data=body,
+        headers={"Content-Type": "application/json"},
+    )
     with urllib.request.urlopen(req, timeout=60) as resp:
         return json.loads(resp.read())
 
@@ -167,10 +211,21 @@ def test_challenger_gate_rollback_and_serving(store, capsys):
     assert "no earlier champion" in capsys.readouterr().err
 
     # the base model changes; `nash watch` sweeps; loose tolerances so the gate passes
-    loose = ["selection.min_retention=0.001", "selection.min_retention_low=0.001",
-             "registry.max_slowdown=20"]
-    res = nash(["watch", "configs/smoke.yaml", "--workdir", s.work,
-                *with_overrides(QUALITY + CHANGED + loose)], s.env)
+    loose = [
+        "selection.min_retention=0.001",
+        "selection.min_retention_low=0.001",
+        "registry.max_slowdown=20",
+    ]
+    res = nash(
+        [
+            "watch",
+            "configs/smoke.yaml",
+            "--workdir",
+            s.work,
+            *with_overrides(QUALITY + CHANGED + loose),
+        ],
+        s.env,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     assert "changed: " in res.stdout and "promotion: promoted (promotion gate passed" in res.stdout
     second = _sweeps(s.client, s.exp)[-1]
@@ -182,8 +237,16 @@ def test_challenger_gate_rollback_and_serving(store, capsys):
     assert "gate/challenger_latency_p50_ms_bs1" in second.data.metrics
 
     # a challenger made worse on purpose (its teacher barely trained): the gate keeps v2
-    res = nash(["run", "configs/smoke.yaml", "--workdir", s.work,
-                *with_overrides(QUALITY + CHANGED + ["teacher.train.max_steps=2"])], s.env)
+    res = nash(
+        [
+            "run",
+            "configs/smoke.yaml",
+            "--workdir",
+            s.work,
+            *with_overrides(QUALITY + CHANGED + ["teacher.train.max_steps=2"]),
+        ],
+        s.env,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     assert "promotion: kept champion (promotion gate failed: quality:" in res.stdout, res.stdout
     third = _sweeps(s.client, s.exp)[-1]
@@ -199,24 +262,38 @@ def test_challenger_gate_rollback_and_serving(store, capsys):
     res = nash(["rollback", "--workdir", s.work, "--reason", "quality complaints"], s.env)
     assert res.returncode == 0, res.stderr[-3000:]
     assert alias(s, "champion") == v1
-    moves = [json.loads(v) for k, v in sorted(s.client.get_registered_model(NAME).tags.items())
-             if k.startswith("nash.move.")]
+    moves = [
+        json.loads(v)
+        for k, v in sorted(s.client.get_registered_model(NAME).tags.items())
+        if k.startswith("nash.move.")
+    ]
     last = moves[-1]
     assert (last["alias"], last["from"], last["to"], last["kind"], last["why"]) == (
-        "champion", v2, v1, "rollback", "quality complaints")
+        "champion",
+        v2,
+        v1,
+        "rollback",
+        "quality complaints",
+    )
     assert last["who"] and last["when"]
 
     # serving what rollback restored, as documented: `nash serve`, no venv on PATH
     mlflow.set_tracking_uri(s.uri)
     texts = ["anna: can we meet at noon? ben: yes, at the cafe."]
     expected = mlflow.pyfunc.load_model(f"models:/{NAME}/{v1}").predict(
-        pd.DataFrame({"source": texts}))
+        pd.DataFrame({"source": texts})
+    )
     port = _free_port()
-    path = os.pathsep.join(p for p in s.env.get("PATH", "").split(os.pathsep)
-                           if Path(p).resolve() != BIN.resolve())
-    server = subprocess.Popen([str(BIN / "nash"), "serve", "--workdir", str(s.work), "--port",
-                               str(port)], cwd=REPO, env={**s.env, "PATH": path},
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    path = os.pathsep.join(
+        p for p in s.env.get("PATH", "").split(os.pathsep) if Path(p).resolve() != BIN.resolve()
+    )
+    server = subprocess.Popen(
+        [str(BIN / "nash"), "serve", "--workdir", str(s.work), "--port", str(port)],
+        cwd=REPO,
+        env={**s.env, "PATH": path},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         deadline = time.monotonic() + 120
         while True:

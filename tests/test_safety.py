@@ -19,7 +19,9 @@ import pruning_tiny as pt
 from foundation_tiny import corpus_texts, save_t5
 
 REPO = Path(__file__).resolve().parent.parent
-SOURCES = [p for d in ("nash_core", "tasks", "flows", "benchmarks") for p in (REPO / d).rglob("*.py")]
+SOURCES = [
+    p for d in ("nash_core", "tasks", "flows", "benchmarks") for p in (REPO / d).rglob("*.py")
+]
 
 
 class Trap:
@@ -52,8 +54,12 @@ def violations(tree: ast.AST) -> list[str]:
     for node in ast.walk(tree):
         if isinstance(node, (ast.Import, ast.ImportFrom)):
             names = [a.name for a in node.names] + [getattr(node, "module", None) or ""]
-            bad = [n for n in names if n.split(".")[0] in ("pickle", "cPickle", "dill",
-                                                            "cloudpickle", "joblib", "marshal")]
+            bad = [
+                n
+                for n in names
+                if n.split(".")[0]
+                in ("pickle", "cPickle", "dill", "cloudpickle", "joblib", "marshal")
+            ]
             found += [f"line {node.lineno}: imports {n}" for n in bad]
         if isinstance(node, ast.Constant) and node.value == "0.0.0.0":
             found.append(f"line {node.lineno}: binds to 0.0.0.0")
@@ -76,18 +82,23 @@ def violations(tree: ast.AST) -> list[str]:
 
 
 def test_the_scan_finds_what_it_forbids():
-    code = ("import pickle\nimport torch, yaml, os, subprocess\ntorch.load('x')\n"
-            "torch.load('x', weights_only=False)\nyaml.load(s)\nos.system('ls')\n"
-            "subprocess.run('ls', shell=True)\nM.from_pretrained(p, trust_remote_code=True)\n"
-            "serve(host='0.0.0.0')\neval('1')\n")
+    code = (
+        "import pickle\nimport torch, yaml, os, subprocess\ntorch.load('x')\n"
+        "torch.load('x', weights_only=False)\nyaml.load(s)\nos.system('ls')\n"
+        "subprocess.run('ls', shell=True)\nM.from_pretrained(p, trust_remote_code=True)\n"
+        "serve(host='0.0.0.0')\neval('1')\n"
+    )
     assert len(violations(ast.parse(code))) == 9
     assert violations(ast.parse("torch.load(p, weights_only=True)\nyaml.safe_load(s)\n")) == []
 
 
 def test_source_tree_has_no_unsafe_loading_or_shell():
     assert len(SOURCES) > 30
-    problems = {str(p.relative_to(REPO)): v for p in SOURCES
-                if (v := violations(ast.parse(p.read_text(encoding="utf-8"))))}
+    problems = {
+        str(p.relative_to(REPO)): v
+        for p in SOURCES
+        if (v := violations(ast.parse(p.read_text(encoding="utf-8"))))
+    }
     assert not problems, problems
 
 
@@ -119,7 +130,9 @@ def test_a_poisoned_checkpoint_is_not_unpickled(tmp_path):
     cfg = TrainConfig(max_steps=2, batch_size=4, eval_every=100)
     train_seq2seq(pt.t5(), tok, data, data, cfg, tmp_path / "run")  # leaves checkpoint/
     marker = tmp_path / "pwned"
-    (tmp_path / "run" / "checkpoint" / "optimizer.pt").write_bytes(pickle.dumps(Trap(marker), protocol=2))
+    (tmp_path / "run" / "checkpoint" / "optimizer.pt").write_bytes(
+        pickle.dumps(Trap(marker), protocol=2)
+    )
     with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
         train_seq2seq(pt.t5(), tok, data, data, cfg, tmp_path / "run")  # resumes: loads it
     assert not marker.exists()
@@ -143,11 +156,15 @@ def test_remote_code_of_a_base_model_is_not_run_unless_the_config_says_so(tmp_pa
 
     base = save_t5(tmp_path / "base", corpus_texts(50))
     marker = tmp_path / "pwned"
-    (base / "evil.py").write_text(f"open({str(marker)!r}, 'w')\nfrom transformers import "
-                                  "T5Config as EvilConfig, T5ForConditionalGeneration as EvilModel\n")
+    (base / "evil.py").write_text(
+        f"open({str(marker)!r}, 'w')\nfrom transformers import "
+        "T5Config as EvilConfig, T5ForConditionalGeneration as EvilModel\n"
+    )
     config = json.loads((base / "config.json").read_text())
-    config["auto_map"] = {"AutoConfig": "evil.EvilConfig",
-                          "AutoModelForSeq2SeqLM": "evil.EvilModel"}
+    config["auto_map"] = {
+        "AutoConfig": "evil.EvilConfig",
+        "AutoModelForSeq2SeqLM": "evil.EvilModel",
+    }
     (base / "config.json").write_text(json.dumps(config))
 
     info = prepare_base(ModelConfig(base=str(base)), None, tmp_path / "models")
@@ -167,8 +184,9 @@ def test_exports_carry_only_our_modeling_file(tmp_path):
     keep_decoder_layers(model, [0, 2])
     masks = MaskSet(plan_groups(model, stacks=("encoder",))).attach(model)
     pt.randomize_masks(masks)
-    out = save_exported(materialize(model.eval(), masks), pt.tokenizer(), tmp_path / "export",
-                        {"method": "nash"})
+    out = save_exported(
+        materialize(model.eval(), masks), pt.tokenizer(), tmp_path / "export", {"method": "nash"}
+    )
     code = sorted(p.name for p in Path(out).rglob("*") if p.suffix in (".py", ".pyc", ".so"))
     assert code == ["modeling_nash.py"]
     ours = REPO / "nash_core" / "export_modeling" / "modeling_nash.py"

@@ -22,23 +22,33 @@ def test_latency_column_names_the_batch_size():
 
 
 def test_pareto_frontier_drops_dominated_and_missing():
-    df = table(TEACHER,
-               ("a", "nash", 0.78, 0.975, -0.01, 40.0, "a"),
-               ("b", "nash", 0.70, 0.875, -0.1, 50.0, "b"),    # dominated by a
-               ("c", "sft", 0.60, 0.75, -0.2, 20.0, "c"),
-               ("d", "cofi", float("nan"), None, None, 10.0, "d"),
-               ("e", "nash", 0.78, 0.975, -0.01, 40.0, "e"))  # ties a: neither dominates
+    df = table(
+        TEACHER,
+        ("a", "nash", 0.78, 0.975, -0.01, 40.0, "a"),
+        ("b", "nash", 0.70, 0.875, -0.1, 50.0, "b"),  # dominated by a
+        ("c", "sft", 0.60, 0.75, -0.2, 20.0, "c"),
+        ("d", "cofi", float("nan"), None, None, 10.0, "d"),
+        ("e", "nash", 0.78, 0.975, -0.01, 40.0, "e"),
+    )  # ties a: neither dominates
     on = pareto_frontier(df, "rougeL", LAT)
-    assert dict(zip(df["label"], on)) == {"teacher": True, "a": True, "b": False, "c": True,
-                                          "d": False, "e": True}
+    assert dict(zip(df["label"], on)) == {
+        "teacher": True,
+        "a": True,
+        "b": False,
+        "c": True,
+        "d": False,
+        "e": True,
+    }
 
 
 def test_fastest_qualifier_wins_with_reason():
-    df = table(TEACHER,
-               ("slow-good", "nash", 0.80, 1.0, 0.0, 60.0, "r1"),
-               ("fast-good", "nash", 0.77, 0.9625, -0.015, 30.0, "r2"),
-               ("fastest-bad", "sft", 0.60, 0.75, -0.2, 10.0, "r3"),
-               ("ci-bad", "cofi", 0.79, 0.99, -0.05, 20.0, "r4"))
+    df = table(
+        TEACHER,
+        ("slow-good", "nash", 0.80, 1.0, 0.0, 60.0, "r1"),
+        ("fast-good", "nash", 0.77, 0.9625, -0.015, 30.0, "r2"),
+        ("fastest-bad", "sft", 0.60, 0.75, -0.2, 10.0, "r3"),
+        ("ci-bad", "cofi", 0.79, 0.99, -0.05, 20.0, "r4"),
+    )
     d = choose_champion(df, SelectionConfig(min_retention=0.95, min_retention_low=0.975))
     assert (d.label, d.run_id, d.is_teacher) == ("fast-good", "r2", False)
     assert d.qualified == ["slow-good", "fast-good"]
@@ -84,6 +94,7 @@ def test_both_bounds_are_relative_to_the_teacher():
 def test_old_max_drop_key_says_what_replaced_it():
     from nash_core.config import ConfigError, validate_config
     import yaml
+
     raw = yaml.safe_load(open("configs/smoke.yaml"))
     raw["selection"] = {"max_drop": 0.03}
     with pytest.raises(ConfigError, match="min_retention_low"):

@@ -9,8 +9,16 @@ import pruning_tiny as pt
 from nash_core.config import TrainConfig
 from nash_core.masks import HIDDEN, MaskSet, plan_groups
 from nash_core.materialize import materialize
-from nash_core.sparsity import (Constraint, Lagrangian, SizeModel, SparsityHook, count_parameters, count_prunable,
-                                hard_values, ramp)
+from nash_core.sparsity import (
+    Constraint,
+    Lagrangian,
+    SizeModel,
+    SparsityHook,
+    count_parameters,
+    count_prunable,
+    hard_values,
+    ramp,
+)
 from nash_core.train import train_seq2seq
 
 MODELS = {"t5": pt.t5, "t5-gated": lambda: pt.t5(gated=True), "bart": pt.bart}
@@ -20,8 +28,9 @@ MODELS = {"t5": pt.t5, "t5-gated": lambda: pt.t5(gated=True), "bart": pt.bart}
 @pytest.mark.parametrize("name", MODELS)
 def test_deterministic_size_equals_materialised_count(name, hidden):
     model = MODELS[name]()
-    masks = MaskSet(plan_groups(model, stacks=("encoder", "decoder"), sublayers=True, cross=True,
-                                hidden=hidden)).attach(model)
+    masks = MaskSet(
+        plan_groups(model, stacks=("encoder", "decoder"), sublayers=True, cross=True, hidden=hidden)
+    ).attach(model)
     pt.randomize_masks(masks)
     sizes = SizeModel(model, masks)
     ones = {n: torch.ones_like(g.log_alpha, dtype=torch.float64) for n, g in masks.groups.items()}
@@ -30,7 +39,9 @@ def test_deterministic_size_equals_materialised_count(name, hidden):
     assert any(float(v.min()) == 0.0 for v in hard.values())  # something is really pruned
     if hidden:
         assert 0 < float(hard[HIDDEN].sum()) < 32
-    expected = {s: float(sizes.size(hard, s)) for s in [("encoder",), ("decoder",), ("encoder", "decoder")]}
+    expected = {
+        s: float(sizes.size(hard, s)) for s in [("encoder",), ("decoder",), ("encoder", "decoder")]
+    }
     total = float(sizes.total(hard))
     materialize(model, masks)
     for stacks, size in expected.items():
@@ -86,8 +97,15 @@ def test_ramp_and_lagrangian_sign():
 def test_multipliers_are_trained_by_ascent():
     model = pt.t5()
     masks = MaskSet(plan_groups(model)).attach(model)
-    hook = SparsityHook(model, masks, [Constraint("encoder", ("encoder",), 0.0, 0.5)], warmup_steps=0,
-                        mask_lr=0.1, lagrangian_lr=0.1, epsilon=0.02)
+    hook = SparsityHook(
+        model,
+        masks,
+        [Constraint("encoder", ("encoder",), 0.0, 0.5)],
+        warmup_steps=0,
+        mask_lr=0.1,
+        lagrangian_lr=0.1,
+        epsilon=0.02,
+    )
     groups = hook.param_groups(model)
     assert groups[1]["maximize"] is True and groups[0]["lr"] == 0.1
     opt = torch.optim.AdamW(groups)
@@ -102,20 +120,47 @@ def test_lagrangian_reaches_target_on_tiny_model(tmp_path):
     torch.manual_seed(0)
     model = pt.t5(d_ff=64)
     masks = MaskSet(plan_groups(model)).attach(model)
-    hook = SparsityHook(model, masks, [Constraint("encoder", ("encoder",), 0.0, 0.4)], warmup_steps=20,
-                        mask_lr=0.1, lagrangian_lr=0.1, epsilon=0.02)
+    hook = SparsityHook(
+        model,
+        masks,
+        [Constraint("encoder", ("encoder",), 0.0, 0.4)],
+        warmup_steps=20,
+        mask_lr=0.1,
+        lagrangian_lr=0.1,
+        epsilon=0.02,
+    )
     history = []
-    cfg = TrainConfig(max_steps=100, batch_size=4, lr=1e-3, eval_every=5, eval_examples=8,
-                      checkpoint_every=1000, log_every=10)
-    result = train_seq2seq(model, pt.tokenizer(), pt.dataset(16), pt.dataset(8, 1), cfg, tmp_path, hooks=[hook],
-                           callback=lambda step, rec: history.append(rec))
-    start = next(r["sparsity_expected_encoder"] for r in history if "sparsity_expected_encoder" in r)
+    cfg = TrainConfig(
+        max_steps=100,
+        batch_size=4,
+        lr=1e-3,
+        eval_every=5,
+        eval_examples=8,
+        checkpoint_every=1000,
+        log_every=10,
+    )
+    result = train_seq2seq(
+        model,
+        pt.tokenizer(),
+        pt.dataset(16),
+        pt.dataset(8, 1),
+        cfg,
+        tmp_path,
+        hooks=[hook],
+        callback=lambda step, rec: history.append(rec),
+    )
+    start = next(
+        r["sparsity_expected_encoder"] for r in history if "sparsity_expected_encoder" in r
+    )
     assert start < 0.15  # it started far from the target ...
     assert result.best_metrics is not None  # ... and an on-target checkpoint was kept
     assert abs(result.best_metrics["sparsity_expected_encoder"] - 0.4) <= 0.02
     assert (tmp_path / "best" / "nash_masks.pt").is_file()
     evals = [r for r in history if "eval_sparsity_expected_encoder" in r]
-    assert all(bool(r["eval_eligible"]) == (abs(r["eval_sparsity_expected_encoder"] - 0.4) <= 0.02) for r in evals)
+    assert all(
+        bool(r["eval_eligible"]) == (abs(r["eval_sparsity_expected_encoder"] - 0.4) <= 0.02)
+        for r in evals
+    )
 
 
 def test_cofi_with_hidden_mask_trains_toward_its_target(tmp_path):
@@ -123,20 +168,58 @@ def test_cofi_with_hidden_mask_trains_toward_its_target(tmp_path):
     # push the expected sparsity up from ~0.05 towards 0.4, the hidden gates take part
     torch.manual_seed(0)
     model = pt.bart(d_model=32, ffn=64)
-    masks = MaskSet(plan_groups(model, stacks=("encoder", "decoder"), sublayers=True, cross=True, hidden=True,
-                                head_init=3.0, ffn_init=0.5, hidden_init=3.0)).attach(model)
-    hook = SparsityHook(model, masks, [Constraint("model", ("encoder", "decoder"), 0.0, 0.4)], warmup_steps=10,
-                        mask_lr=0.1, lagrangian_lr=0.1, epsilon=0.05)
+    masks = MaskSet(
+        plan_groups(
+            model,
+            stacks=("encoder", "decoder"),
+            sublayers=True,
+            cross=True,
+            hidden=True,
+            head_init=3.0,
+            ffn_init=0.5,
+            hidden_init=3.0,
+        )
+    ).attach(model)
+    hook = SparsityHook(
+        model,
+        masks,
+        [Constraint("model", ("encoder", "decoder"), 0.0, 0.4)],
+        warmup_steps=10,
+        mask_lr=0.1,
+        lagrangian_lr=0.1,
+        epsilon=0.05,
+    )
     history = []
-    cfg = TrainConfig(max_steps=30, batch_size=4, lr=1e-3, eval_every=10, eval_examples=8,
-                      checkpoint_every=1000, log_every=5)
-    train_seq2seq(model, pt.tokenizer(), pt.dataset(16), pt.dataset(8, 1), cfg, tmp_path, hooks=[hook],
-                  callback=lambda step, rec: history.append(rec))
+    cfg = TrainConfig(
+        max_steps=30,
+        batch_size=4,
+        lr=1e-3,
+        eval_every=10,
+        eval_examples=8,
+        checkpoint_every=1000,
+        log_every=5,
+    )
+    train_seq2seq(
+        model,
+        pt.tokenizer(),
+        pt.dataset(16),
+        pt.dataset(8, 1),
+        cfg,
+        tmp_path,
+        hooks=[hook],
+        callback=lambda step, rec: history.append(rec),
+    )
     logs = [r for r in history if "sparsity_expected_model" in r]
     evals = [r for r in history if "eval_sparsity_expected_model" in r]
     assert all(math.isfinite(r["train_loss"]) for r in logs)
     assert evals[0]["eval_sparsity_expected_model"] < 0.1
-    assert evals[-1]["eval_sparsity_expected_model"] > evals[0]["eval_sparsity_expected_model"] + 0.1
-    assert logs[-1]["lambda1_model"] < 0 < logs[-1]["lambda2_model"]  # ascent while below the target
-    assert evals[-1]["eval_hidden_expected"] < evals[0]["eval_hidden_expected"]  # fewer open dimensions
+    assert (
+        evals[-1]["eval_sparsity_expected_model"] > evals[0]["eval_sparsity_expected_model"] + 0.1
+    )
+    assert (
+        logs[-1]["lambda1_model"] < 0 < logs[-1]["lambda2_model"]
+    )  # ascent while below the target
+    assert (
+        evals[-1]["eval_hidden_expected"] < evals[0]["eval_hidden_expected"]
+    )  # fewer open dimensions
     assert evals[-1]["eval_hidden_kept"] <= 32

@@ -23,22 +23,51 @@ from mlflow.tracking import MlflowClient
 
 pytestmark = pytest.mark.slow
 
-DRIVER = ("import json, sys; from flows.sweep import run_sweep; print('RESULT ' + "
-          "json.dumps(run_sweep('configs/smoke.yaml', sys.argv[2:], sys.argv[1])))")
+DRIVER = (
+    "import json, sys; from flows.sweep import run_sweep; print('RESULT ' + "
+    "json.dumps(run_sweep('configs/smoke.yaml', sys.argv[2:], sys.argv[1])))"
+)
 REPO = Path(__file__).resolve().parent.parent
-METRICS = ("rougeL", "rouge1", "rouge2", "rougeLsum", "rougeL_retention", "rougeL_delta_ci_low",
-           "rougeL_delta_ci_high", "latency_p50_ms", "latency_p90_ms", "speedup", "tokens_per_s",
-           "peak_mem_mb", "params_total", "encoder_sparsity", "cost_per_1k_requests")
+METRICS = (
+    "rougeL",
+    "rouge1",
+    "rouge2",
+    "rougeLsum",
+    "rougeL_retention",
+    "rougeL_delta_ci_low",
+    "rougeL_delta_ci_high",
+    "latency_p50_ms",
+    "latency_p90_ms",
+    "speedup",
+    "tokens_per_s",
+    "peak_mem_mb",
+    "params_total",
+    "encoder_sparsity",
+    "cost_per_1k_requests",
+)
 
 
 def sweep(workdir: Path, *overrides: str) -> tuple[dict, float]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("PREFECT_", "MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID"))}
-    env.update(PREFECT_HOME=str(workdir / "prefect"), NASH_NO_PROGRESS="1",
-               PREFECT_SERVER_ANALYTICS_ENABLED="false", MLFLOW_DISABLE_TELEMETRY="true")
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("PREFECT_", "MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID"))
+    }
+    env.update(
+        PREFECT_HOME=str(workdir / "prefect"),
+        NASH_NO_PROGRESS="1",
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        MLFLOW_DISABLE_TELEMETRY="true",
+    )
     start = time.monotonic()
-    proc = subprocess.run([sys.executable, "-c", DRIVER, str(workdir), *overrides], cwd=REPO,
-                          env=env, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [sys.executable, "-c", DRIVER, str(workdir), *overrides],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     seconds = time.monotonic() - start
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))
@@ -46,8 +75,9 @@ def sweep(workdir: Path, *overrides: str) -> tuple[dict, float]:
 
 
 def children(client: MlflowClient, result: dict) -> dict:
-    runs = client.search_runs([result["experiment_id"]],
-                              f"tags.mlflow.parentRunId = '{result['sweep_run_id']}'")
+    runs = client.search_runs(
+        [result["experiment_id"]], f"tags.mlflow.parentRunId = '{result['sweep_run_id']}'"
+    )
     return {r.data.tags["nash.label"]: r for r in runs}
 
 
@@ -70,13 +100,24 @@ def test_smoke_sweep_layout_cache_and_partial_recompute(tmp_path):
     assert len(tags["nash.data_fingerprint"]) >= 8
     assert parent.data.params["pruning.stage.mask_lr"] == "0.1" and parent.info.status == "FINISHED"
     assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {
-        "config.yaml", "decision.txt", "pareto.png", "tradeoff.csv", "tradeoff.md"}
+        "config.yaml",
+        "decision.txt",
+        "pareto.png",
+        "tradeoff.csv",
+        "tradeoff.md",
+    }
     assert tags["nash.champion"] == first["champion"] and tags["nash.decision_reason"]
 
     # --- one child per candidate, teacher included, with every metric
     runs = children(client, first)
-    assert set(runs) == {"teacher", "nash-k2@0.2", "nash-k2@0.3", "nash-k1@0.3", "sft-k2",
-                         "cofi@0.3"}
+    assert set(runs) == {
+        "teacher",
+        "nash-k2@0.2",
+        "nash-k2@0.3",
+        "nash-k1@0.3",
+        "sft-k2",
+        "cofi@0.3",
+    }
     assert {r.data.tags["nash.method"] for r in runs.values()} == {"teacher", "nash", "sft", "cofi"}
     for label, run in runs.items():
         missing = [m for m in METRICS if m not in run.data.metrics]
@@ -94,7 +135,8 @@ def test_smoke_sweep_layout_cache_and_partial_recompute(tmp_path):
         m = runs[label].data.metrics
         assert m["rougeL_vs_sft_ci_low"] <= m["rougeL_vs_sft_delta"] <= m["rougeL_vs_sft_ci_high"]
         assert m["rougeL_vs_sft_delta"] == pytest.approx(
-            m["rougeL"] - runs["sft-k2"].data.metrics["rougeL"], abs=1e-9)
+            m["rougeL"] - runs["sft-k2"].data.metrics["rougeL"], abs=1e-9
+        )
         assert runs[label].data.tags["nash.vs_sft"] == "sft-k2"
     assert "rougeL_vs_sft_delta" not in runs["nash-k1@0.3"].data.metrics
     assert len(client.get_metric_history(runs["nash-k2@0.3"].info.run_id, "stage/train_loss")) >= 2
@@ -117,8 +159,10 @@ def test_smoke_sweep_layout_cache_and_partial_recompute(tmp_path):
     assert rerun["teacher"].data.tags["nash.cached.train"] == "True"
     # cached curves are replayed into the new runs
     assert len(client.get_metric_history(rerun["nash-k2@0.3"].info.run_id, "stage/train_loss")) >= 2
-    print(f"\nsmoke sweep: first {t_first:.0f} s, cached re-run {t_second:.0f} s "
-          f"(ratio {t_second / t_first:.2f})")
+    print(
+        f"\nsmoke sweep: first {t_first:.0f} s, cached re-run {t_second:.0f} s "
+        f"(ratio {t_second / t_first:.2f})"
+    )
 
     # --- 3. only the last target of the first arm changes
     third, _ = sweep(workdir, "pruning.arms.0.targets=[0.2,0.35]")

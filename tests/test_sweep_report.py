@@ -17,30 +17,64 @@ import pytest
 
 from nash_core.sweep_report import SweepReport, parse_rejected, to_html, to_markdown, to_text
 from sweep_tiny import BIN, TINY, clean_env, nash, with_overrides
-from tasks.views import (SHARED_VIEW, SWEEPS_KEY, candidates_state, plain_url, sweep_links,
-                         sweep_view_key)
+from tasks.views import (
+    SHARED_VIEW,
+    SWEEPS_KEY,
+    candidates_state,
+    plain_url,
+    sweep_links,
+    sweep_view_key,
+)
 
 #: The URL parameters that make MLflow 3.17 ignore a saved view (its SEARCH_FACETS list).
-SEARCH_FACETS = ("searchFilter", "orderByKey", "orderByAsc", "startTime", "lifecycleFilter",
-                 "modelVersionFilter", "datasetsFilter")
+SEARCH_FACETS = (
+    "searchFilter",
+    "orderByKey",
+    "orderByAsc",
+    "startTime",
+    "lifecycleFilter",
+    "modelVersionFilter",
+    "datasetsFilter",
+)
 
 
 def _report(champion="nash-k2@0.3") -> SweepReport:
-    table = pd.DataFrame({
-        "label": ["nash-k2@0.3", "teacher", "sft|k2"],
-        "method": ["nash", "teacher", "sft"],
-        "decoder_layers": [2, 6, 2], "encoder_sparsity": [0.27, 0.0, 0.0],
-        "params_total": [2.32e6, 4.84e6, 2.74e6], "rougeL": [0.80, 0.86, 0.77],
-        "rougeL_retention": [0.93, 1.0, 0.90], "rougeL_delta_ci_low": [-0.077, 0.0, -0.106],
-        "rougeL_delta_ci_high": [-0.043, 0.0, -0.066], "latency_p50_ms": [101.3, 246.0, 117.2],
-        "latency_p90_ms": [110.0, 260.0, 130.0], "speedup": [2.43, 1.0, 2.10],
-        "cost_per_1k_requests": [0.0028, 0.0068, 0.0033], "pareto": [True, True, False]})
-    return SweepReport(run_id="abc123", run_name="demo-x", experiment="nash/demo",
-                       started="2026-12-01 10:00 UTC", status="FINISHED", champion=champion,
-                       reason="fastest of 1 qualifying",
-                       table=table, hardware={"cpu_model": "AMD EPYC", "cpu_cores_logical": 2,
-                                              "torch_threads": 1, "torch_version": "2.13"},
-                       base_fingerprint="fp-1", rejected={"sft|k2": "retention 0.90 < 0.95"})
+    table = pd.DataFrame(
+        {
+            "label": ["nash-k2@0.3", "teacher", "sft|k2"],
+            "method": ["nash", "teacher", "sft"],
+            "decoder_layers": [2, 6, 2],
+            "encoder_sparsity": [0.27, 0.0, 0.0],
+            "params_total": [2.32e6, 4.84e6, 2.74e6],
+            "rougeL": [0.80, 0.86, 0.77],
+            "rougeL_retention": [0.93, 1.0, 0.90],
+            "rougeL_delta_ci_low": [-0.077, 0.0, -0.106],
+            "rougeL_delta_ci_high": [-0.043, 0.0, -0.066],
+            "latency_p50_ms": [101.3, 246.0, 117.2],
+            "latency_p90_ms": [110.0, 260.0, 130.0],
+            "speedup": [2.43, 1.0, 2.10],
+            "cost_per_1k_requests": [0.0028, 0.0068, 0.0033],
+            "pareto": [True, True, False],
+        }
+    )
+    return SweepReport(
+        run_id="abc123",
+        run_name="demo-x",
+        experiment="nash/demo",
+        started="2026-12-01 10:00 UTC",
+        status="FINISHED",
+        champion=champion,
+        reason="fastest of 1 qualifying",
+        table=table,
+        hardware={
+            "cpu_model": "AMD EPYC",
+            "cpu_cores_logical": 2,
+            "torch_threads": 1,
+            "torch_version": "2.13",
+        },
+        base_fingerprint="fp-1",
+        rejected={"sft|k2": "retention 0.90 < 0.95"},
+    )
 
 
 def test_markdown_leads_with_the_decision_and_marks_the_champion():
@@ -48,17 +82,26 @@ def test_markdown_leads_with_the_decision_and_marks_the_champion():
     lines = md.splitlines()
     assert lines[0].startswith("### Champion: nash-k2@0.3 (2.43x faster at batch 1, keeps 93.0%")
     rows = [ln for ln in lines if ln.startswith("| ") and "---" not in ln]
-    assert rows[0].startswith("| candidate | method | decoder layers | encoder sparsity | params "
-                              "| ROUGE-L | retention | 95% CI of ROUGE-L delta | p50 ms (bs 1)")
+    assert rows[0].startswith(
+        "| candidate | method | decoder layers | encoder sparsity | params "
+        "| ROUGE-L | retention | 95% CI of ROUGE-L delta | p50 ms (bs 1)"
+    )
     # teacher first, then fastest first; the champion's row in bold; a "|" in a label escaped
-    assert [r.split(" | ")[0] for r in rows[1:]] == ["| teacher", "| **nash-k2@0.3** (champion)",
-                                                      "| sft\\|k2"]
+    assert [r.split(" | ")[0] for r in rows[1:]] == [
+        "| teacher",
+        "| **nash-k2@0.3** (champion)",
+        "| sft\\|k2",
+    ]
     assert "| **[-0.077, -0.043]** |" in rows[2] and "| **2.43x** |" in rows[2]
-    assert "![Pareto plot: ROUGE-L against latency](get-artifact?path=pareto.png&run_uuid=abc123)" \
+    assert (
+        "![Pareto plot: ROUGE-L against latency](get-artifact?path=pareto.png&run_uuid=abc123)"
         in lines
+    )
     assert any(ln.startswith("- **Teacher** (teacher): ROUGE-L 0.860") for ln in lines)
-    assert any(ln.startswith("- **Champion** (nash-k2@0.3): ROUGE-L 0.800, retention 0.930")
-               for ln in lines)
+    assert any(
+        ln.startswith("- **Champion** (nash-k2@0.3): ROUGE-L 0.800, retention 0.930")
+        for ln in lines
+    )
     assert "- **Hardware**: AMD EPYC, 2 logical cores, 1 torch thread; torch 2.13" in lines
 
 
@@ -123,15 +166,31 @@ def swept(tmp_path_factory):
     # a busy 2-core machine can take minutes to start Prefect's temporary server
     env = clean_env(tmp, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="600")
     overrides = [*TINY, "benchmark.price_per_hour=0.1"]  # TINY's benchmark block has no price
-    res = nash(["run", "configs/smoke.yaml", "--workdir", tmp / "work", *with_overrides(overrides)],
-               env, timeout=1200)
+    res = nash(
+        ["run", "configs/smoke.yaml", "--workdir", tmp / "work", *with_overrides(overrides)],
+        env,
+        timeout=1200,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     db = tmp / "work" / "mlflow.db"
     port = _free_port()
     server = subprocess.Popen(
-        [BIN / "mlflow", "server", "--backend-store-uri", f"sqlite:///{db}", "--host", "127.0.0.1",
-         "--port", str(port), "--workers", "1"],
-        env=env, stdout=open(tmp / "server.log", "w"), stderr=subprocess.STDOUT)
+        [
+            BIN / "mlflow",
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{db}",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        env=env,
+        stdout=open(tmp / "server.log", "w"),
+        stderr=subprocess.STDOUT,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
@@ -154,10 +213,15 @@ def _api(base: str, path: str, **query) -> dict:
 
 def _search(base: str, experiment_id: str, filter_string: str) -> list[dict]:
     """POST runs/search, as MLflow's UI calls it."""
-    body = json.dumps({"experiment_ids": [experiment_id], "filter": filter_string,
-                       "max_results": 1000}).encode()
-    req = urllib.request.Request(f"{base}/api/2.0/mlflow/runs/search", data=body,
-                                 headers={"Content-Type": "application/json"}, method="POST")
+    body = json.dumps(
+        {"experiment_ids": [experiment_id], "filter": filter_string, "max_results": 1000}
+    ).encode()
+    req = urllib.request.Request(
+        f"{base}/api/2.0/mlflow/runs/search",
+        data=body,
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
     with urllib.request.urlopen(req, timeout=30) as r:
         return json.loads(r.read()).get("runs", [])
 
@@ -165,8 +229,9 @@ def _search(base: str, experiment_id: str, filter_string: str) -> list[dict]:
 @pytest.mark.slow
 def test_saved_view_as_the_server_returns_it(swept):
     base = swept["base"]
-    exp = _api(base, "experiments/get-by-name",
-               experiment_name="nash/demo/demo-dialogues")["experiment"]
+    exp = _api(base, "experiments/get-by-name", experiment_name="nash/demo/demo-dialogues")[
+        "experiment"
+    ]
     tags = {t["key"]: t["value"] for t in exp["tags"]}
     sweep = _search(base, exp["experiment_id"], "tags.`nash.kind` = 'sweep'")[0]
     sid = sweep["info"]["run_id"]
@@ -175,16 +240,22 @@ def test_saved_view_as_the_server_returns_it(swept):
     # the link `nash run` printed opens exactly this view
     printed = dict(re.findall(r"^([a-z -]+):\s+(http\S+)$", swept["stdout"], re.M))
     assert f"viewStateShareKey={key}&workflowType=machine_learning" in printed["trade-off table"]
-    assert set(printed) >= {"trade-off table", "trade-off charts", "sweep report", "all sweeps",
-                            "without the saved view"}
+    assert set(printed) >= {
+        "trade-off table",
+        "trade-off charts",
+        "sweep report",
+        "all sweeps",
+        "without the saved view",
+    }
 
     # the envelope as MLflow's UI validates it: string name, number createdAt, string state
     view = json.loads(tags[SHARED_VIEW + key])
     assert isinstance(view["name"], str) and isinstance(view["createdAt"], int)
     assert isinstance(view["state"], str)
     state = json.loads(view["state"])
-    assert state["searchFilter"] == (f"tags.`mlflow.parentRunId` = '{sid}' "
-                                     "and tags.`nash.kind` = 'candidate'")
+    assert state["searchFilter"] == (
+        f"tags.`mlflow.parentRunId` = '{sid}' and tags.`nash.kind` = 'candidate'"
+    )
     assert state["runsHiddenMode"] == "SHOW_ALL"
     assert state["compareRunCharts"][0]["type"] == "SCATTER"
     assert state["compareRunCharts"][0]["xaxis"]["key"] == "latency_p50_ms_bs1"
@@ -194,9 +265,11 @@ def test_saved_view_as_the_server_returns_it(swept):
     cands = _search(base, exp["experiment_id"], state["searchFilter"])
     assert sorted(r["info"]["run_name"] for r in cands) == ["sft-k1", "teacher"]
     for run in cands:
-        logged = {"metrics": {m["key"] for m in run["data"]["metrics"]},
-                  "params": {p["key"] for p in run["data"]["params"]},
-                  "tags": {t["key"] for t in run["data"]["tags"]}}
+        logged = {
+            "metrics": {m["key"] for m in run["data"]["metrics"]},
+            "params": {p["key"] for p in run["data"]["params"]},
+            "tags": {t["key"] for t in run["data"]["tags"]},
+        }
         for column in state["selectedColumns"]:
             kind, name = re.fullmatch(r"(\w+)\.`(.+)`", column).groups()
             assert name in logged[kind], (column, run["info"]["run_name"])
@@ -219,8 +292,9 @@ def test_saved_view_as_the_server_returns_it(swept):
 @pytest.mark.slow
 def test_description_renders_from_the_store(swept):
     base = swept["base"]
-    exp = _api(base, "experiments/get-by-name",
-               experiment_name="nash/demo/demo-dialogues")["experiment"]
+    exp = _api(base, "experiments/get-by-name", experiment_name="nash/demo/demo-dialogues")[
+        "experiment"
+    ]
     sweep = _search(base, exp["experiment_id"], "tags.`nash.kind` = 'sweep'")[0]
     sid = sweep["info"]["run_id"]
     tags = {t["key"]: t["value"] for t in sweep["data"]["tags"]}
@@ -245,17 +319,34 @@ def test_description_renders_from_the_store(swept):
 @pytest.mark.slow
 def test_nash_report_on_the_sqlite_store(swept):
     tmp, env = swept["tmp"], swept["env"]
-    res = nash(["report", "--workdir", tmp / "work", "--markdown", tmp / "share" / "r.md",
-                "--html", tmp / "share" / "r.html"], env)
+    res = nash(
+        [
+            "report",
+            "--workdir",
+            tmp / "work",
+            "--markdown",
+            tmp / "share" / "r.md",
+            "--html",
+            tmp / "share" / "r.html",
+        ],
+        env,
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     out = res.stdout.splitlines()
     assert out[0].startswith("sweep smoke-") and out[1].startswith("Champion: ")
     assert out[2].startswith("reason: ")
     header = next(ln for ln in out if ln.startswith("candidate "))
-    for column in ("ROUGE-L", "retention", "p50 ms (bs 1)", "p90 ms (bs 1)", "speedup",
-                   "cost / 1k requests", "95% CI of ROUGE-L delta"):
+    for column in (
+        "ROUGE-L",
+        "retention",
+        "p50 ms (bs 1)",
+        "p90 ms (bs 1)",
+        "speedup",
+        "cost / 1k requests",
+        "95% CI of ROUGE-L delta",
+    ):
         assert column in header
-    rows = [ln.split()[0] for ln in out[out.index(header) + 2:] if ln and not ln.startswith("*")]
+    rows = [ln.split()[0] for ln in out[out.index(header) + 2 :] if ln and not ln.startswith("*")]
     assert rows[:2] == ["teacher", "sft-k1"]
     assert sum(ln.rstrip().split("  ")[0].endswith(" *") for ln in out) == 1  # one champion
     assert any(ln.startswith("hardware: ") for ln in out)
@@ -278,7 +369,8 @@ def test_nash_report_unknown_run_exits_2_with_one_line(swept):
     assert res.returncode == 2 and res.stdout == ""
     assert res.stderr.splitlines() == [
         f"nash: error: no run '0123456789abcdef' in the MLflow store sqlite:///{swept['db']}: pass "
-        "the run id `nash run` printed (or --tracking-uri / --workdir of the store it used)"]
+        "the run id `nash run` printed (or --tracking-uri / --workdir of the store it used)"
+    ]
     missing = nash(["report", "--workdir", tmp / "nowhere"], env)
     assert missing.returncode == 2 and len(missing.stderr.splitlines()) == 1
     assert missing.stderr.startswith("nash: error: no MLflow store at ")

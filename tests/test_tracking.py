@@ -38,16 +38,28 @@ def test_parent_child_metrics_curves_and_artifacts(cfg, tmp_path):
     assert tracking.ensure_experiment(client, cfg.experiment_name(), uri) == exp
     assert client.get_experiment(exp).artifact_location.endswith("/mlartifacts")
 
-    parent = tracking.create_run(client, exp, "sweep", {tracking.KIND: "sweep", "x": None},
-                                 params=tracking.flatten(cfg.model_dump(mode="json")))
-    child = tracking.create_run(client, exp, "teacher", {tracking.KIND: "candidate"},
-                                params={"stage": 0}, parent_run_id=parent)
+    parent = tracking.create_run(
+        client,
+        exp,
+        "sweep",
+        {tracking.KIND: "sweep", "x": None},
+        params=tracking.flatten(cfg.model_dump(mode="json")),
+    )
+    child = tracking.create_run(
+        client,
+        exp,
+        "teacher",
+        {tracking.KIND: "candidate"},
+        params={"stage": 0},
+        parent_run_id=parent,
+    )
     run = client.get_run(child)
     assert run.data.tags[tracking.PARENT_TAG] == parent and "x" not in run.data.tags
     assert client.get_run(parent).data.params["pruning.stage.mask_lr"] == "0.1"
 
-    tracking.log_metrics(client, child, {"rougeL": 0.5, "bad": float("nan"), "name": "x",
-                                         "flag": True, "n": 3})
+    tracking.log_metrics(
+        client, child, {"rougeL": 0.5, "bad": float("nan"), "name": "x", "flag": True, "n": 3}
+    )
     assert client.get_run(child).data.metrics == {"rougeL": 0.5, "n": 3.0}
 
     curve = tracking.CurveLogger(client, child, "train", tmp_path / "c" / "curve.jsonl")
@@ -55,8 +67,11 @@ def test_parent_child_metrics_curves_and_artifacts(cfg, tmp_path):
         curve(step, {"loss": 4.0 - step, "lr": 0.1, "note": "skip"})
     hist = client.get_metric_history(child, "train/loss")
     assert [(m.step, m.value) for m in hist] == [(1, 3.0), (2, 2.0), (3, 1.0)]
-    assert tracking.read_curve(tmp_path / "c" / "curve.jsonl")[0] == {"step": 1, "loss": 3.0,
-                                                                        "lr": 0.1}
+    assert tracking.read_curve(tmp_path / "c" / "curve.jsonl")[0] == {
+        "step": 1,
+        "loss": 3.0,
+        "lr": 0.1,
+    }
     other = tracking.create_run(client, exp, "again", {}, parent_run_id=parent)
     assert tracking.replay_curve(client, other, "train", tmp_path / "c" / "curve.jsonl") == 6
     assert len(client.get_metric_history(other, "train/lr")) == 3
@@ -101,7 +116,9 @@ def test_code_version_follows_imports_and_ignores_docstrings(tmp_path, monkeypat
     pkg = tmp_path / "nash_core"
     pkg.mkdir()
     (pkg / "__init__.py").write_text("")
-    (pkg / "a.py").write_text('"""Doc."""\ndef f():\n    from nash_core.b import g\n    return g()\n')
+    (pkg / "a.py").write_text(
+        '"""Doc."""\ndef f():\n    from nash_core.b import g\n    return g()\n'
+    )
     (pkg / "b.py").write_text("def g():\n    return 1\n")
     (pkg / "c.py").write_text("X = 1\n")
     monkeypatch.setattr(nash_core, "__file__", str(pkg / "__init__.py"))
@@ -111,8 +128,9 @@ def test_code_version_follows_imports_and_ignores_docstrings(tmp_path, monkeypat
         return cache.code_version("nash_core.a")
 
     v0 = version()
-    (pkg / "a.py").write_text('"""Other doc."""\n# comment\ndef f():\n    from nash_core.b import g'
-                              '\n\n    return g()\n')
+    (pkg / "a.py").write_text(
+        '"""Other doc."""\n# comment\ndef f():\n    from nash_core.b import g\n\n    return g()\n'
+    )
     (pkg / "c.py").write_text("X = 2\n")  # not imported by a
     assert version() == v0
     (pkg / "b.py").write_text("def g():\n    return 2\n")  # lazily imported maths changed

@@ -12,21 +12,33 @@ from nash_core.config import DataConfig, TrainConfig
 from nash_core.data import prepare_splits, tokenize_split
 from nash_core.errors import TrainingError
 from nash_core.loading import load_seq2seq
-from nash_core.train import (TrainHook, TrainingInterrupted, batch_indices, lr_scale,
-                             total_steps, train_seq2seq)
+from nash_core.train import (
+    TrainHook,
+    TrainingInterrupted,
+    batch_indices,
+    lr_scale,
+    total_steps,
+    train_seq2seq,
+)
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("train")
-    data_cfg = DataConfig(kind="demo", demo={"num_dialogues": 250, "seed": 0},
-                          max_source_length=64, max_target_length=32)
+    data_cfg = DataConfig(
+        kind="demo",
+        demo={"num_dialogues": 250, "seed": 0},
+        max_source_length=64,
+        max_target_length=32,
+    )
     splits = prepare_splits(data_cfg, root / "data")
     model_dir = save_t5(root / "t5", corpus_texts(250), dec_layers=2)
     _, tok = load_seq2seq(model_dir)
-    return {"model_dir": model_dir,
-            "train": tokenize_split(splits, "train", tok, data_cfg),
-            "val": tokenize_split(splits, "validation", tok, data_cfg)}
+    return {
+        "model_dir": model_dir,
+        "train": tokenize_split(splits, "train", tok, data_cfg),
+        "val": tokenize_split(splits, "validation", tok, data_cfg),
+    }
 
 
 def fresh(setup, dropout: float = 0.0):
@@ -39,8 +51,16 @@ def fresh(setup, dropout: float = 0.0):
 
 
 def cfg(**kw) -> TrainConfig:
-    base = dict(max_steps=24, batch_size=8, lr=3e-3, warmup_steps=4, eval_every=8,
-                eval_examples=16, checkpoint_every=5, log_every=4)
+    base = dict(
+        max_steps=24,
+        batch_size=8,
+        lr=3e-3,
+        warmup_steps=4,
+        eval_every=8,
+        eval_examples=16,
+        checkpoint_every=5,
+        log_every=4,
+    )
     return TrainConfig(**(base | kw))
 
 
@@ -56,7 +76,7 @@ def test_schedule_and_data_order():
     assert total_steps(TrainConfig(epochs=2, batch_size=8, grad_accum=2), 100) == 13
     assert total_steps(TrainConfig(epochs=2, max_steps=5, batch_size=8), 100) == 5
     gen = batch_indices(10, 4, seed=3)
-    first = [next(gen) for _ in range(6)]                    # 2 epochs of 4 + 4 + 2
+    first = [next(gen) for _ in range(6)]  # 2 epochs of 4 + 4 + 2
     assert sorted(i for b in first[:3] for i in b) == list(range(10))
     assert [len(b) for b in first] == [4, 4, 2, 4, 4, 2] and first[:3] != first[3:]
     assert next(batch_indices(10, 4, seed=3, start=4)) == first[4]
@@ -73,7 +93,7 @@ def test_group_by_length_pads_less_and_still_covers_every_example_once():
     epoch_p = [next(plain) for _ in range(per_epoch)]
     epoch_g = [next(grouped) for _ in range(per_epoch)]
     assert sorted(i for b in epoch_g for i in b) == list(range(1000))  # once per epoch
-    assert [len(b) for b in epoch_g] == [len(b) for b in epoch_p]       # same boundaries
+    assert [len(b) for b in epoch_g] == [len(b) for b in epoch_p]  # same boundaries
 
     def padded(batches):  # tokens the collator pads every batch to
         return sum(len(b) * max(lengths[i][0] for i in b) for b in batches)
@@ -105,7 +125,7 @@ def test_loss_goes_down_and_best_dir_loads(setup, tmp_path):
     assert all(h["tokens_per_s"] > 0 and h["lr"] > 0 for h in result.history if "lr" in h)
 
     again = train_seq2seq(model, tok, setup["train"], setup["val"], cfg(), tmp_path)
-    assert again.history == result.history                  # finished runs are not repeated
+    assert again.history == result.history  # finished runs are not repeated
 
 
 def _weights(model):
@@ -117,7 +137,7 @@ def test_interrupted_and_resumed_run_is_bit_identical(setup, tmp_path):
     kw = dict(grad_accum=2, eval_every=6, checkpoint_every=6, seed=5)
     reference, ref_result = run(setup, tmp_path / "ref", model=fresh(setup, dropout=0.2)[0], **kw)
 
-    def send_sigint(step, metrics):                          # Ctrl-C in the middle of step 10
+    def send_sigint(step, metrics):  # Ctrl-C in the middle of step 10
         if step == 8:
             os.kill(os.getpid(), signal.SIGINT)
 
@@ -128,7 +148,7 @@ def test_interrupted_and_resumed_run_is_bit_identical(setup, tmp_path):
         if step == 16:
             raise RuntimeError("power cut")
 
-    with pytest.raises(RuntimeError):                        # resumes at 8, dies after 16
+    with pytest.raises(RuntimeError):  # resumes at 8, dies after 16
         run(setup, tmp_path / "cut", model=fresh(setup, dropout=0.2)[0], callback=crash, **kw)
     resumed, result = run(setup, tmp_path / "cut", model=fresh(setup, dropout=0.2)[0], **kw)
 
@@ -168,7 +188,7 @@ def test_nan_guard_stops_and_keeps_last_good_checkpoint(setup, tmp_path):
     state = (tmp_path / "checkpoint" / "state.json").read_text()
     assert '"step": 5' in state
     optimizer = torch.load(tmp_path / "checkpoint" / "optimizer.pt", weights_only=True)
-    assert optimizer["state"]                                   # optimizer state of a good step
+    assert optimizer["state"]  # optimizer state of a good step
 
 
 class Gate(TrainHook):
@@ -179,8 +199,15 @@ class Gate(TrainHook):
         self.eligible_from, self.step, self.saved = eligible_from, 0, []
 
     def param_groups(self, model):
-        return [{"params": [self.scale], "lr": 0.05, "weight_decay": 0.0, "scheduled": False,
-                 "maximize": True}]
+        return [
+            {
+                "params": [self.scale],
+                "lr": 0.05,
+                "weight_decay": 0.0,
+                "scheduled": False,
+                "maximize": True,
+            }
+        ]
 
     def wants_hidden_states(self):
         return True
@@ -230,12 +257,17 @@ def test_eval_fn_freeze_embeddings_and_time_limit(setup, tmp_path):
     model, _ = fresh(setup)
     emb = model.get_input_embeddings().weight.detach().clone()
     block = model.encoder.block[0].layer[1].DenseReluDense.wi.weight.detach().clone()
-    _, result = run(setup, tmp_path, model=model, eval_fn=lambda m: {"score": next(scores)},
-                    freeze_embeddings=True)
+    _, result = run(
+        setup,
+        tmp_path,
+        model=model,
+        eval_fn=lambda m: {"score": next(scores)},
+        freeze_embeddings=True,
+    )
     assert result.best_metrics["score"] == 0.5 and result.best_metrics["step"] == 16
     assert torch.equal(model.get_input_embeddings().weight, emb)
     assert not torch.equal(model.encoder.block[0].layer[1].DenseReluDense.wi.weight, block)
-    assert model.get_input_embeddings().weight.requires_grad             # restored afterwards
+    assert model.get_input_embeddings().weight.requires_grad  # restored afterwards
 
     _, timed = run(setup, tmp_path / "timed", max_steps=10_000, max_time_s=1e-6)
     assert timed.stop_reason == "max_time" and timed.last_step == 1

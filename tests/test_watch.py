@@ -21,8 +21,13 @@ def test_watch_runs_only_when_the_base_model_changes(tmp_path):
     base = save_t5(tmp_path / "base", corpus_texts(), dec_layers=2, seed=0)
     work = tmp_path / "work"
     env = clean_env(tmp_path)
-    args = ["watch", "configs/smoke.yaml", "--workdir", work,
-            *with_overrides(TINY + [f"model.base={base}"])]
+    args = [
+        "watch",
+        "configs/smoke.yaml",
+        "--workdir",
+        work,
+        *with_overrides(TINY + [f"model.base={base}"]),
+    ]
 
     first = nash(args, env)
     assert first.returncode == 0, first.stderr[-3000:]
@@ -56,8 +61,9 @@ def test_watch_runs_only_when_the_base_model_changes(tmp_path):
     # the new selection is the challenger; the promotion gate decides whether it is champion
     decision = newest.data.tags["nash.promotion.decision"]
     assert decision in ("promoted", "kept champion"), newest.data.tags["nash.promotion.reason"]
-    new = client.get_model_version_by_alias(name, "champion" if decision == "promoted"
-                                            else "challenger")
+    new = client.get_model_version_by_alias(
+        name, "champion" if decision == "promoted" else "challenger"
+    )
     assert new.tags["nash.base_fingerprint"] == fp2
     decided = newest.data.tags.get("nash.champion_run_id")
     if decided:

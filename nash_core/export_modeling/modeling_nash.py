@@ -35,7 +35,11 @@ import warnings
 
 import torch
 from torch import nn
-from transformers import AttentionInterface, BartForConditionalGeneration, T5ForConditionalGeneration
+from transformers import (
+    AttentionInterface,
+    BartForConditionalGeneration,
+    T5ForConditionalGeneration,
+)
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, eager_mask, sdpa_mask
 from transformers.models.t5.modeling_t5 import eager_attention_forward as t5_eager_attention_forward
@@ -53,13 +57,27 @@ def _position_bias_for(module: nn.Module, position_bias):
 
 
 def nash_t5_sdpa(module, query, key, value, attention_mask, position_bias=None, **kwargs):
-    return sdpa_attention_forward(module, query, key, value, attention_mask,
-                                  position_bias=_position_bias_for(module, position_bias), **kwargs)
+    return sdpa_attention_forward(
+        module,
+        query,
+        key,
+        value,
+        attention_mask,
+        position_bias=_position_bias_for(module, position_bias),
+        **kwargs,
+    )
 
 
 def nash_t5_eager(module, query, key, value, attention_mask, position_bias=None, **kwargs):
-    return t5_eager_attention_forward(module, query, key, value, attention_mask,
-                                      position_bias=_position_bias_for(module, position_bias), **kwargs)
+    return t5_eager_attention_forward(
+        module,
+        query,
+        key,
+        value,
+        attention_mask,
+        position_bias=_position_bias_for(module, position_bias),
+        **kwargs,
+    )
 
 
 AttentionInterface.register("nash_t5_sdpa", nash_t5_sdpa)
@@ -72,8 +90,15 @@ AttentionMaskInterface.register("nash_t5_eager", eager_mask)
 class T5SkippedSublayer(nn.Module):
     """A T5 attention sub-layer with no head left: the residual stream passes unchanged."""
 
-    def forward(self, hidden_states, key_value_states=None, attention_mask=None, position_bias=None,
-                cache=None, **kwargs):
+    def forward(
+        self,
+        hidden_states,
+        key_value_states=None,
+        attention_mask=None,
+        position_bias=None,
+        cache=None,
+        **kwargs,
+    ):
         return hidden_states, position_bias, None
 
 
@@ -91,12 +116,16 @@ class BartHeadlessAttn(nn.Module):
         self.v_proj = _linear(embed_dim, 0, False)
         self.out_proj = _linear(0, embed_dim, out_bias)
 
-    def forward(self, hidden_states, key_value_states=None, cache=None, attention_mask=None, **kwargs):
+    def forward(
+        self, hidden_states, key_value_states=None, cache=None, attention_mask=None, **kwargs
+    ):
         empty = hidden_states.new_zeros(*hidden_states.shape[:-1], 0)
         return self.out_proj(empty), None
 
 
-def _linear(in_features: int, out_features: int, bias: bool, like: torch.Tensor | None = None) -> nn.Linear:
+def _linear(
+    in_features: int, out_features: int, bias: bool, like: torch.Tensor | None = None
+) -> nn.Linear:
     """A Linear whose weights are about to be overwritten (zero-width ones warn about init)."""
     kwargs = {} if like is None else {"device": like.device, "dtype": like.dtype}
     with warnings.catch_warnings():
@@ -104,12 +133,16 @@ def _linear(in_features: int, out_features: int, bias: bool, like: torch.Tensor 
         return nn.Linear(in_features, out_features, bias=bias, **kwargs)
 
 
-def _linear_like(old: nn.Linear, in_features: int, out_features: int, bias: bool | None = None) -> nn.Linear:
+def _linear_like(
+    old: nn.Linear, in_features: int, out_features: int, bias: bool | None = None
+) -> nn.Linear:
     has_bias = old.bias is not None if bias is None else bias
     return _linear(in_features, out_features, has_bias, old.weight)
 
 
-def _resize_heads(attn: nn.Module, names: tuple[str, str, str, str], n_heads: int, head_dim: int) -> None:
+def _resize_heads(
+    attn: nn.Module, names: tuple[str, str, str, str], n_heads: int, head_dim: int
+) -> None:
     q, k, v, o = (getattr(attn, n) for n in names)
     inner = n_heads * head_dim
     for name, old in zip(names[:3], (q, k, v)):
@@ -126,7 +159,11 @@ def restructure_t5(model: nn.Module, shapes: dict) -> None:
                 _t5_attention(block, 1, "EncDecAttention", spec["cross"], cross=True)
             _t5_ffn(block, spec["ffn"])
     impl = model.config._attn_implementation
-    base = impl.removeprefix("nash_t5_") if impl in ("sdpa", "eager", "nash_t5_sdpa", "nash_t5_eager") else "sdpa"
+    base = (
+        impl.removeprefix("nash_t5_")
+        if impl in ("sdpa", "eager", "nash_t5_sdpa", "nash_t5_eager")
+        else "sdpa"
+    )
     model.set_attn_implementation(f"nash_t5_{base}")
 
 
@@ -173,7 +210,11 @@ def restructure_bart(model: nn.Module, shapes: dict) -> None:
 def _bart_attention(layer, attr: str, heads) -> None:
     attn = getattr(layer, attr)
     if not heads:
-        setattr(layer, attr, BartHeadlessAttn(attn.out_proj.out_features, attn.head_dim, heads is not None))
+        setattr(
+            layer,
+            attr,
+            BartHeadlessAttn(attn.out_proj.out_features, attn.head_dim, heads is not None),
+        )
         return
     if len(heads) != attn.num_heads:
         _resize_heads(attn, ("q_proj", "k_proj", "v_proj", "out_proj"), len(heads), attn.head_dim)
@@ -203,8 +244,11 @@ def _t5_hidden_targets(model: nn.Module):
                     yield attn.o, "weight", 0
                 dense = getattr(sub, "DenseReluDense", None)
                 if dense is not None:
-                    yield from ((getattr(dense, n), "weight", 1) for n in ("wi", "wi_0", "wi_1")
-                                if hasattr(dense, n))
+                    yield from (
+                        (getattr(dense, n), "weight", 1)
+                        for n in ("wi", "wi_0", "wi_1")
+                        if hasattr(dense, n)
+                    )
                     yield dense.wo, "weight", 0
 
 
@@ -218,7 +262,9 @@ def _bart_hidden_targets(model: nn.Module):
             for attr in ("self_attn", "encoder_attn"):
                 attn = getattr(layer, attr, None)
                 if attn is not None:
-                    yield from ((getattr(attn, n), "weight", 1) for n in ("q_proj", "k_proj", "v_proj"))
+                    yield from (
+                        (getattr(attn, n), "weight", 1) for n in ("q_proj", "k_proj", "v_proj")
+                    )
                     yield attn.out_proj, "weight", 0
                     yield attn.out_proj, "bias", 0
             yield layer.fc1, "weight", 1
@@ -247,12 +293,16 @@ def _shrink_hidden(model: nn.Module, shapes: dict) -> None:
         new = replaced[id(old)][1] if id(old) in replaced else None
         if new is None:
             if old.shape[axis] != full:
-                raise ValueError(f"cannot shrink {type(module).__name__}.{name} {tuple(old.shape)} "
-                                 f"on axis {axis}: expected width {full}")
+                raise ValueError(
+                    f"cannot shrink {type(module).__name__}.{name} {tuple(old.shape)} "
+                    f"on axis {axis}: expected width {full}"
+                )
             shape = list(old.shape)
             shape[axis] = k
-            new = nn.Parameter(torch.empty(shape, dtype=old.dtype, device=old.device),
-                               requires_grad=old.requires_grad)
+            new = nn.Parameter(
+                torch.empty(shape, dtype=old.dtype, device=old.device),
+                requires_grad=old.requires_grad,
+            )
             replaced[id(old)] = (old, new)
         module._parameters[name] = new
         if isinstance(module, nn.Linear):
@@ -269,7 +319,9 @@ def _shrink_hidden(model: nn.Module, shapes: dict) -> None:
                 module.d_model = k
     else:
         for module in model.modules():
-            if hasattr(module, "embed_dim") and (hasattr(module, "q_proj") or hasattr(module, "fc1")):
+            if hasattr(module, "embed_dim") and (
+                hasattr(module, "q_proj") or hasattr(module, "fc1")
+            ):
                 module.embed_dim = k
 
 
