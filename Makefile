@@ -19,11 +19,12 @@ export MLFLOW_DISABLE_TELEMETRY ?= true
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export DO_NOT_TRACK ?= 1
 
-.PHONY: demo test ui install clean help
+.PHONY: demo test lint ui install clean help
 
 help:
 	@echo "make demo   - install (first time) and run the offline demo sweep (configs/demo.yaml)"
-	@echo "make test   - install (first time) and run the test suite"
+	@echo "make test   - install (first time), lint (ruff check + format --check), run the tests"
+	@echo "make lint   - ruff check and ruff format --check only"
 	@echo "make ui     - open the MLflow UI on the demo's store (http://127.0.0.1:5000)"
 	@echo "make clean  - remove the demo's workdir (.nash)"
 
@@ -47,7 +48,11 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/nash run configs/demo.yaml
 
-test: $(STAMP)
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: lint
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 ui: $(STAMP)

@@ -29,10 +29,11 @@ from transformers import AutoModelForSeq2SeqLM
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from structural_speedup import build_full  # noqa: E402
+
 from nash_core.base_model import build_demo_tokenizer  # noqa: E402
 from nash_core.benchmark import cli_main  # noqa: E402
 from nash_core.layer_selection import keep_decoder_layers, select_layers  # noqa: E402
-from structural_speedup import build_full  # noqa: E402
 
 RESULT_FIELDS = (
     "latency",
@@ -176,7 +177,8 @@ def main(argv=None) -> int:
     )
     print(f"independent measurement: {indep:.2f}x (teacher {t_ms:.0f} ms, student {s_ms:.0f} ms)")
     print(
-        f"difference: {rel:+.1%} (tolerance {args.tolerance:.0%}); missing JSON fields: {miss or 'none'}"
+        f"difference: {rel:+.1%} (tolerance {args.tolerance:.0%}); "
+        f"missing JSON fields: {miss or 'none'}"
     )
     ok = abs(rel) <= args.tolerance and not miss
     print("PASS" if ok else "FAIL")

@@ -16,7 +16,8 @@ ratio of medians and as the median of the per-round ratios (masked / plain of th
 Peak memory (max RSS on CPU, max allocated on CUDA) is measured separately, each variant in its
 own short subprocess. Prints a table and one JSON line.
 
-    python benchmarks/prune_step_overhead.py [--batch 16] [--src 128] [--tgt 48] [--steps 10] [--threads 1]
+    python benchmarks/prune_step_overhead.py [--batch 16] [--src 128] [--tgt 48] [--steps 10] \
+        [--threads 1]
 """
 
 from __future__ import annotations
@@ -195,15 +196,18 @@ def main(argv=None) -> int:
         results[variant].update(peaks[variant])
     base = results["plain"]["median_ms"]
     print(
-        f"device={args.device} threads={args.threads} batch={args.batch} src={args.src} tgt={args.tgt} "
+        f"device={args.device} threads={args.threads} batch={args.batch} src={args.src} "
+        f"tgt={args.tgt} "
         f"rounds={args.steps} torch={torch.__version__}"
     )
     print(
-        f"{'variant':<10} {'median ms':>10} {'min ms':>8} {'vs plain':>9} {'paired':>8} {'peak MB':>8}"
+        f"{'variant':<10} {'median ms':>10} {'min ms':>8} {'vs plain':>9} "
+        f"{'paired':>8} {'peak MB':>8}"
     )
     for v, r in results.items():
         print(
-            f"{v:<10} {r['median_ms']:>10.1f} {r['min_ms']:>8.1f} {r['median_ms'] / base - 1:>+9.1%} "
+            f"{v:<10} {r['median_ms']:>10.1f} {r['min_ms']:>8.1f} "
+            f"{r['median_ms'] / base - 1:>+9.1%} "
             f"{r['paired_ratio'] - 1:>+8.1%} {r['peak_mb']:>8.0f}"
         )
     overhead = results["masked"]["median_ms"] / base - 1

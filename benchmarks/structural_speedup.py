@@ -46,9 +46,9 @@ from nash_core.adapters import get_adapter  # noqa: E402
 from nash_core.benchmark import (
     Candidate,
     benchmark_loaded,
-    peak_mb,  # noqa: E402
     hardware_fingerprint,
     model_facts,
+    peak_mb,  # noqa: E402
     random_inputs,
 )
 from nash_core.config import BenchmarkConfig, EvaluationConfig  # noqa: E402
@@ -260,7 +260,8 @@ def _line(r: dict) -> str:
     return (
         f"{r['arch']:<9} {r['dtype']:<8} {k:>4} {r['target_sparsity']:>4.1f} "
         f"{r['encoder_sparsity']:>6.3f} {r['batch_size']:>3} {r['params'] / 1e6:>6.1f}M "
-        f"{r['p50_ms']:>8.1f} {r['p90_ms']:>8.1f} {r['ms_per_token']:>7.2f} {r['encoder_ms']:>7.1f} "
+        f"{r['p50_ms']:>8.1f} {r['p90_ms']:>8.1f} {r['ms_per_token']:>7.2f} "
+        f"{r['encoder_ms']:>7.1f} "
         f"{r['baseline_p50_ms']:>8.1f} {r['speedup']:>6.2f}x"
     )
 
@@ -310,7 +311,8 @@ def main(argv=None) -> int:
     result = run(args)
     hw = result["hardware"]
     print(
-        f"hardware: {hw['gpu_name'] or hw['cpu_model']} | {hw['device']} | {hw['torch_threads']} torch "
+        f"hardware: {hw['gpu_name'] or hw['cpu_model']} | {hw['device']} | "
+        f"{hw['torch_threads']} torch "
         f"threads | load avg {hw['load_average_1m']} | torch {hw['torch_version']} | transformers "
         f"{hw['transformers_version']} | {args.new_tokens} new tokens, source {args.source_length}"
     )

@@ -35,7 +35,7 @@ def _err(msg: str) -> None:
     print(f"nash: error: {msg}", file=sys.stderr)
 
 
-def _load(args) -> "NashConfig":  # noqa: F821
+def _load(args) -> NashConfig:  # noqa: F821
     from nash_core.config import load_config
 
     return load_config(args.config, args.set)
@@ -46,8 +46,15 @@ def preflight(cfg) -> None:
 
     Raises ConfigError listing every problem; runs before any expensive work.
     """
-    from nash_core.config import ConfigError, check_decoder_layers
+    from nash_core.config import ConfigError
 
+    problems = _file_problems(cfg) + _base_model_problems(cfg)
+    if problems:
+        raise ConfigError("config", problems)
+
+
+def _file_problems(cfg) -> list[str]:
+    """Local data files and model directories that do not exist or cannot be read."""
     problems: list[str] = []
     if cfg.data.kind == "local":
         for split, f in (cfg.data.files or {}).items():
@@ -59,25 +66,27 @@ def preflight(cfg) -> None:
     for field, value in (("teacher.path", cfg.teacher.path), ("model.base", cfg.model.base)):
         if value and _looks_local(value) and not Path(value).expanduser().is_dir():
             problems.append(f"{field}: directory not found: {value}")
-    base = Path(cfg.model.base)
-    if cfg.model.base != "demo" and base.is_dir():
-        import json
+    return problems
 
-        cfg_file = base / "config.json"
-        if not cfg_file.is_file():
-            problems.append(
-                f"model.base: {base} has no config.json (expected a save_pretrained dir)"
-            )
-        else:
-            try:
-                mc = json.loads(cfg_file.read_text())
-                n = mc.get("num_decoder_layers") or mc.get("decoder_layers") or mc.get("num_layers")
-                if n:
-                    check_decoder_layers(cfg, int(n))
-            except ValueError as exc:
-                problems.append(f"{exc}")
-    if problems:
-        raise ConfigError("config", problems)
+
+def _base_model_problems(cfg) -> list[str]:
+    """A local base model without config.json, or with fewer decoder layers than an arm keeps."""
+    import json
+
+    from nash_core.config import decoder_layer_problems
+
+    base = Path(cfg.model.base)
+    if cfg.model.base == "demo" or not base.is_dir():
+        return []
+    cfg_file = base / "config.json"
+    if not cfg_file.is_file():
+        return [f"model.base: {base} has no config.json (expected a save_pretrained dir)"]
+    try:
+        mc = json.loads(cfg_file.read_text())
+    except ValueError as exc:
+        return [f"{exc}"]
+    n = mc.get("num_decoder_layers") or mc.get("decoder_layers") or mc.get("num_layers")
+    return decoder_layer_problems(cfg.pruning.arms, int(n)) if n else []
 
 
 def _looks_local(ref: str) -> bool:
@@ -394,8 +403,8 @@ def main(argv: list[str] | None = None) -> int:
         args = argparse.Namespace(func=cmd_benchmark, rest=argv[1:])
     else:
         args = parser.parse_args(argv)
-    from nash_core.errors import NashError
     from nash_core.config import ConfigError
+    from nash_core.errors import NashError
 
     try:
         return int(args.func(args) or 0)

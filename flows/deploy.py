@@ -9,8 +9,8 @@ to stop it. A schedule that silently never runs is the failure this module exist
 This process then serves the deployment (Prefect's ``serve``): it polls the server for scheduled
 runs and executes them in subprocesses until it gets Ctrl-C / SIGTERM; on the way out Prefect
 cancels the runs in flight (training steps checkpoint on SIGTERM, so the next run resumes them)
-and pauses the schedule, so runs do not pile up as "Late" while nothing serves them. Teams with work pools
-use ``prefect.yaml`` and ``prefect deploy`` instead (README, "Scaling out").
+and pauses the schedule, so runs do not pile up as "Late" while nothing serves them. Teams with
+work pools use ``prefect.yaml`` and ``prefect deploy`` instead (README, "Scaling out").
 """
 
 from __future__ import annotations

@@ -112,7 +112,7 @@ def cmd_benchmark_sweep(args) -> int:
     return 0
 
 
-# --------------------------------------------------------------------------- select, promote, rollback
+# ------------------------------------------------------------------- select, promote, rollback
 def cmd_select(args) -> int:
     from tasks.rollout import select_for_hardware
 

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Iterator, NamedTuple
+from collections.abc import Iterator
+from typing import NamedTuple
 
 from prefect import flow
 from prefect.exceptions import TerminationSignal
@@ -38,8 +39,8 @@ from tasks.measure import benchmark, compare_with_sft, evaluate
 from tasks.preflight import preflight
 from tasks.prepare import get_teacher, prepare_base, prepare_data
 from tasks.promotion import promote_challenger
-from tasks.publish import publish_report
 from tasks.prune import finetune, materialize, prune_stage, quantize
+from tasks.publish import publish_report
 from tasks.registry import serving_config
 from tasks.sweep_runs import close_sweep, open_sweep
 

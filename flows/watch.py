@@ -1,4 +1,5 @@
-"""Retrain when the base model changes: ``nash watch CONFIG`` and the schedulable ``nash-watch`` flow.
+"""Retrain when the base model changes: ``nash watch CONFIG`` and the schedulable ``nash-watch``
+flow.
 
 The base model's fingerprint (hub: the commit its revision resolves to; local directory: a
 content hash of its config, weights and tokenizer files; demo: a hash of its recipe) is compared

@@ -111,7 +111,8 @@ class Adapter:
     def attention(
         self, layer: nn.Module, stack: Stack, index: int, kind: AttnKind
     ) -> AttentionRef | None:
-        """The attention sub-layer, or None when the layer has none (encoder cross) or it was dropped."""
+        """The attention sub-layer, or None when the layer has none (encoder cross) or it was
+        dropped."""
         raise NotImplementedError
 
     def ffn(self, layer: nn.Module, stack: Stack, index: int) -> FFNRef | None:
@@ -153,7 +154,8 @@ class Adapter:
         return None
 
     def output_norm(self, model: nn.Module) -> nn.Module | None:
-        """The norm whose output feeds the LM head (used when the LM head is tied to the embedding)."""
+        """The norm whose output feeds the LM head (used when the LM head is tied to the
+        embedding)."""
         return None
 
     def hidden_params(self, model: nn.Module) -> list[tuple[nn.Parameter, int]]:
@@ -356,5 +358,6 @@ def get_adapter(model_or_type) -> Adapter:
             return adapter
     raise ModelError(
         f"model type {model_type!r} is not supported for pruning; supported model types: "
-        f"{', '.join(supported_model_types())}. Use a T5/mT5/Flan-T5 or BART checkpoint as model.base."
+        f"{', '.join(supported_model_types())}. "
+        "Use a T5/mT5/Flan-T5 or BART checkpoint as model.base."
     )

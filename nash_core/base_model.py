@@ -59,8 +59,16 @@ def build_demo_tokenizer(texts, out_dir: str | Path, vocab_size: int = 1000):
     ("anna's car broke down."). Every encoded text ends with ``</s>``. The result loads with
     ``AutoTokenizer.from_pretrained(out_dir)``.
     """
-    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
-    from tokenizers import processors, trainers
+    from tokenizers import (
+        Regex,
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.WordLevel(unk_token="<unk>"))

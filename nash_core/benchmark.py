@@ -23,9 +23,10 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import psutil
@@ -157,7 +158,8 @@ def peak_memory(
 
 @functools.cache
 def _malloc_trim():
-    """glibc's ``malloc_trim``, looked up once (``find_library`` runs ``ldconfig``); None elsewhere."""
+    """glibc's ``malloc_trim``, looked up once (``find_library`` runs ``ldconfig``); None
+    elsewhere."""
     import ctypes
     import ctypes.util
 

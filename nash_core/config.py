@@ -191,7 +191,8 @@ class DistillConfig(_Section):
     layer_map: Literal["aligned", "source"] = Field(
         "aligned",
         description=(
-            "Which teacher layer each student layer's output is matched to. 'aligned': evenly spaced "
+            "Which teacher layer each student layer's output is matched to. 'aligned': evenly "
+            "spaced "
             "teacher layers, each paired with the closest student layer in order (CoFi's matching, "
             "any depths). 'source': the teacher layer the student layer was copied from (NASH's "
             "kept decoder layers, the same index in a masked encoder); 'aligned' where the origin "
@@ -391,7 +392,8 @@ class SelectionConfig(_Section):
         gt=0,
         le=1.5,
         description=(
-            "Confidence bound: 1 + (low end of the paired-bootstrap interval of candidate - teacher "
+            "Confidence bound: 1 + (low end of the paired-bootstrap interval of candidate - "
+            "teacher "
             "ROUGE-L) / teacher ROUGE-L must be at least this (0.95: the test set cannot show the "
             "candidate keeps less than 95%)."
         ),

@@ -21,7 +21,8 @@ so hooks, checkpoints and ``save_pretrained`` see the same module as in one proc
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import torch
 import torch.distributed as dist

@@ -22,8 +22,8 @@ import csv
 import io
 import json
 import re
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 import torch

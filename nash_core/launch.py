@@ -22,8 +22,9 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from nash_core.config import NashConfig
 from nash_core.errors import TrainingError

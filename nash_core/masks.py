@@ -154,7 +154,7 @@ class MaskSet(nn.Module):
         return {name: g.deterministic() for name, g in self.groups.items()}
 
     # ------------------------------------------------------------------ hooks
-    def attach(self, model: nn.Module) -> "MaskSet":
+    def attach(self, model: nn.Module) -> MaskSet:
         """Register the gating hooks on ``model`` (call :meth:`detach` to remove them)."""
         self.detach()
         adapter = get_adapter(model)
@@ -173,7 +173,7 @@ class MaskSet(nn.Module):
                     )
         return self
 
-    def _attach_hidden(self, adapter: Adapter, model: nn.Module, group: "HardConcrete") -> None:
+    def _attach_hidden(self, adapter: Adapter, model: nn.Module, group: HardConcrete) -> None:
         width = adapter.hidden_size(model)
         if group.spec.units != width:
             raise ModelError(

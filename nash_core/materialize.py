@@ -23,7 +23,8 @@ identical:
 - T5 with a tied LM head: folding z into the shared embedding would also scale the LM head, so
   the decoder's final norm weight (whose output only feeds the LM head) is divided by z on the
   kept dimensions. The tie is kept (no extra vocab x d parameters; transformers 5 ties T5's LM
-  head always, its T5Config forces tie_word_embeddings=True); an untied LM head is just sliced. BART's z goes into ``layernorm_embedding``, so its tied embedding is only sliced.
+  head always, its T5Config forces tie_word_embeddings=True); an untied LM head is just sliced.
+  BART's z goes into ``layernorm_embedding``, so its tied embedding is only sliced.
   (BART's LayerNorm over the kept dimensions, which masks.py computes during training, is the
   plain sliced LayerNorm of the materialised model.)
 """
@@ -134,7 +135,8 @@ class _Plan:
             norm.weight.mul_(math.sqrt(self.width / k))
 
     def slice_hidden(self, key: str, tensor: torch.Tensor, shape: torch.Size) -> torch.Tensor:
-        """``tensor`` with every axis that restructure shrank from d_model to the kept width sliced."""
+        """``tensor`` with every axis that restructure shrank from d_model to the kept width
+        sliced."""
         if tensor.shape == shape:
             return tensor
         k = len(self.hidden_kept)

@@ -21,15 +21,16 @@ from __future__ import annotations
 
 import logging
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from torch import nn
 
 from nash_core.adapters import get_adapter
 from nash_core.config import ArmConfig, DataConfig, DistillConfig, FinetuneConfig, PruneStageConfig
-from nash_core.distributed import is_main_process
 from nash_core.distill import DistillHook
+from nash_core.distributed import is_main_process
 from nash_core.export import load_exported, save_exported
 from nash_core.io import atomic_dir, atomic_write_json, read_json
 from nash_core.layer_selection import keep_decoder_layers, select_layers

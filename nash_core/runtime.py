@@ -7,7 +7,7 @@ import contextlib
 import random
 import signal
 import threading
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import torch

@@ -87,13 +87,16 @@ def _fmt(x: float) -> str:
     return "missing" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.4g}"
 
 
-def choose_champion(df: pd.DataFrame, sel: SelectionConfig) -> Decision:
+# C901: one guarded decision table (missing metrics, retention, bound, speed, teacher fallback),
+# each branch a documented rule; split up it reads worse.
+def choose_champion(df: pd.DataFrame, sel: SelectionConfig) -> Decision:  # noqa: C901
     """The fastest candidate that keeps quality, else the teacher.
 
     A candidate qualifies when ``rougeL_retention >= min_retention`` and the lower confidence
-    bound of its retention (:func:`retention_low`) is ``>= min_retention_low``; the fastest qualifier by
-    :func:`latency_column` wins, unless it is not faster than the teacher (then compressing buys
-    nothing and the teacher stays). Missing metrics disqualify (never a silent pass).
+    bound of its retention (:func:`retention_low`) is ``>= min_retention_low``; the fastest
+    qualifier by :func:`latency_column` wins, unless it is not faster than the teacher (then
+    compressing buys nothing and the teacher stays). Missing metrics disqualify (never a silent
+    pass).
     """
     lat = latency_column(sel)
     for col in ("label", "method", "rougeL", "rougeL_retention", "rougeL_delta_ci_low", lat):

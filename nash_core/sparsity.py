@@ -161,7 +161,8 @@ class SizeModel:
         return values[self.hidden_group][0].sum()
 
     def size(self, values: dict[str, torch.Tensor], stacks: tuple[Stack, ...]) -> torch.Tensor:
-        """Sum over sub-layers of gate * (kept units * (per_unit_h * h + per_unit_c) + fixed_h * h + fixed_c).
+        """Sum over sub-layers of
+        gate * (kept units * (per_unit_h * h + per_unit_c) + fixed_h * h + fixed_c).
 
         ``values`` maps group names to per-unit P(nonzero) (expected size) or to 0/1 indicators
         of the deterministic mask (the materialised size); ``h`` is the open hidden width.

@@ -11,8 +11,8 @@ from __future__ import annotations
 import base64
 import html
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import pandas as pd
 

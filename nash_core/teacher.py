@@ -7,8 +7,9 @@ who already has a fine-tuned model sets ``teacher.path`` and skips training.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from nash_core.base_model import BaseInfo
 from nash_core.config import NashConfig

@@ -44,13 +44,13 @@ resumed run ends with the same weights as an uninterrupted one.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import random
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -304,7 +304,7 @@ def _result(out_dir: Path, state: dict) -> TrainResult:
 
 
 # --------------------------------------------------------------------------- the loop
-def train_seq2seq(
+def train_seq2seq(  # noqa: C901 - being split into named pieces (issue 17)
     model,
     tokenizer,
     train_ds,

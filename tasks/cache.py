@@ -25,9 +25,10 @@ import fcntl
 import hashlib
 import json
 import time
-from functools import lru_cache
+from collections.abc import Callable
+from functools import cache
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from pydantic import BaseModel
 
@@ -86,7 +87,7 @@ def _module_file(name: str) -> Path | None:
     return None
 
 
-@lru_cache(maxsize=None)
+@cache
 def code_version(*modules: str) -> str:
     """Hash of the code that computes a step: ``modules`` and every ``nash_core`` module they
     import, transitively, compared as syntax trees without docstrings.

@@ -41,7 +41,7 @@ class CandidateSpec(BaseModel):
     def source_label(self) -> str:
         return self.label.removesuffix(INT8) if self.quantized else self.label
 
-    def int8(self) -> "CandidateSpec":
+    def int8(self) -> CandidateSpec:
         """This candidate's int8 dynamic-quantised variant (same arm, stage and target)."""
         return self.model_copy(
             update={

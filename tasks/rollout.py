@@ -507,7 +507,7 @@ def move_alias(
         "from": current,
         "to": version,
         "who": _who(),
-        "when": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "when": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "why": why[:2000],
         "kind": kind,
     }

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import tempfile
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
@@ -160,7 +160,7 @@ def load_report(client: MlflowClient, tracking_uri: str, run: Run) -> SweepRepor
                 f"({tags.get('nash.promotion.reason', '')})"
             )
     exp = client.get_experiment(run.info.experiment_id)
-    started = datetime.fromtimestamp(run.info.start_time / 1000, tz=timezone.utc)
+    started = datetime.fromtimestamp(run.info.start_time / 1000, tz=UTC)
     champion = tags.get("nash.champion")
     return SweepReport(
         run_id=run.info.run_id,

@@ -23,7 +23,6 @@ from pathlib import Path
 import torch
 from mlflow.tracking import MlflowClient
 from safetensors.torch import load_file
-
 from sweep_tiny import BIN, REPO, clean_env, with_overrides
 
 CRASH = [

@@ -1,9 +1,9 @@
 """Adapters locate every prunable module and read unit costs from the modules themselves."""
 
+import pruning_tiny as pt
 import pytest
 from transformers import GPT2Config, GPT2LMHeadModel
 
-import pruning_tiny as pt
 from nash_core.adapters import get_adapter, supported_model_types
 from nash_core.errors import ModelError
 

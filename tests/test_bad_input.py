@@ -21,7 +21,6 @@ from types import SimpleNamespace
 
 import pytest
 import yaml
-
 from foundation_tiny import corpus_texts, samsum_rows, save_t5, write_rows
 from sweep_tiny import REPO, clean_env, nash, with_overrides
 

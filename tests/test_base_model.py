@@ -4,9 +4,9 @@ import json
 
 import pytest
 import torch
+from foundation_tiny import corpus_texts, save_bart, save_t5
 from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
-from foundation_tiny import corpus_texts, save_bart, save_t5
 from nash_core.base_model import BaseInfo, build_demo_tokenizer, fingerprint_base, prepare_base
 from nash_core.config import DataConfig, ModelConfig
 from nash_core.data import prepare_splits

@@ -7,12 +7,12 @@ import json
 import numpy as np
 import pytest
 import torch
+from measure_tiny import FakeClock, FakeModel, save_tiny_t5, write_splits
 
 from nash_core import benchmark as B
 from nash_core.config import BenchmarkConfig, EvaluationConfig
 from nash_core.evaluate import generation_config_for, run_generate
 from nash_core.quantize import quantize_dynamic_int8
-from measure_tiny import FakeClock, FakeModel, save_tiny_t5, write_splits
 
 
 def test_latency_stats_known_values():
@@ -96,7 +96,8 @@ def test_benchmark_loaded_statistics_with_fake_model():
         cands, [rows, rows], bench, EvaluationConfig(), clock=clock, measure_memory=False
     )
     t, s = (r["results"] for r in res)
-    # natural: 5 steps (EOS at 5); teacher 4 + 5*3 = 19 ms, student 4 + 5 = 9 ms; warm-up (500 ms) gone
+    # natural: 5 steps (EOS at 5); teacher 4 + 5*3 = 19 ms, student 4 + 5 = 9 ms;
+    # warm-up (500 ms) gone
     assert t["natural"]["1"]["latency"]["median_ms"] == pytest.approx(19.0)
     assert t["natural"]["1"]["latency"]["max_ms"] == pytest.approx(19.0)
     assert s["natural"]["1"]["latency"]["median_ms"] == pytest.approx(9.0)
@@ -424,11 +425,14 @@ def test_structural_builder_shrinks_encoder_and_decoder_and_still_generates(fami
     cand, achieved = S.build_candidate(full, k=2, sparsity=0.5)
     assert achieved == pytest.approx(0.5)  # 2 of 4 heads, 32 of 64 units
     assert B.model_facts(cand)["decoder_layers"] == 2 and B.model_facts(full)["decoder_layers"] == 4
-    enc_params = lambda m: sum(
-        p.numel()
-        for n, p in m.named_parameters()  # noqa: E731
-        if n.startswith(("encoder.", "model.encoder."))
-    )
+
+    def enc_params(m):
+        return sum(
+            p.numel()
+            for n, p in m.named_parameters()
+            if n.startswith(("encoder.", "model.encoder."))
+        )
+
     assert enc_params(cand) < enc_params(full)
     ids = torch.randint(4, 64, (2, 7))
     gen_cfg = generation_config_for(cand, EvaluationConfig(), fixed_new_tokens=5)

@@ -1,4 +1,5 @@
-"""The benchmark scripts still run end to end (tiny sizes; the numbers themselves are not judged)."""
+"""The benchmark scripts still run end to end (tiny sizes; the numbers themselves are not
+judged)."""
 
 from __future__ import annotations
 

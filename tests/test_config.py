@@ -9,7 +9,6 @@ import yaml
 
 from nash_core.config import ConfigError, NashConfig, apply_overrides, load_config
 
-
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
 # Published decoder depths of the hub models the real recipes name (checked without download).

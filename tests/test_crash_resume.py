@@ -26,8 +26,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
-
 from reliability_tiny import (
     all_runs,
     assert_same_results,
@@ -41,6 +39,7 @@ from reliability_tiny import (
     sweep,
     wait_for,
 )
+from safetensors.torch import load_file
 
 
 def _group_gone(pgid: int, timeout: float = 30) -> bool:

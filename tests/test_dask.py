@@ -10,7 +10,6 @@ import sys
 
 import pytest
 from mlflow.tracking import MlflowClient
-
 from sweep_tiny import REPO, TINY, clean_env, nash, with_overrides
 
 ARMS = (

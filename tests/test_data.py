@@ -4,9 +4,9 @@ import json
 
 import pytest
 import torch
+from foundation_tiny import corpus_texts, samsum_rows, save_bart, save_t5, write_rows
 from transformers import AutoTokenizer
 
-from foundation_tiny import corpus_texts, samsum_rows, save_bart, save_t5, write_rows
 from nash_core.config import DataConfig
 from nash_core.data import (
     Seq2SeqCollator,

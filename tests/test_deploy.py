@@ -7,14 +7,11 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
-from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
-
 from sweep_tiny import BIN, REPO, TINY, clean_env, with_overrides
 
 

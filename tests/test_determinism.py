@@ -5,9 +5,8 @@ non-timing metrics, and the seed is on record in MLflow."""
 from __future__ import annotations
 
 import pytest
-from safetensors.torch import load_file, save_file
-
 from reliability_tiny import assert_same_results, env, finished_sweep, reference, sweep
+from safetensors.torch import load_file, save_file
 
 pytestmark = pytest.mark.slow
 

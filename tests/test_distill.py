@@ -2,11 +2,11 @@
 
 import copy
 
+import pruning_tiny as pt
 import pytest
 import torch
 import torch.nn.functional as F
 
-import pruning_tiny as pt
 from nash_core.config import DistillConfig
 from nash_core.distill import (
     DistillHook,

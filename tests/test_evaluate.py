@@ -1,4 +1,5 @@
-"""ROUGE on hand-checked pairs, sentence splitting, the paired bootstrap, evaluate_model end to end."""
+"""ROUGE on hand-checked pairs, sentence splitting, the paired bootstrap, evaluate_model end to
+end."""
 
 from __future__ import annotations
 
@@ -7,13 +8,13 @@ import json
 
 import pytest
 import torch
+from measure_tiny import ROWS, save_tiny_t5, write_splits
 from rouge_score import tokenizers
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, GenerationConfig
 
 from nash_core import evaluate as E
 from nash_core.config import EvaluationConfig
 from nash_core.errors import DataError
-from measure_tiny import ROWS, save_tiny_t5, write_splits
 
 
 # --------------------------------------------------------------------------- ROUGE

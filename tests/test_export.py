@@ -4,9 +4,9 @@ import json
 import subprocess
 import sys
 
+import pruning_tiny as pt
 import torch
 
-import pruning_tiny as pt
 from nash_core.export import load_exported, save_exported
 from nash_core.layer_selection import keep_decoder_layers
 from nash_core.loading import load_seq2seq
@@ -23,8 +23,9 @@ results = {}
 for path, ids, mask in json.loads(sys.argv[1]):
     model = AutoModelForSeq2SeqLM.from_pretrained(path, trust_remote_code=True).eval()
     tok = AutoTokenizer.from_pretrained(path)
-    out = model.generate(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask), max_new_tokens=8,
-                         min_new_tokens=8, do_sample=False, suppress_tokens=[0, 1])
+    out = model.generate(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
+                         max_new_tokens=8, min_new_tokens=8, do_sample=False,
+                         suppress_tokens=[0, 1])
     results[path] = {"class": type(model).__name__, "vocab": len(tok), "out": out.tolist()}
 print(json.dumps(results))
 """

@@ -8,7 +8,6 @@ import mlflow
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
-
 from sweep_tiny import TINY, clean_env, nash, with_overrides
 
 pytestmark = pytest.mark.slow

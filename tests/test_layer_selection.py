@@ -1,9 +1,9 @@
 """Shallow decoder: selection formulas, layer removal, KV cache and T5 position table."""
 
+import pruning_tiny as pt
 import pytest
 import torch
 
-import pruning_tiny as pt
 from nash_core.errors import ModelError
 from nash_core.layer_selection import keep_decoder_layers, select_layers
 

@@ -2,10 +2,10 @@
 
 import math
 
+import pruning_tiny as pt
 import pytest
 import torch
 
-import pruning_tiny as pt
 from nash_core.masks import (
     BETA,
     GAMMA,

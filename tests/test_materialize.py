@@ -1,9 +1,9 @@
 """Materialised models compute what the masked model computed, in fewer parameters."""
 
+import pruning_tiny as pt
 import pytest
 import torch
 
-import pruning_tiny as pt
 from nash_core.layer_selection import keep_decoder_layers
 from nash_core.masks import HIDDEN, LOG_ALPHA_MIN, MaskSet, plan_groups
 from nash_core.materialize import materialize

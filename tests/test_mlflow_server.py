@@ -8,7 +8,6 @@ import urllib.request
 
 import pytest
 from mlflow.tracking import MlflowClient
-
 from sweep_tiny import BIN, TINY, clean_env, nash, with_overrides
 
 

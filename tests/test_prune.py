@@ -7,6 +7,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import T5Config, T5ForConditionalGeneration
 
+from nash_core import prune
 from nash_core.base_model import build_demo_tokenizer
 from nash_core.config import (
     ArmConfig,
@@ -18,7 +19,6 @@ from nash_core.config import (
 )
 from nash_core.data import prepare_splits, read_split
 from nash_core.loading import load_seq2seq
-from nash_core import prune
 
 DATA = DataConfig(
     kind="demo",
@@ -209,7 +209,8 @@ def test_interrupted_stage_resumes_to_the_same_result(setup):
 
 def test_off_target_stage_keeps_its_final_state_and_says_what_to_change(setup, caplog):
     """A stage whose expected sparsity never comes within epsilon of the target still yields a
-    loadable snapshot, marked on_target=false, and the warning tells the user which knobs move it."""
+    loadable snapshot, marked on_target=false, and the warning tells the user which knobs move
+    it."""
     arm = ArmConfig(method="nash", decoder_layers=2, targets=[0.9])
     cfg = _stage_cfg(steps=4, head_mask_init=10.0)
     cfg = cfg.model_copy(update={"sparsity_epsilon": 0.01})

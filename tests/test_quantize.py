@@ -7,6 +7,7 @@ import shutil
 
 import pytest
 import torch
+from measure_tiny import ROWS, save_tiny_t5, write_splits
 from torch.ao.nn.quantized.dynamic import Linear as DynamicQuantizedLinear
 
 from nash_core import quantize as Q
@@ -15,7 +16,6 @@ from nash_core.config import EvaluationConfig
 from nash_core.errors import ModelError
 from nash_core.evaluate import evaluate_model
 from nash_core.loading import load_seq2seq
-from measure_tiny import ROWS, save_tiny_t5, write_splits
 
 
 def _logits(model, tok):

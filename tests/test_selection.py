@@ -92,8 +92,9 @@ def test_both_bounds_are_relative_to_the_teacher():
 
 
 def test_old_max_drop_key_says_what_replaced_it():
-    from nash_core.config import ConfigError, validate_config
     import yaml
+
+    from nash_core.config import ConfigError, validate_config
 
     raw = yaml.safe_load(open("configs/smoke.yaml"))
     raw["selection"] = {"max_drop": 0.03}

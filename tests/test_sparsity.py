@@ -1,11 +1,12 @@
-"""Exact accounting (expected size of deterministic masks == materialised count) and the Lagrangian."""
+"""Exact accounting (expected size of deterministic masks == materialised count) and the
+Lagrangian."""
 
 import math
 
+import pruning_tiny as pt
 import pytest
 import torch
 
-import pruning_tiny as pt
 from nash_core.config import TrainConfig
 from nash_core.masks import HIDDEN, MaskSet, plan_groups
 from nash_core.materialize import materialize

@@ -14,9 +14,9 @@ import urllib.request
 
 import pandas as pd
 import pytest
+from sweep_tiny import BIN, TINY, clean_env, nash, with_overrides
 
 from nash_core.sweep_report import SweepReport, parse_rejected, to_html, to_markdown, to_text
-from sweep_tiny import BIN, TINY, clean_env, nash, with_overrides
 from tasks.views import (
     SHARED_VIEW,
     SWEEPS_KEY,

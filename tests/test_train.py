@@ -6,8 +6,8 @@ import signal
 
 import pytest
 import torch
-
 from foundation_tiny import corpus_texts, save_t5
+
 from nash_core.config import DataConfig, TrainConfig
 from nash_core.data import prepare_splits, tokenize_split
 from nash_core.errors import TrainingError

@@ -5,9 +5,8 @@ if the promotion gate passes)."""
 import re
 
 import pytest
-from mlflow.tracking import MlflowClient
-
 from foundation_tiny import corpus_texts, save_t5
+from mlflow.tracking import MlflowClient
 from sweep_tiny import TINY, clean_env, nash, with_overrides
 
 

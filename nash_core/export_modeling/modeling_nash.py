@@ -1,4 +1,5 @@
-"""Modeling code for NASH-pruned T5 / BART exports. Self-contained: imports only torch + transformers.
+"""Modeling code for NASH-pruned T5 / BART exports. Self-contained: imports only torch +
+transformers.
 
 A pruned model has per-layer head sets and FFN widths that no stock config can express, so the
 export stores them in ``config.json["nash"]["shapes"]`` and these classes resize the stock
@@ -276,7 +277,9 @@ def _bart_hidden_targets(model: nn.Module):
             yield norm, "bias", 0
 
 
-def _shrink_hidden(model: nn.Module, shapes: dict) -> None:
+# C901: this file must stay self-contained (shipped with every export), so the per-module-kind
+# slicing stays in one function that mirrors nash_core.materialize.
+def _shrink_hidden(model: nn.Module, shapes: dict) -> None:  # noqa: C901
     hidden = shapes.get("hidden")
     if not hidden or hidden["kept"] == hidden["full"]:
         return
