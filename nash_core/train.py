@@ -48,7 +48,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -292,19 +292,288 @@ def _save_best(model, tokenizer, hooks, metrics: dict, out_dir: Path) -> Path:
     return final
 
 
-def _result(out_dir: Path, state: dict) -> TrainResult:
+def _result(out_dir: Path, state: LoopState) -> TrainResult:
     best = out_dir / "best"
     return TrainResult(
-        best if best.is_dir() and state["best_metrics"] is not None else None,
-        state["step"],
-        state["best_metrics"],
-        state["history"],
-        state.get("stop_reason") or "completed",
+        best if best.is_dir() and state.best_metrics is not None else None,
+        state.step,
+        state.best_metrics,
+        state.history,
+        state.stop_reason or "completed",
     )
 
 
+# --------------------------------------------------------------------------- loop state
+@dataclass
+class LogWindow:
+    """Training numbers summed since the last log record (``loss``/``n``/``extra`` are
+    checkpointed, so the first train_loss logged after a resume averages the same steps as
+    without the interruption; ``tokens``/``t0`` only feed tokens_per_s and restart)."""
+
+    loss: float = 0.0
+    n: int = 0
+    extra: dict[str, float] = field(default_factory=dict)
+    tokens: int = 0
+    t0: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class LoopState:
+    """Everything the loop carries from step to step; ``checkpoint/state.json`` is
+    :meth:`to_json` of it (with the window as ``log_window``)."""
+
+    step: int = 0  # optimizer steps taken
+    micro_batches: int = 0  # position in the (seed, position) data order
+    best_score: float | None = None
+    best_metrics: dict | None = None
+    bad_steps: int = 0  # consecutive NaN/inf steps
+    elapsed_s: float = 0.0
+    history: list[dict] = field(default_factory=list)
+    done: bool = False
+    stop_reason: str | None = None
+    window: LogWindow = field(default_factory=LogWindow)
+
+    def to_json(self) -> dict:
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "window"}
+        w = self.window
+        out["log_window"] = {"loss": w.loss, "n": w.n, "extra": dict(w.extra)}
+        return out
+
+    @classmethod
+    def from_json(cls, obj: dict) -> LoopState:
+        obj = dict(obj)
+        window = LogWindow(**obj.pop("log_window", {}))
+        return cls(**obj, window=window)
+
+
+@dataclass
+class _Loop:
+    """The fixed parts of one :func:`train_seq2seq` call and its small steps, in call order."""
+
+    model: Any
+    tokenizer: Any
+    train_ds: Any
+    val_ds: Any
+    cfg: TrainConfig
+    out_dir: Path
+    hooks: list[TrainHook]
+    callback: Callable[[int, dict], Any] | None
+    device: torch.device
+    eval_fn: Callable[[Any], dict] | None
+    collate: Callable[[list], dict]
+    optimizer: Any
+    model_params: list
+    ckpt: _Checkpointer
+    steps: int
+    seed: int
+    state: LoopState
+    main: bool = field(init=False)
+    wants_hidden: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.main = distributed.is_main_process()  # the rank that writes and reports
+        self.wants_hidden = any(h.wants_hidden_states() for h in self.hooks)
+
+    # ---- lr schedule
+    def set_lr(self, step: int) -> None:
+        scale = lr_scale(step, self.cfg.warmup_steps, self.steps)
+        for g in self.optimizer.param_groups:
+            g["lr"] = g["base_lr"] * (scale if g.get("scheduled", True) else 1.0)
+
+    # ---- forward / backward over grad_accum micro-batches
+    def accumulate(self, batches: Iterator[list[int]], step: int, autocast) -> tuple[float, dict]:
+        """Gradients of one optimizer step; returns its mean task+extra loss and hook logs."""
+        cfg, state = self.cfg, self.state
+        self.optimizer.zero_grad(set_to_none=True)
+        step_loss, step_extra = 0.0, {}
+        for _ in range(cfg.grad_accum):
+            indices = distributed.shard(next(batches))
+            batch = _to_device(self.collate([self.train_ds[i] for i in indices]), self.device)
+            state.micro_batches += 1
+            with autocast:
+                outputs = self.model(**batch, output_hidden_states=self.wants_hidden)
+                loss = outputs.loss
+                for hook in self.hooks:
+                    extra, logs = hook.extra_loss(self.model, batch, outputs, step)
+                    if extra is not None:
+                        loss = loss + extra
+                    for k, v in logs.items():
+                        step_extra[k] = step_extra.get(k, 0.0) + float(v) / cfg.grad_accum
+            (loss / cfg.grad_accum).backward()
+            step_loss += float(loss.detach()) / cfg.grad_accum
+            state.window.tokens += int(batch["attention_mask"].sum())
+            state.window.tokens += int((batch["labels"] != -100).sum())
+        return step_loss, step_extra
+
+    # ---- (data-parallel: average over ranks) NaN/inf guard, clipping, update
+    def update(self, step: int, step_loss: float, step_extra: dict) -> None:
+        distributed.average_gradients(p for g in self.optimizer.param_groups for p in g["params"])
+        step_loss = distributed.mean(step_loss)
+        grad_norm = (
+            torch.nn.utils.clip_grad_norm_(self.model_params, self.cfg.max_grad_norm)
+            if self.cfg.max_grad_norm
+            else None
+        )
+        finite = math.isfinite(step_loss) and (grad_norm is None or bool(torch.isfinite(grad_norm)))
+        if not finite:
+            self.skip_bad_step(step)
+            return
+        self.optimizer.step()
+        for hook in self.hooks:
+            hook.after_step(step)
+        self.state.bad_steps = 0
+        w = self.state.window
+        w.loss += step_loss
+        w.n += 1
+        for k, v in step_extra.items():
+            w.extra[k] = w.extra.get(k, 0.0) + v
+
+    def skip_bad_step(self, step: int) -> None:
+        """Drop a NaN/inf step's gradients; raise after ``max_bad_steps`` in a row."""
+        self.optimizer.zero_grad(set_to_none=True)
+        self.state.bad_steps += 1
+        if self.state.bad_steps < self.cfg.max_bad_steps:
+            return
+        kept = (
+            f"the last good checkpoint is {self.ckpt.dir}"
+            if self.ckpt.exists()
+            else "no checkpoint was written yet"
+        )
+        raise TrainingError(
+            f"loss was NaN/inf for {self.state.bad_steps} consecutive steps (up to "
+            f"step {step + 1}; max_bad_steps={self.cfg.max_bad_steps}); {kept}. Lower "
+            "the learning rate, enable max_grad_norm, or check the data."
+        )
+
+    # ---- log
+    def log(self, step: int, bar) -> None:
+        w = self.state.window
+        if step % self.cfg.log_every != 0 or not w.n:
+            return
+        seconds = time.monotonic() - w.t0
+        tokens = distributed.mean(w.tokens) * distributed.world_size()
+        record = {
+            "step": step,
+            "train_loss": w.loss / w.n,
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "tokens_per_s": tokens / max(seconds, 1e-9),
+            **{k: v / w.n for k, v in w.extra.items()},
+        }
+        self.state.history.append(record)
+        bar.set_postfix(loss=f"{record['train_loss']:.3f}")
+        if self.callback and self.main:
+            self.callback(step, record)
+        self.state.window = LogWindow()
+
+    # ---- evaluate + keep best
+    def measure(self) -> dict:
+        model = self.model
+        if self.eval_fn is not None:
+            was_training = model.training
+            model.eval()
+            metrics = dict(self.eval_fn(model))
+            model.train(was_training)
+            if "score" not in metrics:
+                raise TrainingError(
+                    f"eval_fn returned {sorted(metrics)}: it must include "
+                    "'score' (higher is better)"
+                )
+        else:
+            cfg = self.cfg
+            loss = validation_loss(
+                model, self.val_ds, self.collate, cfg.batch_size, cfg.eval_examples, self.device
+            )
+            metrics = {"val_loss": loss, "score": -loss}
+        for hook in self.hooks:
+            metrics.update(hook.eval_metrics())
+        return {k: float(v) for k, v in metrics.items()}
+
+    def evaluate(self, step: int) -> None:
+        # rank 0 evaluates; every rank takes its numbers, so all keep the same best state
+        state = self.state
+        metrics = distributed.broadcast(self.measure() if self.main else None)
+        eligible = all(h.is_eligible(metrics) for h in self.hooks)
+        better = state.best_score is None or metrics["score"] > state.best_score
+        if eligible and better:
+            state.best_score, state.best_metrics = metrics["score"], {**metrics, "step": step}
+            if self.main:
+                _save_best(self.model, self.tokenizer, self.hooks, state.best_metrics, self.out_dir)
+        record = {
+            "step": step,
+            **{f"eval_{k}": v for k, v in metrics.items()},
+            "eval_eligible": float(eligible),
+        }
+        state.history.append(record)
+        if self.callback and self.main:
+            self.callback(step, record)
+
+    # ---- evaluate / checkpoint / stop after a step; True when training is over
+    def end_of_step(self, step: int, started: float, bar) -> bool:
+        cfg, state = self.cfg, self.state
+        state.elapsed_s = time.monotonic() - started
+        out_of_time = distributed.any_rank(
+            cfg.max_time_s is not None and state.elapsed_s >= cfg.max_time_s
+        )
+        stop = distributed.any_rank(bool(stop_requested()))
+        last = step >= self.steps or out_of_time
+        if step % cfg.eval_every == 0 or last:
+            self.evaluate(step)
+        if last:
+            state.done = True
+            state.stop_reason = "max_time" if step < self.steps else "completed"
+        if self.main and (step % cfg.checkpoint_every == 0 or last or stop):
+            state.elapsed_s = time.monotonic() - started
+            self.ckpt.save(self.model, self.optimizer, self.hooks, state.to_json())
+        if stop:
+            bar.close()
+            distributed.barrier()  # the checkpoint is written before anyone leaves
+            raise TrainingInterrupted(
+                f"{stop_requested() or 'a signal'} received: stopped at step {step} with a "
+                f"checkpoint in {self.ckpt.dir}; run again to resume"
+            )
+        return last
+
+    def run(self) -> None:
+        """The optimizer steps from ``state.step`` to the end (or a stop)."""
+        cfg, state, train_ds = self.cfg, self.state, self.train_ds
+        autocast = torch.autocast(
+            "cuda", dtype=torch.bfloat16, enabled=cfg.bf16 and self.device.type == "cuda"
+        )
+        lengths = (
+            list(zip(map(len, train_ds["input_ids"]), map(len, train_ds["labels"])))
+            if cfg.group_by_length
+            else None
+        )
+        batches = batch_indices(
+            len(train_ds), cfg.batch_size, self.seed, state.micro_batches, lengths
+        )
+        started = time.monotonic() - state.elapsed_s
+        bar = tqdm(
+            total=self.steps,
+            initial=state.step,
+            desc="train",
+            unit="step",
+            disable=progress_disabled() or not self.main,
+            dynamic_ncols=True,
+        )
+        self.model.train()
+        try:
+            while state.step < self.steps:
+                step = state.step
+                self.set_lr(step)
+                step_loss, step_extra = self.accumulate(batches, step, autocast)
+                self.update(step, step_loss, step_extra)
+                state.step = step = step + 1
+                bar.update(1)
+                self.log(step, bar)
+                if self.end_of_step(step, started, bar):
+                    break
+        finally:
+            bar.close()
+
+
 # --------------------------------------------------------------------------- the loop
-def train_seq2seq(  # noqa: C901 - being split into named pieces (issue 17)
+def train_seq2seq(
     model,
     tokenizer,
     train_ds,
@@ -329,213 +598,42 @@ def train_seq2seq(  # noqa: C901 - being split into named pieces (issue 17)
     """
     out_dir = Path(out_dir)
     device = torch.device(device or "cpu")
-    collate = collate or Seq2SeqCollator(tokenizer)
     hooks = list(hooks)
     if len(train_ds) == 0:
         raise TrainingError("the training split is empty after tokenisation")
-    steps = total_steps(cfg, len(train_ds))
     ckpt = _Checkpointer(out_dir)
-    main = distributed.is_main_process()  # the rank that writes and reports
     model.to(device)
 
     with _frozen_embeddings(model, cfg.freeze_embeddings):
         optimizer, model_params = _build_optimizer(model, cfg, hooks)
-        state = {
-            "step": 0,
-            "micro_batches": 0,
-            "best_score": None,
-            "best_metrics": None,
-            "bad_steps": 0,
-            "elapsed_s": 0.0,
-            "history": [],
-            "done": False,
-            "stop_reason": None,
-        }
         if ckpt.exists():
-            state = ckpt.load(model, optimizer, hooks, device)
-            if state["done"]:
+            state = LoopState.from_json(ckpt.load(model, optimizer, hooks, device))
+            if state.done:
                 return _result(out_dir, state)
         else:
+            state = LoopState()
             torch.manual_seed(seed)  # same dropout / mask noise for every fresh run
-
-        def measure() -> dict:
-            if eval_fn is not None:
-                was_training = model.training
-                model.eval()
-                metrics = dict(eval_fn(model))
-                model.train(was_training)
-                if "score" not in metrics:
-                    raise TrainingError(
-                        f"eval_fn returned {sorted(metrics)}: it must include "
-                        "'score' (higher is better)"
-                    )
-            else:
-                loss = validation_loss(
-                    model, val_ds, collate, cfg.batch_size, cfg.eval_examples, device
-                )
-                metrics = {"val_loss": loss, "score": -loss}
-            for hook in hooks:
-                metrics.update(hook.eval_metrics())
-            return {k: float(v) for k, v in metrics.items()}
-
-        def evaluate(step: int) -> None:
-            # rank 0 evaluates; every rank takes its numbers, so all keep the same best state
-            metrics = distributed.broadcast(measure() if main else None)
-            eligible = all(h.is_eligible(metrics) for h in hooks)
-            better = state["best_score"] is None or metrics["score"] > state["best_score"]
-            if eligible and better:
-                state["best_score"], state["best_metrics"] = (
-                    metrics["score"],
-                    {**metrics, "step": step},
-                )
-                if main:
-                    _save_best(model, tokenizer, hooks, state["best_metrics"], out_dir)
-            record = {
-                "step": step,
-                **{f"eval_{k}": v for k, v in metrics.items()},
-                "eval_eligible": float(eligible),
-            }
-            state["history"].append(record)
-            if callback and main:
-                callback(step, record)
-
-        autocast = torch.autocast(
-            "cuda", dtype=torch.bfloat16, enabled=cfg.bf16 and device.type == "cuda"
+        loop = _Loop(
+            model,
+            tokenizer,
+            train_ds,
+            val_ds,
+            cfg,
+            out_dir,
+            hooks,
+            callback,
+            device,
+            eval_fn,
+            collate or Seq2SeqCollator(tokenizer),
+            optimizer,
+            model_params,
+            ckpt,
+            total_steps(cfg, len(train_ds)),
+            seed,
+            state,
         )
-        wants_hidden = any(h.wants_hidden_states() for h in hooks)
-        lengths = (
-            list(zip(map(len, train_ds["input_ids"]), map(len, train_ds["labels"])))
-            if cfg.group_by_length
-            else None
-        )
-        batches = batch_indices(
-            len(train_ds), cfg.batch_size, seed, state["micro_batches"], lengths
-        )
-        started = time.monotonic() - state["elapsed_s"]
-        window = {"loss": 0.0, "n": 0, "tokens": 0, "t0": time.monotonic(), "extra": {}}
-        window.update(state.get("log_window", {}))  # a checkpoint between two log steps
-        bar = tqdm(
-            total=steps,
-            initial=state["step"],
-            desc="train",
-            unit="step",
-            disable=progress_disabled() or not main,
-            dynamic_ncols=True,
-        )
-        model.train()
         with stop_on_signals():  # process-wide: works when Prefect trains in a worker thread
-            while state["step"] < steps:
-                step = state["step"]
-                scale = lr_scale(step, cfg.warmup_steps, steps)
-                for g in optimizer.param_groups:
-                    g["lr"] = g["base_lr"] * (scale if g.get("scheduled", True) else 1.0)
-
-                # ---- forward / backward over grad_accum micro-batches
-                optimizer.zero_grad(set_to_none=True)
-                step_loss, step_extra = 0.0, {}
-                for _ in range(cfg.grad_accum):
-                    indices = distributed.shard(next(batches))
-                    batch = _to_device(collate([train_ds[i] for i in indices]), device)
-                    state["micro_batches"] += 1
-                    with autocast:
-                        outputs = model(**batch, output_hidden_states=wants_hidden)
-                        loss = outputs.loss
-                        for hook in hooks:
-                            extra, logs = hook.extra_loss(model, batch, outputs, step)
-                            if extra is not None:
-                                loss = loss + extra
-                            for k, v in logs.items():
-                                step_extra[k] = step_extra.get(k, 0.0) + float(v) / cfg.grad_accum
-                    (loss / cfg.grad_accum).backward()
-                    step_loss += float(loss.detach()) / cfg.grad_accum
-                    window["tokens"] += int(batch["attention_mask"].sum())
-                    window["tokens"] += int((batch["labels"] != -100).sum())
-
-                # ---- (data-parallel: average over ranks) NaN/inf guard, clipping, update
-                distributed.average_gradients(
-                    p for g in optimizer.param_groups for p in g["params"]
-                )
-                step_loss = distributed.mean(step_loss)
-                grad_norm = (
-                    torch.nn.utils.clip_grad_norm_(model_params, cfg.max_grad_norm)
-                    if cfg.max_grad_norm
-                    else None
-                )
-                finite = math.isfinite(step_loss) and (
-                    grad_norm is None or bool(torch.isfinite(grad_norm))
-                )
-                if finite:
-                    optimizer.step()
-                    for hook in hooks:
-                        hook.after_step(step)
-                    state["bad_steps"] = 0
-                    window["loss"] += step_loss
-                    window["n"] += 1
-                    for k, v in step_extra.items():
-                        window["extra"][k] = window["extra"].get(k, 0.0) + v
-                else:
-                    optimizer.zero_grad(set_to_none=True)
-                    state["bad_steps"] += 1
-                    if state["bad_steps"] >= cfg.max_bad_steps:
-                        bar.close()
-                        kept = (
-                            f"the last good checkpoint is {ckpt.dir}"
-                            if ckpt.exists()
-                            else "no checkpoint was written yet"
-                        )
-                        raise TrainingError(
-                            f"loss was NaN/inf for {state['bad_steps']} consecutive steps (up to "
-                            f"step {step + 1}; max_bad_steps={cfg.max_bad_steps}); {kept}. Lower "
-                            "the learning rate, enable max_grad_norm, or check the data."
-                        )
-                state["step"] = step = step + 1
-                bar.update(1)
-
-                # ---- log, evaluate, checkpoint, stop
-                if step % cfg.log_every == 0 and window["n"]:
-                    seconds = time.monotonic() - window["t0"]
-                    tokens = distributed.mean(window["tokens"]) * distributed.world_size()
-                    record = {
-                        "step": step,
-                        "train_loss": window["loss"] / window["n"],
-                        "lr": optimizer.param_groups[0]["lr"],
-                        "tokens_per_s": tokens / max(seconds, 1e-9),
-                        **{k: v / window["n"] for k, v in window["extra"].items()},
-                    }
-                    state["history"].append(record)
-                    bar.set_postfix(loss=f"{record['train_loss']:.3f}")
-                    if callback and main:
-                        callback(step, record)
-                    window = {"loss": 0.0, "n": 0, "tokens": 0, "t0": time.monotonic(), "extra": {}}
-                state["elapsed_s"] = time.monotonic() - started
-                out_of_time = distributed.any_rank(
-                    cfg.max_time_s is not None and state["elapsed_s"] >= cfg.max_time_s
-                )
-                stop = distributed.any_rank(bool(stop_requested()))
-                last = step >= steps or out_of_time
-                if step % cfg.eval_every == 0 or last:
-                    evaluate(step)
-                if last:
-                    state["done"] = True
-                    state["stop_reason"] = "max_time" if step < steps else "completed"
-                if main and (step % cfg.checkpoint_every == 0 or last or stop):
-                    state["elapsed_s"] = time.monotonic() - started
-                    # the partial log window too: the next logged train_loss after a resume
-                    # averages the same steps as without the interruption
-                    state["log_window"] = {k: window[k] for k in ("loss", "n", "extra")}
-                    ckpt.save(model, optimizer, hooks, state)
-                if stop:
-                    bar.close()
-                    distributed.barrier()  # the checkpoint is written before anyone leaves
-                    raise TrainingInterrupted(
-                        f"{stop_requested() or 'a signal'} received: "
-                        f"stopped at step {step}"
-                        f" with a checkpoint in {ckpt.dir}; run again to "
-                        "resume"
-                    )
-                if last:
-                    break
-        bar.close()
+            loop.run()
     distributed.barrier()  # rank 0 has written best/ and the final checkpoint
     model.eval()
     return _result(out_dir, state)
