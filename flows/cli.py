@@ -403,15 +403,11 @@ def main(argv: list[str] | None = None) -> int:
         args = argparse.Namespace(func=cmd_benchmark, rest=argv[1:])
     else:
         args = parser.parse_args(argv)
-    from nash_core.config import ConfigError
     from nash_core.errors import NashError
 
     try:
         return int(args.func(args) or 0)
-    except ConfigError as exc:
-        _err(str(exc))
-        return EXIT_BAD_INPUT
-    except NashError as exc:
+    except NashError as exc:  # ConfigError, DataError, ModelError, TrainingError, TrackingError
         _err(str(exc))
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:

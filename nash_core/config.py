@@ -16,15 +16,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-
-class ConfigError(ValueError):
-    """A config could not be read or validated. ``problems`` holds one line per bad field."""
-
-    def __init__(self, source: str, problems: list[str]):
-        self.source = source
-        self.problems = problems
-        lines = "\n".join(f"  - {p}" for p in problems)
-        super().__init__(f"invalid config {source}: {len(problems)} problem(s)\n{lines}")
+from nash_core.errors import ConfigError  # raised here; importable from here as before
 
 
 class _Section(BaseModel):

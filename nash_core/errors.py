@@ -5,6 +5,20 @@ class NashError(Exception):
     """Base class: the message names the culprit and says how to fix it."""
 
 
+class ConfigError(NashError, ValueError):
+    """A config could not be read or validated. ``problems`` holds one line per bad field.
+
+    Also a ``ValueError`` (what a bad value is in Python), so callers that validate values keep
+    catching it; the CLI catches it as a :class:`NashError` like every other user error.
+    """
+
+    def __init__(self, source: str, problems: list[str]):
+        self.source = source
+        self.problems = problems
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"invalid config {source}: {len(problems)} problem(s)\n{lines}")
+
+
 class DataError(NashError):
     """A dataset, split, column or row is unusable."""
 

@@ -30,7 +30,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from nash_core.config import ConfigError, NashConfig, check_decoder_layers
+from nash_core.config import NashConfig, check_decoder_layers
 from nash_core.errors import ModelError, NashError, TrackingError
 from tasks.cache import StepResult, cache_key, run_cached
 
@@ -101,10 +101,7 @@ def base_step(cfg: NashConfig, workdir: str | Path, data: StepResult) -> StepRes
         return info.to_dict()
 
     res = run_cached(workdir, "base", key, compute)
-    try:
-        check_decoder_layers(cfg, res.meta["num_decoder_layers"])
-    except ValueError as exc:
-        raise ConfigError("config", [str(exc)]) from None
+    check_decoder_layers(cfg, res.meta["num_decoder_layers"])  # ConfigError, as it is
     return res
 
 
