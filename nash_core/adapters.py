@@ -12,6 +12,7 @@ per-layer widths that no stock config can express.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Literal
 
@@ -99,28 +100,32 @@ class FFNRef:
         return self.output.bias.numel() if self.output.bias is not None else 0
 
 
-class Adapter:
-    """Family-independent view of an encoder-decoder model. Subclasses fill in the locations."""
+class Adapter(ABC):
+    """Family-independent view of an encoder-decoder model. Subclasses fill in the locations:
+    the ``@abstractmethod`` ones are required (a family that forgets one fails when it is
+    instantiated, not in the middle of a pruning stage); the rest have family-neutral defaults."""
 
     family: str = ""
     model_types: tuple[str, ...] = ()
 
-    def layers(self, model: nn.Module, stack: Stack) -> nn.ModuleList:
-        raise NotImplementedError
+    @abstractmethod
+    def layers(self, model: nn.Module, stack: Stack) -> nn.ModuleList: ...
 
+    @abstractmethod
     def attention(
         self, layer: nn.Module, stack: Stack, index: int, kind: AttnKind
     ) -> AttentionRef | None:
         """The attention sub-layer, or None when the layer has none (encoder cross) or it was
         dropped."""
-        raise NotImplementedError
+        ...
 
-    def ffn(self, layer: nn.Module, stack: Stack, index: int) -> FFNRef | None:
-        raise NotImplementedError
+    @abstractmethod
+    def ffn(self, layer: nn.Module, stack: Stack, index: int) -> FFNRef | None: ...
 
+    @abstractmethod
     def set_decoder_depth(self, model: nn.Module, k: int) -> None:
         """Update every config copy that states the decoder depth."""
-        raise NotImplementedError
+        ...
 
     def move_position_table(self, old_first: nn.Module, new_first: nn.Module) -> None:
         """Give the new first decoder layer whatever only the old first layer owned."""
@@ -135,9 +140,10 @@ class Adapter:
         """The residual-stream width of ``model`` as its modules have it (not the config)."""
         return model.get_input_embeddings().embedding_dim
 
+    @abstractmethod
     def embedding_writes(self, model: nn.Module) -> list[nn.Module]:
         """Modules whose output is the embedding's write into the residual stream (per stack)."""
-        raise NotImplementedError
+        ...
 
     def hidden_norms(self, model: nn.Module) -> list[nn.Module]:
         """Mean-subtracting LayerNorms that must be computed over the kept dimensions only."""
@@ -158,12 +164,13 @@ class Adapter:
         embedding)."""
         return None
 
+    @abstractmethod
     def hidden_params(self, model: nn.Module) -> list[tuple[nn.Parameter, int]]:
         """Parameters outside the attention/FFN sub-layers that have a hidden axis, with that axis.
 
         Tied parameters may appear more than once (callers de-duplicate by identity).
         """
-        raise NotImplementedError
+        ...
 
     def needs_self_attention(self, stack: Stack, index: int) -> bool:
         """True when this self-attention may lose heads but never all of them.

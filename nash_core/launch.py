@@ -24,37 +24,42 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from nash_core.config import NashConfig
 from nash_core.errors import TrainingError
 from nash_core.io import atomic_write_json
-
-Callback = Callable[[int, dict], Any] | None
+from nash_core.steps import (
+    Callback,
+    FinetuneArgs,
+    StageArgs,
+    StepArgs,
+    TeacherArgs,
+    step_args,
+)
 
 
 # --------------------------------------------------------------------------- the steps
-def _teacher(cfg: NashConfig, args: dict, callback: Callback, device) -> Path:
+def _teacher(cfg: NashConfig, args: TeacherArgs, callback: Callback, device) -> Path:
     from nash_core.base_model import BaseInfo
     from nash_core.teacher import train_teacher
 
     return train_teacher(
-        cfg, args["splits_dir"], BaseInfo(**args["base_info"]), args["out_dir"], callback=callback
+        cfg, args.splits_dir, BaseInfo(**args.base_info), args.out_dir, callback=callback
     )
 
 
-def _stage(cfg: NashConfig, args: dict, callback: Callback, device) -> Path:
+def _stage(cfg: NashConfig, args: StageArgs, callback: Callback, device) -> Path:
     from nash_core.prune import run_stage
 
     return run_stage(
-        args["teacher_dir"],
-        args["init_dir"],
-        cfg.pruning.arms[args["arm_index"]],
-        cfg.stage_config(args["arm_index"]),
-        args["prev_target"],
-        args["target"],
-        args["out_dir"],
-        splits_dir=args["splits_dir"],
+        args.teacher_dir,
+        args.init_dir,
+        cfg.pruning.arms[args.arm_index],
+        cfg.stage_config(args.arm_index),
+        args.prev_target,
+        args.target,
+        args.out_dir,
+        splits_dir=args.splits_dir,
         data_cfg=cfg.data,
         callback=callback,
         seed=cfg.experiment.seed,
@@ -62,16 +67,16 @@ def _stage(cfg: NashConfig, args: dict, callback: Callback, device) -> Path:
     )
 
 
-def _finetune(cfg: NashConfig, args: dict, callback: Callback, device) -> Path:
+def _finetune(cfg: NashConfig, args: FinetuneArgs, callback: Callback, device) -> Path:
     from nash_core.prune import finetune
 
-    ft = cfg.finetune if args.get("arm_index") is None else cfg.finetune_config(args["arm_index"])
+    ft = cfg.finetune if args.arm_index is None else cfg.finetune_config(args.arm_index)
     return finetune(
-        args["export_dir"],
-        args["teacher_dir"],
+        args.export_dir,
+        args.teacher_dir,
         ft,
-        args["out_dir"],
-        splits_dir=args["splits_dir"],
+        args.out_dir,
+        splits_dir=args.splits_dir,
         data_cfg=cfg.data,
         callback=callback,
         seed=cfg.experiment.seed,
@@ -79,14 +84,17 @@ def _finetune(cfg: NashConfig, args: dict, callback: Callback, device) -> Path:
     )
 
 
-#: step name -> runner(cfg, args, callback, device). ``args`` is JSON: paths, numbers, dicts.
+#: step name -> runner(cfg, args, callback, device); ``args`` is the step's model in
+#: :mod:`nash_core.steps` (JSON-serialisable, so torchrun ranks rebuild it from the spec).
 STEPS = {"teacher": _teacher, "stage": _stage, "finetune": _finetune}
 
 
 def run_step(
-    step: str, cfg: NashConfig, args: dict, *, callback: Callback = None, device=None
+    step: str, cfg: NashConfig, args: StepArgs | dict, *, callback: Callback = None, device=None
 ) -> Path:
-    """Run ``step`` with ``args``; under torchrun when ``cfg.experiment.train_processes`` > 1."""
+    """Run ``step`` with ``args`` (its :mod:`nash_core.steps` model, or that model as a dict);
+    under torchrun when ``cfg.experiment.train_processes`` > 1."""
+    args = step_args(step, args)
     if cfg.experiment.train_processes > 1:
         return run_torchrun(
             step,
@@ -94,7 +102,7 @@ def run_step(
             args,
             cfg.experiment.train_processes,
             callback=callback,
-            work_dir=Path(args["out_dir"]).parent,
+            work_dir=Path(args.out_dir).parent,
         )
     return STEPS[step](cfg, args, callback, device)
 
@@ -117,7 +125,7 @@ def torchrun_command(nproc: int, spec_path: str | Path) -> list[str]:
 def run_torchrun(
     step: str,
     cfg: NashConfig,
-    args: dict,
+    args: StepArgs | dict,
     nproc: int,
     *,
     callback: Callback = None,
@@ -128,15 +136,14 @@ def run_torchrun(
     ``work_dir`` receives ``<step>.launch.json`` (the spec), ``<step>.curve.jsonl`` and
     ``<step>.torchrun.log`` (every rank's output; its tail is in the error if a rank fails).
     """
-    if step not in STEPS:
-        raise ValueError(f"unknown training step {step!r}; one of {sorted(STEPS)}")
+    args = step_args(step, args)
     work_dir = Path(work_dir)
     spec = atomic_write_json(
         work_dir / f"{step}.launch.json",
         {
             "step": step,
             "config": cfg.model_dump(mode="json"),
-            "args": args,
+            "args": args.model_dump(mode="json"),
             "curve": str(work_dir / f"{step}.curve.jsonl"),
             "result": None,
         },
@@ -226,7 +233,10 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
         out = STEPS[spec["step"]](
-            cfg, spec["args"], _append_curve(spec["curve"]) if main_rank else None, device
+            cfg,
+            step_args(spec["step"], spec["args"]),
+            _append_curve(spec["curve"]) if main_rank else None,
+            device,
         )
         if main_rank:
             atomic_write_json(spec_path, {**spec, "result": str(out)})

@@ -25,7 +25,9 @@ same sample while gradients still reach ``log_alpha``. Eval mode uses the determ
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -78,7 +80,16 @@ class HardConcrete(nn.Module):
         shape = (len(spec.layers), spec.units)
         self.log_alpha = nn.Parameter(torch.normal(spec.init_mean, INIT_STD, shape))
         self.register_buffer("noise", torch.full(shape, 0.5))
+        # the eval mask, built on first eval use. It changes only when log_alpha does, and what
+        # changes log_alpha says so: clamp_ (after every optimizer step) and load_state_dict call
+        # invalidate(); code that writes log_alpha by hand calls it too.
+        self._eval_mask: torch.Tensor | None = None
+        self.register_load_state_dict_post_hook(_invalidate_after_load)
         self.resample()
+
+    def invalidate(self) -> None:
+        """Forget the cached eval mask (log_alpha changed)."""
+        self._eval_mask = None
 
     def resample(self) -> None:
         with torch.no_grad():
@@ -87,6 +98,7 @@ class HardConcrete(nn.Module):
     def clamp_(self) -> None:
         with torch.no_grad():
             self.log_alpha.clamp_(LOG_ALPHA_MIN, LOG_ALPHA_MAX)
+        self.invalidate()
 
     def prob_nonzero(self) -> torch.Tensor:
         """P(gate != 0) per unit, differentiable in log_alpha."""
@@ -117,11 +129,14 @@ class HardConcrete(nn.Module):
     def gate(self, row: int, training: bool) -> torch.Tensor:
         if training:
             return self.sample(row)
-        # the eval mask changes only when log_alpha does (optimizer step, clamp, load): cache it
-        key = (self.log_alpha._version, self.log_alpha.device)
-        if getattr(self, "_eval_key", None) != key:
-            self._eval_mask, self._eval_key = self.deterministic(), key
-        return self._eval_mask[row]
+        mask = self._eval_mask
+        if mask is None or mask.device != self.log_alpha.device:
+            mask = self._eval_mask = self.deterministic()
+        return mask[row]
+
+
+def _invalidate_after_load(module: HardConcrete, incompatible_keys) -> None:
+    module.invalidate()
 
 
 class MaskSet(nn.Module):
@@ -185,6 +200,16 @@ class MaskSet(nn.Module):
             self._handles.append(norm.register_forward_hook(_layer_norm_over_kept(group)))
         for module in adapter.residual_writes(model):
             self._handles.append(module.register_forward_hook(_scale_output(group, 0)))
+
+    @contextlib.contextmanager
+    def attached(self, model: nn.Module) -> Iterator[MaskSet]:
+        """``with masks.attached(model):`` -- the gating hooks for the block, removed on any exit
+        (an exception or an interrupt included)."""
+        self.attach(model)
+        try:
+            yield self
+        finally:
+            self.detach()
 
     def detach(self) -> None:
         for h in self._handles:

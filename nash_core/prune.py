@@ -7,7 +7,7 @@ and resume them:
   distillation and the sparsity constraint. The first stage starts from the teacher with the
   arm's decoder layers; stage i continues from stage i-1's weights, masks and multipliers and
   ramps the target from the previous one. Output: the unmaterialised student (HF directory),
-  ``nash_masks.pt`` and ``stage_meta.json``.
+  ``nash_masks.pt`` (:data:`sparsity.MASKS_FILE`) and ``stage_meta.json``.
 - :func:`materialize_stage` folds and slices the masks into a smaller model and exports it.
 - :func:`finetune` trains the exported model a little more (task loss + optional KD).
 
@@ -19,9 +19,9 @@ layers, no masks: a single distillation fine-tune).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,14 +43,14 @@ from nash_core.sparsity import (
     SparsityHook,
     count_parameters,
     count_prunable,
-    load_pruning_state,
+    load_masks,
     save_pruning_state,
 )
+from nash_core.steps import Callback
 from nash_core.train import train_seq2seq
 
 log = logging.getLogger(__name__)
 STAGE_META = "stage_meta.json"
-Callback = Callable[[int, dict], Any] | None
 
 
 def _datasets(splits_dir, data_cfg: DataConfig, tokenizer):
@@ -111,6 +111,32 @@ def constraint_for(arm: ArmConfig, prev_target: float, target: float) -> Constra
     return Constraint("encoder", ("encoder",), prev_target, target)
 
 
+def _starting_point(teacher_dir, init_dir, arm: ArmConfig, stage_cfg: PruneStageConfig):
+    """(student, tokenizer, masks, previous pruning state): a fresh student with planned masks
+    for the first stage, else the previous stage's weights, masks and multipliers."""
+    if init_dir is None:
+        student, tokenizer = initial_student(teacher_dir, arm)
+        return student, tokenizer, plan_masks(student, arm, stage_cfg), None
+    student, tokenizer = load_seq2seq(init_dir)
+    masks, previous = load_masks(init_dir)
+    return student, tokenizer, masks, previous
+
+
+def _sparsity_hook(student, masks, arm, stage_cfg, prev_target, target, previous):
+    hook = SparsityHook(
+        student,
+        masks,
+        [constraint_for(arm, prev_target, target)],
+        warmup_steps=stage_cfg.target_warmup_steps,
+        mask_lr=stage_cfg.mask_lr,
+        lagrangian_lr=stage_cfg.lagrangian_lr,
+        epsilon=stage_cfg.sparsity_epsilon,
+    )
+    if previous:
+        hook.lagrangian.load_state_dict(previous["lagrangian"])
+    return hook
+
+
 def run_stage(
     teacher_dir: str | Path,
     init_dir: str | Path | None,
@@ -135,67 +161,54 @@ def run_stage(
     out_dir = Path(out_dir)
     seed_everything(seed)
     teacher = _teacher_for(teacher_dir, stage_cfg.distill)
-    if init_dir is None:
-        student, tokenizer = initial_student(teacher_dir, arm)
-        masks = plan_masks(student, arm, stage_cfg)
-        previous = None
-    else:
-        student, tokenizer = load_seq2seq(init_dir)
-        previous = (
-            load_pruning_state(init_dir) if (Path(init_dir) / "nash_masks.pt").is_file() else None
-        )
-        masks = MaskSet(previous["specs"]) if previous else None
-        if masks is not None:
-            masks.load_state_dict(previous["masks"])
+    student, tokenizer, masks, previous = _starting_point(teacher_dir, init_dir, arm, stage_cfg)
 
     hooks = [DistillHook(teacher, student, stage_cfg.distill, device=device)]
     sparsity = None
-    if masks is not None:
-        masks.to(device or "cpu").attach(student)
-        sparsity = SparsityHook(
-            student,
-            masks,
-            [constraint_for(arm, prev_target, target)],
-            warmup_steps=stage_cfg.target_warmup_steps,
-            mask_lr=stage_cfg.mask_lr,
-            lagrangian_lr=stage_cfg.lagrangian_lr,
-            epsilon=stage_cfg.sparsity_epsilon,
-        )
-        if previous:
-            sparsity.lagrangian.load_state_dict(previous["lagrangian"])
-        hooks.append(sparsity)
+    with contextlib.ExitStack() as attached:
+        if masks is not None:
+            attached.enter_context(masks.to(device or "cpu").attached(student))
+            sparsity = _sparsity_hook(student, masks, arm, stage_cfg, prev_target, target, previous)
+            hooks.append(sparsity)
 
-    train_ds, val_ds = _datasets(splits_dir, data_cfg, tokenizer)
-    work = _work_dir(out_dir)
-    result = train_seq2seq(
-        student,
-        tokenizer,
-        train_ds,
-        val_ds,
-        stage_cfg.train,
-        work,
-        hooks=hooks,
-        callback=callback,
-        seed=seed,
-        device=device,
-    )
-    if not is_main_process():  # a data-parallel rank > 0: rank 0 writes the stage directory
-        return out_dir
-    on_target = result.best_dir is not None
-    meta = {
-        "method": arm.method,
-        "arm": arm.label,
-        "target": target,
-        "prev_target": prev_target,
-        "teacher": str(teacher_dir),
-        "init_dir": str(init_dir) if init_dir else None,
-        "decoder_layers_kept": getattr(student.config, "nash_decoder_layers_kept", None),
-        "on_target": on_target,
-        "best_metrics": result.best_metrics,
-        "last_step": result.last_step,
-    }
+        train_ds, val_ds = _datasets(splits_dir, data_cfg, tokenizer)
+        work = _work_dir(out_dir)
+        result = train_seq2seq(
+            student,
+            tokenizer,
+            train_ds,
+            val_ds,
+            stage_cfg.train,
+            work,
+            hooks=hooks,
+            callback=callback,
+            seed=seed,
+            device=device,
+        )
+        if not is_main_process():  # a data-parallel rank > 0: rank 0 writes the stage directory
+            return out_dir
+        meta = {
+            "method": arm.method,
+            "arm": arm.label,
+            "target": target,
+            "prev_target": prev_target,
+            "teacher": str(teacher_dir),
+            "init_dir": str(init_dir) if init_dir else None,
+            "decoder_layers_kept": getattr(student.config, "nash_decoder_layers_kept", None),
+            "on_target": result.best_dir is not None,
+            "best_metrics": result.best_metrics,
+            "last_step": result.last_step,
+        }
+        _write_stage(out_dir, result, meta, student, tokenizer, sparsity, stage_cfg, target)
+    shutil.rmtree(work, ignore_errors=True)
+    return out_dir
+
+
+def _write_stage(out_dir, result, meta, student, tokenizer, sparsity, stage_cfg, target) -> None:
+    """The stage directory: the best on-target checkpoint, else the final state (with a warning
+    that says which knobs move the sparsity)."""
     with atomic_dir(out_dir) as tmp:
-        if on_target:
+        if meta["on_target"]:
             shutil.copytree(result.best_dir, tmp, dirs_exist_ok=True)
         else:
             reached = sparsity.eval_metrics() if sparsity is not None else {}
@@ -218,14 +231,10 @@ def run_stage(
             student.save_pretrained(str(tmp), safe_serialization=True)
             tokenizer.save_pretrained(str(tmp))
             if sparsity is not None:
-                save_pruning_state(tmp, masks, sparsity.lagrangian, reached)
+                save_pruning_state(tmp, sparsity.masks, sparsity.lagrangian, reached)
         if sparsity is not None:
             meta["sparsity"] = read_json(tmp / "nash_sparsity.json")
         atomic_write_json(tmp / STAGE_META, meta)
-    if masks is not None:
-        masks.detach()
-    shutil.rmtree(work, ignore_errors=True)
-    return out_dir
 
 
 def materialize_stage(stage_dir: str | Path, out_dir: str | Path) -> Path:
@@ -239,11 +248,8 @@ def materialize_stage(stage_dir: str | Path, out_dir: str | Path) -> Path:
     model, tokenizer = load_seq2seq(stage_dir)
     before = {"encoder": count_prunable(model, ("encoder",)), "total": count_prunable(model)}
     params_before = count_parameters(model)
-    masks = None
-    if (stage_dir / "nash_masks.pt").is_file():
-        state = load_pruning_state(stage_dir)
-        masks = MaskSet(state["specs"])
-        masks.load_state_dict(state["masks"])
+    masks, _ = load_masks(stage_dir)
+    if masks is not None:
         materialize(model, masks)
     after = {"encoder": count_prunable(model, ("encoder",)), "total": count_prunable(model)}
     nash_meta = {

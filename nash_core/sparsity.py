@@ -33,7 +33,7 @@ class Sublayer:
     A unit (head / FFN unit) costs ``per_unit_h`` parameters per hidden dimension (its q/k/v rows
     and o column, or its FFN rows and column) plus ``per_unit_c`` that do not depend on the
     width (q/k/v or input biases). The sub-layer as a whole owns ``fixed_h`` per hidden dimension
-    (BART's output bias) plus ``fixed_c``; ``norm_h`` per hidden dimension is a norm that exists
+    (BART's output bias); ``norm_h`` per hidden dimension is a norm that exists
     only while the sub-layer keeps a unit (T5's pre-norm goes with a dropped sub-layer).
     ``hidden`` is the model's current width.
     """
@@ -45,7 +45,6 @@ class Sublayer:
     per_unit_h: int
     per_unit_c: int
     fixed_h: int
-    fixed_c: int
     norm_h: int
     hidden: int
 
@@ -55,7 +54,7 @@ class Sublayer:
 
     @property
     def fixed(self) -> int:
-        return self.fixed_h * self.hidden + self.fixed_c
+        return self.fixed_h * self.hidden
 
     @property
     def size(self) -> int:
@@ -102,7 +101,6 @@ def _sublayer(adapter, layer, stack, kind, i, units, ref, hidden) -> Sublayer:
         per_unit_h=_exact_div(ref.weight_params, units * hidden, what),
         per_unit_c=_exact_div(ref.unit_bias_params, units, what),
         fixed_h=_exact_div(ref.fixed_params, hidden, what),
-        fixed_c=0,
         norm_h=_exact_div(sum(p.numel() for p in norm.parameters()), hidden, what)
         if norm is not None
         else 0,
@@ -162,7 +160,7 @@ class SizeModel:
 
     def size(self, values: dict[str, torch.Tensor], stacks: tuple[Stack, ...]) -> torch.Tensor:
         """Sum over sub-layers of
-        gate * (kept units * (per_unit_h * h + per_unit_c) + fixed_h * h + fixed_c).
+        gate * (kept units * (per_unit_h * h + per_unit_c) + fixed_h * h).
 
         ``values`` maps group names to per-unit P(nonzero) (expected size) or to 0/1 indicators
         of the deterministic mask (the materialised size); ``h`` is the open hidden width.
@@ -187,7 +185,7 @@ class SizeModel:
             units = self._lookup(values, e, unit_target)
             kept_units = units.sum() if units is not None else float(e.units)
             gate = self._lookup(values, e, "layer")
-            sub = kept_units * (e.per_unit_h * h + e.per_unit_c) + e.fixed_h * h + e.fixed_c
+            sub = kept_units * (e.per_unit_h * h + e.per_unit_c) + e.fixed_h * h
             if norms and e.norm_h:
                 # the norm exists while at least one unit does: P(any unit) = 1 - prod(1 - p)
                 alive = 1.0 - torch.prod(1.0 - units) if units is not None else 1.0
@@ -268,7 +266,6 @@ class SparsityHook(TrainHook):
         )
         self.warmup_steps = warmup_steps
         self.mask_lr, self.lagrangian_lr, self.epsilon = mask_lr, lagrangian_lr, epsilon
-        self.step = 0
 
     def param_groups(self, model: nn.Module) -> list[dict]:
         return [
@@ -291,7 +288,6 @@ class SparsityHook(TrainHook):
         ]
 
     def extra_loss(self, model, batch, outputs, step: int):
-        self.step = step
         probs = self.masks.probs()
         loss = torch.zeros((), device=next(self.masks.parameters()).device)
         metrics = {}
@@ -311,8 +307,7 @@ class SparsityHook(TrainHook):
         return loss, metrics
 
     def after_step(self, step: int) -> None:
-        self.step = step
-        self.masks.clamp_()
+        self.masks.clamp_()  # also drops the masks' cached eval mask
         self.masks.resample()
 
     def eval_metrics(self) -> dict:
@@ -339,13 +334,12 @@ class SparsityHook(TrainHook):
         return {
             "masks": self.masks.state_dict(),
             "lagrangian": self.lagrangian.state_dict(),
-            "step": self.step,
         }
 
     def load_state_dict(self, state: dict) -> None:
         self.masks.load_state_dict(state["masks"])
+        # a "step" entry (written by older checkpoints) is not read
         self.lagrangian.load_state_dict(state["lagrangian"])
-        self.step = state["step"]
 
     def save_best(self, out_dir: str | Path) -> None:
         save_pruning_state(out_dir, self.masks, self.lagrangian, self.eval_metrics())
@@ -368,6 +362,17 @@ def save_pruning_state(
         out / MASKS_FILE,
     )
     atomic_write_json(out / "nash_sparsity.json", metrics)
+
+
+def load_masks(stage_dir: str | Path) -> tuple[MaskSet | None, dict | None]:
+    """The trained MaskSet of a stage directory and its :func:`load_pruning_state` dict, or
+    (None, None) when the directory has no masks (sft)."""
+    if not (Path(stage_dir) / MASKS_FILE).is_file():
+        return None, None
+    state = load_pruning_state(stage_dir)
+    masks = MaskSet(state["specs"])
+    masks.load_state_dict(state["masks"])
+    return masks, state
 
 
 def load_pruning_state(stage_dir: str | Path) -> dict:

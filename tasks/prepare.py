@@ -55,6 +55,7 @@ def get_teacher(
     """Train the teacher (curves live on its MLflow run), or take ``teacher.path`` as it is."""
     from nash_core.base_model import fingerprint_base
     from nash_core.launch import run_step
+    from nash_core.steps import TeacherArgs
 
     cfg = ctx.cfg
     client = tracking.make_client(ctx.tracking_uri)
@@ -85,11 +86,11 @@ def get_teacher(
         out = run_step(
             "teacher",
             cfg,
-            {
-                "splits_dir": data.meta["splits"],
-                "base_info": base.meta,
-                "out_dir": str(rdir / "model"),
-            },
+            TeacherArgs(
+                splits_dir=data.meta["splits"],
+                base_info=base.meta,
+                out_dir=str(rdir / "model"),
+            ),
             callback=curve,
         )
         return {"model_dir": str(out), "trained": True, "curves": {"train": "curve.jsonl"}}

@@ -14,6 +14,7 @@ from prefect.cache_policies import NO_CACHE
 
 from nash_core.launch import run_step
 from nash_core.runtime import pick_device
+from nash_core.steps import FinetuneArgs, StageArgs
 from tasks import tracking
 from tasks.cache import StepResult, cache_key, run_cached
 from tasks.context import GPU_TAG, CandidateSpec, SweepContext
@@ -72,15 +73,15 @@ def prune_stage(
         out = run_step(
             "stage",
             cfg,
-            {
-                "teacher_dir": teacher.meta["model_dir"],
-                "arm_index": spec.arm_index,
-                "init_dir": previous.meta["model_dir"] if previous else None,
-                "prev_target": prev_target,
-                "target": target,
-                "out_dir": str(rdir / "stage"),
-                "splits_dir": data.meta["splits"],
-            },
+            StageArgs(
+                teacher_dir=teacher.meta["model_dir"],
+                arm_index=spec.arm_index,
+                init_dir=previous.meta["model_dir"] if previous else None,
+                prev_target=prev_target,
+                target=target,
+                out_dir=str(rdir / "stage"),
+                splits_dir=data.meta["splits"],
+            ),
             callback=_curve(ctx, spec, "stage", rdir),
             device=pick_device(cfg.experiment.device),
         )
@@ -127,13 +128,13 @@ def finetune(
         out = run_step(
             "finetune",
             cfg,
-            {
-                "export_dir": export.meta["model_dir"],
-                "teacher_dir": teacher.meta["model_dir"],
-                "arm_index": spec.arm_index,
-                "out_dir": str(rdir / "model"),
-                "splits_dir": data.meta["splits"],
-            },
+            FinetuneArgs(
+                export_dir=export.meta["model_dir"],
+                teacher_dir=teacher.meta["model_dir"],
+                arm_index=spec.arm_index,
+                out_dir=str(rdir / "model"),
+                splits_dir=data.meta["splits"],
+            ),
             callback=_curve(ctx, spec, "finetune", rdir),
             device=pick_device(cfg.experiment.device),
         )

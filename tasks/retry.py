@@ -11,7 +11,8 @@ from mlflow.exceptions import MlflowException
 
 from nash_core.errors import NashError, TrackingError
 
-TRANSIENT = (OSError, ConnectionError, TimeoutError, MlflowException, TrackingError)
+#: OSError covers ConnectionError and TimeoutError; TrackingError is decided in is_transient.
+TRANSIENT = (OSError, MlflowException)
 RETRIES = {"retries": 2, "retry_delay_seconds": [2, 10]}
 
 
