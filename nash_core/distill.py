@@ -122,7 +122,8 @@ def identity_linear(d_in: int, d_out: int) -> nn.Linear:
 
 
 class DistillHook(TrainHook):
-    """TrainHook adding KD + hidden-state distillation and reweighting the task loss.
+    """TrainHook adding KD + hidden-state distillation; its ``task_weight`` weights the task
+    loss (the loop applies it: :meth:`nash_core.train._Loop.micro_batch_loss`).
 
     ``teacher`` may be None when the config uses neither KD nor hidden-state distillation.
     """
@@ -160,18 +161,22 @@ class DistillHook(TrainHook):
     def wants_hidden_states(self) -> bool:
         return self.cfg.layer_weight > 0
 
+    def task_weight(self) -> float:
+        return self.cfg.task_weight
+
     def extra_loss(self, model, batch, outputs, step: int):
+        """KD and hidden-state losses (None without a teacher); logs are detached tensors."""
         cfg = self.cfg
-        loss = (cfg.task_weight - 1.0) * outputs.loss  # the loop adds the task loss once
-        metrics = {"task_loss": outputs.loss.item()}
+        metrics = {"task_loss": outputs.loss.detach()}
         if not self.uses_teacher:
-            return loss, metrics
+            return None, metrics
         with torch.no_grad():
             t_out = self.teacher(**batch, output_hidden_states=cfg.layer_weight > 0)
+        loss = None
         if cfg.kd_weight > 0:
             kd = kd_loss(outputs.logits, t_out.logits, batch["labels"], cfg.temperature)
-            loss = loss + cfg.kd_weight * kd
-            metrics["kd_loss"] = kd.item()
+            loss = cfg.kd_weight * kd
+            metrics["kd_loss"] = kd.detach()
         if cfg.layer_weight > 0:
             enc = self._hidden(
                 "encoder",
@@ -185,8 +190,9 @@ class DistillHook(TrainHook):
                 t_out.decoder_hidden_states[1:],
                 batch["labels"] != -100,
             )
-            loss = loss + cfg.layer_weight * (enc + dec)
-            metrics["layer_loss"] = (enc + dec).item()
+            layer = cfg.layer_weight * (enc + dec)
+            loss = layer if loss is None else loss + layer
+            metrics["layer_loss"] = (enc + dec).detach()
         return loss, metrics
 
     def _hidden(self, stack: str, student_hidden, teacher_hidden, mask) -> torch.Tensor:

@@ -297,13 +297,14 @@ class SparsityHook(TrainHook):
             loss = loss + self.lagrangian(c.name, s, t)
             metrics.update(
                 {
-                    f"sparsity_expected_{c.name}": s.item(),
+                    f"sparsity_expected_{c.name}": s.detach(),
                     f"sparsity_target_{c.name}": t,
-                    f"lambda1_{c.name}": self.lagrangian.l1[c.name].item(),
-                    f"lambda2_{c.name}": self.lagrangian.l2[c.name].item(),
+                    # clones: the multipliers change in place at the optimizer step
+                    f"lambda1_{c.name}": self.lagrangian.l1[c.name].detach().clone(),
+                    f"lambda2_{c.name}": self.lagrangian.l2[c.name].detach().clone(),
                 }
             )
-        metrics["lagrangian_loss"] = loss.item()
+        metrics["lagrangian_loss"] = loss.detach()
         return loss, metrics
 
     def after_step(self, step: int) -> None:

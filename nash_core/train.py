@@ -23,8 +23,12 @@ override what you need; every method has a do-nothing default:
   ``"scheduled": False`` keeps a group at its lr instead of following warm-up/decay. Parameters
   listed here are removed from the model's own groups and are not clipped.
 - ``wants_hidden_states() -> bool``: run the forward with ``output_hidden_states=True``.
-- ``extra_loss(model, batch, outputs, step) -> (Tensor | None, dict)``: added to the task loss
-  (per micro-batch, before the 1/grad_accum scaling); the dict of floats is logged.
+- ``task_weight() -> float``: the weight of the task loss (the product over hooks; 1.0).
+- ``extra_loss(model, batch, outputs, step) -> (Tensor | None, dict)``: added to the weighted
+  task loss (per micro-batch, before the 1/grad_accum scaling): the loss of a micro-batch is
+  built here, ``task_weight * outputs.loss + sum of extras``, nowhere else. The dict (floats or
+  detached 0-d tensors) is logged; tensors are read on the host only when a log record is
+  written or a checkpoint saved, so a GPU is not synchronised once per micro-batch.
 - ``after_step(step)``: after each optimizer step (e.g. clamp mask parameters).
 - ``eval_metrics() -> dict``: merged into the evaluation metrics (e.g. expected sparsity).
 - ``is_eligible(metrics) -> bool``: the best checkpoint is only replaced when every hook agrees
@@ -78,6 +82,9 @@ class TrainHook:
 
     def wants_hidden_states(self) -> bool:
         return False
+
+    def task_weight(self) -> float:
+        return 1.0
 
     def extra_loss(self, model, batch, outputs, step: int) -> tuple[torch.Tensor | None, dict]:
         return None, {}
@@ -315,6 +322,18 @@ class LogWindow:
     extra: dict[str, float] = field(default_factory=dict)
     tokens: int = 0
     t0: float = field(default_factory=time.monotonic)
+    #: hook logs of the good steps not yet added to ``extra``: per step, (name, value) in order
+    pending: list[list[tuple[str, Any]]] = field(default_factory=list)
+
+    def flush(self, grad_accum: int) -> None:
+        """Add the pending hook logs to ``extra`` (the host reads the tensors here)."""
+        for step_logs in self.pending:
+            step_extra: dict[str, float] = {}
+            for k, v in step_logs:
+                step_extra[k] = step_extra.get(k, 0.0) + float(v) / grad_accum
+            for k, v in step_extra.items():
+                self.extra[k] = self.extra.get(k, 0.0) + v
+        self.pending = []
 
 
 @dataclass
@@ -373,6 +392,7 @@ class _Loop:
     def __post_init__(self) -> None:
         self.main = distributed.is_main_process()  # the rank that writes and reports
         self.wants_hidden = any(h.wants_hidden_states() for h in self.hooks)
+        self.task_weight = math.prod(h.task_weight() for h in self.hooks)
 
     # ---- lr schedule
     def set_lr(self, step: int) -> None:
@@ -381,32 +401,42 @@ class _Loop:
             g["lr"] = g["base_lr"] * (scale if g.get("scheduled", True) else 1.0)
 
     # ---- forward / backward over grad_accum micro-batches
-    def accumulate(self, batches: Iterator[list[int]], step: int, autocast) -> tuple[float, dict]:
-        """Gradients of one optimizer step; returns its mean task+extra loss and hook logs."""
+    def accumulate(self, batches: Iterator[list[int]], step: int, autocast) -> tuple[float, list]:
+        """Gradients of one optimizer step; returns its mean loss and the hooks' logs."""
         cfg, state = self.cfg, self.state
         self.optimizer.zero_grad(set_to_none=True)
-        step_loss, step_extra = 0.0, {}
+        losses, step_logs = [], []
         for _ in range(cfg.grad_accum):
             indices = distributed.shard(next(batches))
-            batch = _to_device(self.collate([self.train_ds[i] for i in indices]), self.device)
+            batch = self.collate([self.train_ds[i] for i in indices])
+            state.window.tokens += int(batch["attention_mask"].sum())  # on the host, before
+            state.window.tokens += int((batch["labels"] != -100).sum())  # the copy to device
+            batch = _to_device(batch, self.device)
             state.micro_batches += 1
             with autocast:
                 outputs = self.model(**batch, output_hidden_states=self.wants_hidden)
-                loss = outputs.loss
-                for hook in self.hooks:
-                    extra, logs = hook.extra_loss(self.model, batch, outputs, step)
-                    if extra is not None:
-                        loss = loss + extra
-                    for k, v in logs.items():
-                        step_extra[k] = step_extra.get(k, 0.0) + float(v) / cfg.grad_accum
+                loss, logs = self.micro_batch_loss(batch, outputs, step)
             (loss / cfg.grad_accum).backward()
-            step_loss += float(loss.detach()) / cfg.grad_accum
-            state.window.tokens += int(batch["attention_mask"].sum())
-            state.window.tokens += int((batch["labels"] != -100).sum())
-        return step_loss, step_extra
+            losses.append(loss.detach())
+            step_logs.extend(logs)
+        step_loss = 0.0  # one host sync per step (the NaN/inf guard needs the value)
+        for loss in losses:
+            step_loss += float(loss) / cfg.grad_accum
+        return step_loss, step_logs
+
+    def micro_batch_loss(self, batch, outputs, step: int) -> tuple[torch.Tensor, list]:
+        """The one place the loss is built: task_weight * task loss + the hooks' extras."""
+        loss = outputs.loss if self.task_weight == 1.0 else self.task_weight * outputs.loss
+        logs = []
+        for hook in self.hooks:
+            extra, hook_logs = hook.extra_loss(self.model, batch, outputs, step)
+            if extra is not None:
+                loss = loss + extra
+            logs.extend((k, v.detach() if torch.is_tensor(v) else v) for k, v in hook_logs.items())
+        return loss, logs
 
     # ---- (data-parallel: average over ranks) NaN/inf guard, clipping, update
-    def update(self, step: int, step_loss: float, step_extra: dict) -> None:
+    def update(self, step: int, step_loss: float, step_logs: list) -> None:
         distributed.average_gradients(p for g in self.optimizer.param_groups for p in g["params"])
         step_loss = distributed.mean(step_loss)
         grad_norm = (
@@ -425,8 +455,7 @@ class _Loop:
         w = self.state.window
         w.loss += step_loss
         w.n += 1
-        for k, v in step_extra.items():
-            w.extra[k] = w.extra.get(k, 0.0) + v
+        w.pending.append(step_logs)  # read on the host when logged (see LogWindow.flush)
 
     def skip_bad_step(self, step: int) -> None:
         """Drop a NaN/inf step's gradients; raise after ``max_bad_steps`` in a row."""
@@ -450,6 +479,7 @@ class _Loop:
         w = self.state.window
         if step % self.cfg.log_every != 0 or not w.n:
             return
+        w.flush(self.cfg.grad_accum)
         seconds = time.monotonic() - w.t0
         tokens = distributed.mean(w.tokens) * distributed.world_size()
         record = {
@@ -523,6 +553,7 @@ class _Loop:
             state.stop_reason = "max_time" if step < self.steps else "completed"
         if self.main and (step % cfg.checkpoint_every == 0 or last or stop):
             state.elapsed_s = time.monotonic() - started
+            state.window.flush(cfg.grad_accum)
             self.ckpt.save(self.model, self.optimizer, self.hooks, state.to_json())
         if stop:
             bar.close()
@@ -561,8 +592,8 @@ class _Loop:
             while state.step < self.steps:
                 step = state.step
                 self.set_lr(step)
-                step_loss, step_extra = self.accumulate(batches, step, autocast)
-                self.update(step, step_loss, step_extra)
+                step_loss, step_logs = self.accumulate(batches, step, autocast)
+                self.update(step, step_loss, step_logs)
                 state.step = step = step + 1
                 bar.update(1)
                 self.log(step, bar)

@@ -89,8 +89,10 @@ def test_task_weight_rescales_task_loss_without_teacher():
         None, student, DistillConfig(task_weight=0.25, kd_weight=0.0, layer_weight=0.0)
     )
     out = student(**pt.batch())
-    extra, _ = hook.extra_loss(student, pt.batch(), out, 0)
-    assert (out.loss + extra).item() == pytest.approx(0.25 * out.loss.item(), rel=1e-6)
+    extra, logs = hook.extra_loss(student, pt.batch(), out, 0)
+    # the loop builds task_weight * task loss + extras (train._Loop.micro_batch_loss)
+    assert extra is None and hook.task_weight() == 0.25
+    assert float(logs["task_loss"]) == pytest.approx(out.loss.item(), rel=1e-6)
     with pytest.raises(ValueError):
         DistillHook(None, student, DistillConfig(kd_weight=0.5))
 
