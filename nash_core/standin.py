@@ -30,71 +30,71 @@ from pathlib import Path
 SHAPES: dict[str, tuple[str, dict]] = {
     "t5-base": (
         "t5",
-        dict(
-            vocab_size=32128,
-            d_model=768,
-            d_ff=3072,
-            d_kv=64,
-            num_heads=12,
-            num_layers=12,
-            num_decoder_layers=12,
-            feed_forward_proj="relu",
-            tie_word_embeddings=True,
-        ),
+        {
+            "vocab_size": 32128,
+            "d_model": 768,
+            "d_ff": 3072,
+            "d_kv": 64,
+            "num_heads": 12,
+            "num_layers": 12,
+            "num_decoder_layers": 12,
+            "feed_forward_proj": "relu",
+            "tie_word_embeddings": True,
+        },
     ),
     "flan-t5-base": (
         "t5",
-        dict(
-            vocab_size=32128,
-            d_model=768,
-            d_ff=2048,
-            d_kv=64,
-            num_heads=12,
-            num_layers=12,
-            num_decoder_layers=12,
-            feed_forward_proj="gated-gelu",
-            tie_word_embeddings=False,
-        ),
+        {
+            "vocab_size": 32128,
+            "d_model": 768,
+            "d_ff": 2048,
+            "d_kv": 64,
+            "num_heads": 12,
+            "num_layers": 12,
+            "num_decoder_layers": 12,
+            "feed_forward_proj": "gated-gelu",
+            "tie_word_embeddings": False,
+        },
     ),
     "mt5-base": (
         "mt5",
-        dict(
-            vocab_size=250112,
-            d_model=768,
-            d_ff=2048,
-            d_kv=64,
-            num_heads=12,
-            num_layers=12,
-            num_decoder_layers=12,
-            feed_forward_proj="gated-gelu",
-            tie_word_embeddings=False,
-        ),
+        {
+            "vocab_size": 250112,
+            "d_model": 768,
+            "d_ff": 2048,
+            "d_kv": 64,
+            "num_heads": 12,
+            "num_layers": 12,
+            "num_decoder_layers": 12,
+            "feed_forward_proj": "gated-gelu",
+            "tie_word_embeddings": False,
+        },
     ),
     "bart-base": (
         "bart",
-        dict(
-            vocab_size=50265,
-            d_model=768,
-            encoder_layers=6,
-            decoder_layers=6,
-            encoder_attention_heads=12,
-            decoder_attention_heads=12,
-            encoder_ffn_dim=3072,
-            decoder_ffn_dim=3072,
-            max_position_embeddings=1024,
-            activation_function="gelu",
-            dropout=0.1,
-            attention_dropout=0.1,
-            activation_dropout=0.1,
-            scale_embedding=False,
-            pad_token_id=1,
-            bos_token_id=0,
-            eos_token_id=2,
-            decoder_start_token_id=2,
-            forced_bos_token_id=0,
-            forced_eos_token_id=2,
-            tie_word_embeddings=True,
-        ),
+        {
+            "vocab_size": 50265,
+            "d_model": 768,
+            "encoder_layers": 6,
+            "decoder_layers": 6,
+            "encoder_attention_heads": 12,
+            "decoder_attention_heads": 12,
+            "encoder_ffn_dim": 3072,
+            "decoder_ffn_dim": 3072,
+            "max_position_embeddings": 1024,
+            "activation_function": "gelu",
+            "dropout": 0.1,
+            "attention_dropout": 0.1,
+            "activation_dropout": 0.1,
+            "scale_embedding": False,
+            "pad_token_id": 1,
+            "bos_token_id": 0,
+            "eos_token_id": 2,
+            "decoder_start_token_id": 2,
+            "forced_bos_token_id": 0,
+            "forced_eos_token_id": 2,
+            "tie_word_embeddings": True,
+        },
     ),
 }
 # hub id of the model each stand-in stands in for (README, config.json["nash_standin"])
@@ -119,8 +119,16 @@ def _corpus_texts(num_dialogues: int, seed: int) -> list[str]:
 
 def train_t5_tokenizer(texts: list[str], vocab_size: int = 4000):
     """SentencePiece-style Unigram tokenizer with T5's special tokens and 100 sentinels."""
-    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
-    from tokenizers import processors, trainers
+    from tokenizers import (
+        Regex,
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.Unigram())
@@ -202,15 +210,15 @@ def standin_config(
         kwargs["num_layers"] = encoder_layers
     if decoder_layers:
         kwargs["num_decoder_layers"] = decoder_layers
-    common = dict(
-        relative_attention_num_buckets=32,
-        relative_attention_max_distance=128,
-        dropout_rate=0.1,
-        layer_norm_epsilon=1e-6,
-        pad_token_id=0,
-        eos_token_id=1,
-        decoder_start_token_id=0,
-    )
+    common = {
+        "relative_attention_num_buckets": 32,
+        "relative_attention_max_distance": 128,
+        "dropout_rate": 0.1,
+        "layer_norm_epsilon": 1e-6,
+        "pad_token_id": 0,
+        "eos_token_id": 1,
+        "decoder_start_token_id": 0,
+    }
     return (MT5Config if family == "mt5" else T5Config)(**common, **kwargs)
 
 

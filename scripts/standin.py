@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from nash_core.standin import HUB_IDS, SHAPES, write_standin  # noqa: E402
+from nash_core.standin import HUB_IDS, SHAPES, write_standin
 
 
 def main(argv: list[str] | None = None) -> int:
