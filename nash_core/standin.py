@@ -277,3 +277,114 @@ def write_standin(
 
 def count_parameters(model) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+# ------------------------------------------------------------------ rehearsal helpers
+def force_stage_sparsity(stage_dir: str | Path, sparsity: float) -> None:
+    """Rewrite a pruning stage's stored masks so the deterministic ones close ``sparsity`` of
+    every group (heads, FFN units): a few training steps from random weights move log_alpha
+    too little to prune anything, and the export path must be checked at the real target."""
+    import torch
+
+    from nash_core.masks import MaskSet
+    from nash_core.sparsity import MASKS_FILE, load_pruning_state
+
+    state = load_pruning_state(stage_dir)
+    masks = MaskSet(state["specs"])
+    masks.load_state_dict(state["masks"])
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for group in masks.groups.values():
+            alpha = group.log_alpha
+            flat = alpha.view(alpha.shape[0], -1)
+            n = flat.shape[1]
+            closed = round(sparsity * n)
+            for row in range(flat.shape[0]):
+                order = torch.randperm(n, generator=g)
+                flat[row].fill_(10.0)
+                flat[row, order[:closed]] = -10.0
+    raw = torch.load(Path(stage_dir) / MASKS_FILE, map_location="cpu", weights_only=True)
+    raw["masks"] = masks.state_dict()
+    torch.save(raw, Path(stage_dir) / MASKS_FILE)
+
+
+def masked_model(stage_dir: str | Path):
+    """``(model, tokenizer)``: a stage's student with its deterministic masks attached (eval)."""
+    from nash_core.loading import load_seq2seq
+    from nash_core.masks import MaskSet
+    from nash_core.sparsity import load_pruning_state
+
+    model, tokenizer = load_seq2seq(stage_dir)
+    state = load_pruning_state(stage_dir)
+    masks = MaskSet(state["specs"])
+    masks.load_state_dict(state["masks"])
+    masks.attach(model)
+    return model.eval(), tokenizer
+
+
+# fresh-process check: plain transformers, nash_core not importable
+FRESH_GENERATE = """
+import json, sys, time
+sys.modules["nash_core"] = None
+import torch
+from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+torch.set_num_threads(1)
+path, texts, new = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3])
+t = time.perf_counter()
+model = AutoModelForSeq2SeqLM.from_pretrained(path, trust_remote_code=True).eval()
+load_s = time.perf_counter() - t
+tok = AutoTokenizer.from_pretrained(path)
+enc = tok(texts, return_tensors="pt", padding=True)
+with torch.no_grad():
+    out = model.generate(**enc, max_new_tokens=new, min_new_tokens=new, do_sample=False,
+                         num_beams=1, suppress_tokens=[tok.pad_token_id, tok.eos_token_id])
+print(json.dumps({"class": type(model).__name__, "load_s": load_s, "tokens": out.tolist()}))
+"""
+
+
+def generate_tokens(model, tokenizer, texts: list[str], new_tokens: int = 8) -> list:
+    """Greedy tokens of ``texts`` with the same settings as :data:`FRESH_GENERATE`."""
+    import torch
+
+    enc = tokenizer(texts, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        out = model.generate(
+            **enc,
+            max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens,
+            do_sample=False,
+            num_beams=1,
+            suppress_tokens=[tokenizer.pad_token_id, tokenizer.eos_token_id],
+        )
+    return out.tolist()
+
+
+def fresh_process_generate(export_dir: str | Path, texts: list[str], new_tokens: int = 8) -> dict:
+    """Load ``export_dir`` with plain ``AutoModelForSeq2SeqLM.from_pretrained(...,
+    trust_remote_code=True)`` in a new interpreter and generate: {class, load_s, tokens}."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-I",
+            "-c",
+            FRESH_GENERATE,
+            str(export_dir),
+            json.dumps(texts),
+            str(new_tokens),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+        env=env,
+        cwd=str(export_dir),
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"fresh-process load of {export_dir} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
