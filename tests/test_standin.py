@@ -6,11 +6,18 @@ fresh-process load with plain transformers that generates the same tokens as the
 import json
 from pathlib import Path
 
+import pruning_tiny as pt
+import torch
+from transformers import MT5Config, MT5ForConditionalGeneration
+
 from nash_core.base_model import prepare_base
 from nash_core.config import load_config
 from nash_core.data import prepare_splits, read_split, tokenize_split
-from nash_core.export import load_exported
+from nash_core.export import load_exported, save_exported
 from nash_core.launch import run_step
+from nash_core.layer_selection import keep_decoder_layers
+from nash_core.masks import MaskSet, plan_groups
+from nash_core.materialize import materialize
 from nash_core.prune import materialize_stage
 from nash_core.standin import (
     force_stage_sparsity,
@@ -106,3 +113,37 @@ def test_t5_base_width_and_vocabulary_end_to_end(tmp_path):
     model, tok = load_exported(tuned)
     assert model.get_input_embeddings().weight.shape == (32128, 768)
     assert fresh_process_generate(tuned, texts)["tokens"] == generate_tokens(model, tok, texts)
+
+
+def test_mt5_export_loads_and_generates_in_a_fresh_process(tmp_path):
+    """An mT5 export carries an MT5Config (no ``scale_decoder_outputs``): the exported class
+    must still generate, in process and with plain transformers, like the masked model."""
+    torch.manual_seed(0)
+    config = MT5Config(
+        vocab_size=len(pt.VOCAB),
+        d_model=32,
+        d_ff=48,
+        d_kv=8,
+        num_heads=4,
+        num_layers=2,
+        num_decoder_layers=3,
+        dropout_rate=0.0,
+        decoder_start_token_id=0,
+        pad_token_id=0,
+        eos_token_id=1,
+        relative_attention_num_buckets=8,
+    )
+    model = MT5ForConditionalGeneration(config).eval()
+    model.lm_head.weight = torch.nn.Parameter(torch.randn_like(model.shared.weight))  # untied
+    keep_decoder_layers(model, [0, 2])
+    masks = MaskSet(plan_groups(model, stacks=("encoder",))).attach(model)
+    pt.randomize_masks(masks, seed=4)
+    tok, texts = pt.tokenizer(), ["a b c d", "c d e"]
+    expected = generate_tokens(model, tok, texts)
+    out = save_exported(
+        materialize(model, masks), tok, tmp_path / "mt5", {"method": "nash", "target": 0.3}
+    )
+    assert json.loads((out / "config.json").read_text())["model_type"] == "mt5"
+    ours, _ = load_exported(out)
+    assert generate_tokens(ours, tok, texts) == expected
+    assert fresh_process_generate(out, texts)["tokens"] == expected
