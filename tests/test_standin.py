@@ -147,3 +147,27 @@ def test_mt5_export_loads_and_generates_in_a_fresh_process(tmp_path):
     ours, _ = load_exported(out)
     assert generate_tokens(ours, tok, texts) == expected
     assert fresh_process_generate(out, texts)["tokens"] == expected
+
+
+def test_disk_estimate_counts_untied_heads(tmp_path):
+    """The pre-check's model size equals the real parameter counts of the four hub models
+    (meta device: no memory), untied LM heads (Flan-T5, mT5) included."""
+    from transformers import AutoConfig
+
+    from nash_core.standin import standin_config
+    from tasks.preflight import fp32_model_bytes, untied_head
+
+    real = {  # parameters of the hub checkpoints
+        "t5-base": 222_903_552,
+        "flan-t5-base": 247_577_856,
+        "mt5-base": 582_401_280,
+        "bart-base": 139_420_416,
+    }
+    for shape, params in real.items():
+        standin_config(shape).save_pretrained(tmp_path / shape)
+        config = AutoConfig.from_pretrained(tmp_path / shape)  # as read from a hub config.json
+        assert fp32_model_bytes(config) == 4 * params, shape
+    base = write_standin(
+        "flan-t5-base", tmp_path / "flan", encoder_layers=1, decoder_layers=1, num_dialogues=200
+    )
+    assert untied_head(AutoConfig.from_pretrained(base), base)  # read from the safetensors
