@@ -99,10 +99,10 @@ class Sampler(threading.Thread):
         self.disk: list[tuple[float, int]] = []
         self.curve_times: dict[str, dict[int, float]] = {}  # curve file -> step -> first seen
         self.checkpoints: dict[str, int] = {}  # run dir -> largest checkpoint/ size seen
-        self._stop = threading.Event()
+        self._halt = threading.Event()
 
     def stop(self):
-        self._stop.set()
+        self._halt.set()
         self.join()
 
     def run(self):
@@ -112,14 +112,14 @@ class Sampler(threading.Thread):
         proc = psutil.Process()
         cuda = torch.cuda.is_available()
         n = 0
-        while not self._stop.is_set():
+        while not self._halt.is_set():
             t = time.time()
             peak = torch.cuda.max_memory_allocated() if cuda else 0
             self.samples.append((t, proc.memory_info().rss, peak))
             if n % 5 == 0:  # every second: the file-system walk
                 self._scan(t)
             n += 1
-            self._stop.wait(self.period)
+            self._halt.wait(self.period)
         self._scan(time.time())
 
     def _scan(self, t: float):
