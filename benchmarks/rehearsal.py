@@ -193,8 +193,24 @@ def step_table(workdir: Path, sampler: Sampler, cuda: bool) -> list[dict]:
                 row["steps"] = steps[-1]
         meta = done.get("meta", {})
         row["model_dir"] = meta.get("model_dir")
+        row["label"] = _label(row["model_dir"])
         rows.append(row)
     return rows
+
+
+def _label(model_dir: str | None) -> str:
+    """``arm@target`` of a stage / export / fine-tuned model directory, else ''."""
+    if not model_dir:
+        return ""
+    for name in ("stage_meta.json", "config.json"):
+        f = Path(model_dir) / name
+        if f.is_file():
+            meta = json.loads(f.read_text())
+            meta = meta.get("nash", {}) if name == "config.json" else meta
+            if "arm" in meta:
+                target = meta.get("target")
+                return meta["arm"] if target in (None, 0, 0.0) else f"{meta['arm']}@{target}"
+    return ""
 
 
 def export_checks(rows: list[dict], texts: list[str]) -> list[dict]:
@@ -399,7 +415,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def print_table(result: dict) -> None:
     print(f"\n{result['shape']}: sweep {result['sweep_s']} s, error: {result['error']}")
-    cols = ["step", "seconds", "s_per_step", "peak_rss_gib", "checkpoint_mib", "dir_mib"]
+    cols = ["step", "label", "seconds", "s_per_step", "peak_rss_gib", "checkpoint_mib", "dir_mib"]
     cols += ["export_load_s"]
     print(" | ".join(cols))
     for row in result["steps"]:
