@@ -428,5 +428,37 @@ def print_table(result: dict) -> None:
     print(f"masked vs export: {result['masked_vs_export']}")
 
 
+def markdown(result: dict) -> str:
+    """The README table of one result: one row per step kind (mean over its runs)."""
+    kinds: dict[str, list[dict]] = {}
+    for row in result["steps"]:
+        kinds.setdefault(row["step"], []).append(row)
+    lines = [
+        "| step | runs | wall s (mean) | s / optimizer step | peak RSS GiB | checkpoint MiB "
+        "| output MiB | export load s |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+
+    def mean(rows, key):
+        vals = [r[key] for r in rows if r.get(key) is not None]
+        return f"{sum(vals) / len(vals):.1f}" if vals else ""
+
+    def peak(rows, key):
+        vals = [r[key] for r in rows if r.get(key) is not None]
+        return f"{max(vals):.2f}" if vals else ""
+
+    for kind, rows in kinds.items():
+        lines.append(
+            f"| {kind} | {len(rows)} | {mean(rows, 'seconds')} | {mean(rows, 's_per_step')} | "
+            f"{peak(rows, 'peak_rss_gib')} | {mean(rows, 'checkpoint_mib')} | "
+            f"{mean(rows, 'dir_mib')} | {mean(rows, 'export_load_s')} |"
+        )
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
+    if len(sys.argv) > 2 and sys.argv[1] == "--markdown":  # tables from saved results
+        for f in sys.argv[2:]:
+            print(markdown(json.loads(Path(f).read_text())) + "\n")
+        raise SystemExit(0)
     raise SystemExit(main())
