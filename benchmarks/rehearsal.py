@@ -434,8 +434,10 @@ def markdown(result: dict) -> str:
     for row in result["steps"]:
         kinds.setdefault(row["step"], []).append(row)
     lines = [
-        "| step | runs | wall s (mean) | s / optimizer step | peak RSS GiB | checkpoint MiB "
-        "| output MiB | export load s |",
+        (
+            "| step | runs | wall s (mean) | s / optimizer step | peak RSS GiB | checkpoint MiB "
+            "| output MiB | export load s |"
+        ),
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
 
