@@ -100,6 +100,8 @@ class Sampler(threading.Thread):
         self.curve_times: dict[str, dict[int, float]] = {}  # curve file -> step -> first seen
         self.checkpoints: dict[str, int] = {}  # run dir -> largest checkpoint/ size seen
         self._halt = threading.Event()
+        self.known: set[str] = set()
+        self.cuda = False
 
     def stop(self):
         self._halt.set()
@@ -110,7 +112,7 @@ class Sampler(threading.Thread):
         import torch
 
         proc = psutil.Process()
-        cuda = torch.cuda.is_available()
+        cuda = self.cuda = torch.cuda.is_available()
         n = 0
         while not self._halt.is_set():
             t = time.time()
@@ -129,6 +131,12 @@ class Sampler(threading.Thread):
         if not runs.is_dir():
             return
         for rdir in runs.iterdir():
+            if rdir.name not in self.known:  # a new step began: CUDA's peak is per step
+                self.known.add(rdir.name)
+                if self.cuda:
+                    import torch
+
+                    torch.cuda.reset_peak_memory_stats()
             for curve in rdir.glob("*.jsonl"):
                 seen = self.curve_times.setdefault(str(curve), {})
                 try:
