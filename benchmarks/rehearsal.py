@@ -384,13 +384,25 @@ def main(argv: list[str] | None = None) -> int:
     sampler.stop()
 
     cuda = args.device == "cuda"
+    raw = {  # the sampler's data, kept even if a check below fails
+        "samples": sampler.samples,
+        "disk": sampler.disk,
+        "curve_times": sampler.curve_times,
+        "checkpoints": sampler.checkpoints,
+    }
+    (workdir / "sampler.json").write_text(json.dumps(raw))
     rows = step_table(workdir, sampler, cuda)
     data_dirs = sorted((workdir / "data").glob("*/test.jsonl"))
     texts = [
         cfg.data.source_prefix + r["source"] for r in read_split(data_dirs[0].parent, "test", 2)
     ]
-    exports = export_checks(rows, texts) if error is None else []
-    check = masked_vs_export(rows, texts, workdir / "masked-check") if error is None else None
+    exports, check = [], None
+    if error is None:
+        try:
+            exports = export_checks(rows, texts)
+            check = masked_vs_export(rows, texts, workdir / "masked-check")
+        except Exception as exc:  # noqa: BLE001 (the measurements are still written)
+            error = f"check failed: {type(exc).__name__}: {str(exc)[-2000:]}"
     result = {
         "shape": args.shape,
         "recipe": RECIPES[args.shape],

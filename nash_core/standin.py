@@ -337,7 +337,8 @@ tok = AutoTokenizer.from_pretrained(path)
 enc = tok(texts, return_tensors="pt", padding=True)
 with torch.no_grad():
     out = model.generate(**enc, max_new_tokens=new, min_new_tokens=new, do_sample=False,
-                         num_beams=1, suppress_tokens=[tok.pad_token_id, tok.eos_token_id])
+                         num_beams=1, suppress_tokens=[tok.pad_token_id, tok.eos_token_id],
+                         forced_bos_token_id=None, forced_eos_token_id=None)
 print(json.dumps({"class": type(model).__name__, "load_s": load_s, "tokens": out.tolist()}))
 """
 
@@ -355,6 +356,8 @@ def generate_tokens(model, tokenizer, texts: list[str], new_tokens: int = 8) -> 
             do_sample=False,
             num_beams=1,
             suppress_tokens=[tokenizer.pad_token_id, tokenizer.eos_token_id],
+            forced_bos_token_id=None,  # BART forces <s> / </s>: EOS is suppressed here
+            forced_eos_token_id=None,
         )
     return out.tolist()
 
