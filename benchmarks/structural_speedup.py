@@ -114,7 +114,16 @@ ARCHS: dict[str, tuple[type, type, dict]] = {
 }
 
 
+#: Shapes built by ``nash_core.standin`` (the offline stand-ins): gated-GELU, untied head.
+STANDIN_ARCHS = ("flan-t5-base", "mt5-base")
+
+
 def build_full(arch: str, seed: int = 0) -> torch.nn.Module:
+    if arch in STANDIN_ARCHS:
+        from nash_core.standin import SHAPES, build_standin_model, standin_config
+
+        untied = SHAPES[arch][1].get("tie_word_embeddings") is False
+        return build_standin_model(standin_config(arch), untied_head=untied, seed=seed)
     cfg_cls, model_cls, kw = ARCHS[arch]
     torch.manual_seed(seed)
     return model_cls(cfg_cls(**kw)).eval()
@@ -272,7 +281,7 @@ def main(argv=None) -> int:
         "--models",
         type=lambda t: t.split(","),
         default=list(ARCHS),
-        help=f"comma list of {', '.join(ARCHS)}",
+        help=f"comma list of {', '.join([*ARCHS, *STANDIN_ARCHS])}",
     )
     p.add_argument(
         "--k", type=_parse_k, default=[1, 2, 3, 4, "full"], help="decoder layers, e.g. 1,2,full"
@@ -299,9 +308,9 @@ def main(argv=None) -> int:
         help="t5-small, k 1,2,full, s 0,0.3, batch 1, 3 repeats, source 32 (small CPUs)",
     )
     args = p.parse_args(argv)
-    unknown = [m for m in args.models if m not in ARCHS]
+    unknown = [m for m in args.models if m not in ARCHS and m not in STANDIN_ARCHS]
     if unknown:
-        p.error(f"unknown --models {unknown}; choose from {list(ARCHS)}")
+        p.error(f"unknown --models {unknown}; choose from {[*ARCHS, *STANDIN_ARCHS]}")
     if args.quick:
         args.models, args.k, args.sparsity = ["t5-small"], [1, 2, "full"], [0.0, 0.3]
         args.batch_sizes, args.repeats, args.warmup, args.source_length = [1], 3, 1, 32

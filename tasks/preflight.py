@@ -191,14 +191,39 @@ def check_tokenizer(cfg: NashConfig, base: StepResult, data: StepResult, model_c
         tokenize_split(data.meta["splits"], split, tokenizer, cfg.data)
 
 
-def fp32_model_bytes(model_config) -> int:
-    """Size of the model's weights in fp32, counted on the meta device (no memory, no download)."""
+def untied_head(model_config, path: str | Path | None = None) -> bool:
+    """Whether the LM head is its own matrix. transformers 5 forces ``tie_word_embeddings`` on
+    T5/MT5 configs, so a model built from the config ties it; T5 v1.1 / Flan-T5 / mT5 weights
+    hold a separate ``lm_head.weight`` that loading keeps untied (a local directory: read from
+    its safetensors headers; a hub config: T5 without output scaling, and every mT5)."""
+    files = sorted(Path(path).glob("*.safetensors")) if path and Path(path).is_dir() else []
+    if files:
+        from safetensors import safe_open
+
+        for file in files:
+            with safe_open(str(file), "pt") as f:
+                if "lm_head.weight" in f.keys():  # noqa: SIM118 (not a dict)
+                    return True
+        return False
+    if model_config.model_type == "mt5":
+        return True
+    return model_config.model_type == "t5" and not getattr(
+        model_config, "scale_decoder_outputs", True
+    )
+
+
+def fp32_model_bytes(model_config, path: str | Path | None = None) -> int:
+    """Size of the model's weights in fp32, counted on the meta device (no memory, no download);
+    an untied LM head (see :func:`untied_head`) counted once more."""
     import torch
     from transformers import AutoModelForSeq2SeqLM
 
     with torch.device("meta"):
         model = AutoModelForSeq2SeqLM.from_config(model_config)
-    return 4 * sum(p.numel() for p in model.parameters())
+    n = sum(p.numel() for p in model.parameters())
+    if untied_head(model_config, path):
+        n += model.get_input_embeddings().weight.numel()
+    return 4 * n
 
 
 def num_candidates(cfg: NashConfig) -> int:
@@ -232,5 +257,7 @@ def preflight(cfg: NashConfig, workdir: str | Path) -> PreflightResult:
     model_config = _model_config(cfg, base)
     check_tokenizer(cfg, base, data, model_config)
     check_tracking(resolve_tracking_uri(cfg, workdir))
-    free, needed = check_disk(workdir, fp32_model_bytes(model_config), num_candidates(cfg))
+    free, needed = check_disk(
+        workdir, fp32_model_bytes(model_config, base.meta["path"]), num_candidates(cfg)
+    )
     return PreflightResult(data, base, free, needed)

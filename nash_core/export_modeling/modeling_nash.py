@@ -340,6 +340,10 @@ class NashT5ForConditionalGeneration(T5ForConditionalGeneration):
     """T5 with per-layer heads / FFN widths from ``config.nash["shapes"]``."""
 
     def __init__(self, config):
+        # an mT5 export carries an MT5Config, which lacks T5's flag: mT5 never scales the
+        # decoder output by d_model**-0.5 (MT5ForConditionalGeneration has no such step)
+        if not hasattr(config, "scale_decoder_outputs"):
+            config.scale_decoder_outputs = False
         super().__init__(config)
         restructure(self, config.nash["shapes"])
 
