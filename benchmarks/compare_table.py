@@ -66,7 +66,11 @@ def main(argv=None) -> None:
         precision = p.get("quantization", "none")
         model_dir = Path(t["nash.model_dir"])
         marker = model_dir / "nash_quantized.json"
-        source = Path(json.loads(marker.read_text())["source_absolute"]) if marker.exists() else model_dir
+        source = (
+            Path(json.loads(marker.read_text())["source_absolute"])
+            if marker.exists()
+            else model_dir
+        )
         zl = compressed_mb(source) if precision == "none" else None
         bench = Path(work) / "sweeps" / sweep.info.run_id / label / "benchmark.json"
         if hardware is None and bench.exists():
