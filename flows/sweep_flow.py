@@ -5,8 +5,8 @@
                             stage(t1) -> stage(t2) -> ...        (each continues the previous)
                                |            |
                            materialise  materialise -> fine-tune -> evaluate(vs teacher)
-                       \\-> with benchmark.quantize_int8, for the teacher and each candidate:
-                            int8 variant -> evaluate(vs teacher)
+                       \\-> for each of benchmark.variants (int8, bf16...), teacher and candidates:
+                            precision variant -> evaluate(vs teacher)
     benchmark(teacher first, all candidates, interleaved) -> log every candidate run
     -> select (Pareto, policy) -> register -> challenger -> promotion gate (vs the champion)
     -> publish (the sweep run's Markdown report, its metrics, the UI's saved views)
@@ -160,7 +160,7 @@ def sweep_flow(config_path: str, overrides: list[str], workdir: str) -> dict:
     )
     teacher_spec = specs[0]
     candidates = [s for s in specs[1:] if not s.quantized]
-    int8_variants = [s for s in specs[1:] if s.quantized]
+    variants = [s for s in specs[1:] if s.quantized]
     try:
         data = prepare_data(ctx)
         base = prepare_base(ctx, data)
@@ -169,18 +169,22 @@ def sweep_flow(config_path: str, overrides: list[str], workdir: str) -> dict:
 
         runs = []
         previous = {}  # arm index -> that arm's last stage (the next stage continues from it)
+        last_final = {}  # arm label -> its last candidate's final model (for arms.from_arm)
         for spec in candidates:
-            stage = prune_stage.submit(ctx, spec, data, teacher, previous.get(spec.arm_index))
+            arm = cfg.pruning.arms[spec.arm_index]
+            start = previous.get(spec.arm_index) or last_final.get(arm.from_arm)
+            stage = prune_stage.submit(ctx, spec, data, teacher, start)
             previous[spec.arm_index] = stage
             export = materialize.submit(ctx, spec, stage)
             final = finetune.submit(ctx, spec, data, teacher, export)
+            last_final[arm.label] = final
             runs.append(
                 Candidate(
                     spec, stage, export, final, evaluate.submit(ctx, data, final, teacher_eval)
                 )
             )
         finals = {teacher_spec.label: teacher, **{c.spec.label: c.final for c in runs}}
-        for spec in int8_variants:
+        for spec in variants:
             q = quantize.submit(ctx, spec, finals[spec.source_label])
             runs.append(Candidate(spec, None, None, q, evaluate.submit(ctx, data, q, teacher_eval)))
         wait([c.evaluation for c in runs])

@@ -200,7 +200,37 @@ class TeacherConfig(_Section):
     train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=3, lr=3e-4))
 
 
-Method = Literal["nash", "cofi", "sft"]
+Method = Literal["nash", "cofi", "sft", "magnitude"]
+Stack = Literal["encoder", "decoder"]
+
+
+class MagnitudeConfig(_Section):
+    """Unstructured magnitude pruning (``method: magnitude``; nash_core/magnitude.py)."""
+
+    scope: Literal["global", "per_layer"] = Field(
+        "global",
+        description="'global': one threshold over every pruned weight of the chosen stacks; "
+        "'per_layer': each linear weight pruned to the target on its own.",
+    )
+    schedule: Literal["cubic", "one_shot"] = Field(
+        "cubic",
+        description="'cubic': Zhu & Gupta (2017), s_t = s_f + (s_i - s_f)(1 - t/n)^3 over "
+        "pruning.stage.target_warmup_steps (n, at most the stage's steps); 'one_shot': the "
+        "whole target before the first step.",
+    )
+    update_every: int = Field(1, ge=1, description="Steps between mask updates of the ramp.")
+    stacks: list[Stack] = Field(
+        default_factory=lambda: ["encoder", "decoder"],
+        description="Stacks whose nn.Linear weights are pruned (the LM head and embeddings "
+        "never are).",
+    )
+
+    @field_validator("stacks")
+    @classmethod
+    def _stacks(cls, stacks: list[str]) -> list[str]:
+        if not stacks or len(set(stacks)) != len(stacks):
+            raise ValueError(f"stacks must name encoder and/or decoder once each (got {stacks})")
+        return stacks
 
 
 class ArmConfig(_Section):
@@ -228,9 +258,26 @@ class ArmConfig(_Section):
         ge=1,
         description="This arm's final fine-tune steps (default finetune.train.max_steps).",
     )
+    magnitude: MagnitudeConfig | None = Field(
+        None, description="Options of method 'magnitude' (default: global, cubic, both stacks)."
+    )
+    from_arm: str | None = Field(
+        None,
+        description="method 'magnitude' only: start from the final model of this earlier arm's "
+        "last target (its label, e.g. 'nash-k2'): unstructured pruning on top of NASH.",
+    )
 
     @model_validator(mode="after")
     def _check(self):
+        if self.method != "magnitude" and (self.magnitude is not None or self.from_arm):
+            raise ValueError(
+                f"magnitude and from_arm are options of method 'magnitude', not '{self.method}'"
+            )
+        if self.method == "magnitude" and self.from_arm and self.decoder_layers is not None:
+            raise ValueError(
+                "decoder_layers: a magnitude arm with from_arm keeps the depth of the arm it "
+                "starts from; remove decoder_layers"
+            )
         if self.method in ("nash", "sft") and self.decoder_layers is None:
             raise ValueError(f"decoder_layers is required for method '{self.method}'")
         if self.layer_selection == "custom":
@@ -240,7 +287,7 @@ class ArmConfig(_Section):
                 raise ValueError("custom_layers must list exactly decoder_layers indices")
             if sorted(set(self.custom_layers)) != self.custom_layers or min(self.custom_layers) < 0:
                 raise ValueError("custom_layers must be distinct, increasing and >= 0")
-        if self.method in ("nash", "cofi") and not self.targets:
+        if self.method in ("nash", "cofi", "magnitude") and not self.targets:
             raise ValueError(f"targets must list at least one sparsity target for '{self.method}'")
         if self.method == "sft" and self.targets:
             raise ValueError("sft prunes no encoder units: leave targets empty")
@@ -250,6 +297,10 @@ class ArmConfig(_Section):
                 f"'{self.method}' keeps the full width: remove hidden or set it to false"
             )
         return self
+
+    @property
+    def magnitude_options(self) -> MagnitudeConfig:
+        return self.magnitude or MagnitudeConfig()
 
     @property
     def uses_hidden_mask(self) -> bool:
@@ -269,6 +320,8 @@ class ArmConfig(_Section):
     def label(self) -> str:
         if self.name:
             return self.name
+        if self.from_arm:
+            return f"{self.from_arm}+{self.method}"
         k = f"-k{self.decoder_layers}" if self.decoder_layers is not None else ""
         return f"{self.method}{k}"
 
@@ -305,6 +358,12 @@ class PruningConfig(_Section):
         dup = sorted({x for x in labels if labels.count(x) > 1})
         if dup:
             raise ValueError(f"arm labels must be unique; repeated: {dup} (set arms[i].name)")
+        for i, arm in enumerate(self.arms):
+            if arm.from_arm and arm.from_arm not in labels[:i]:
+                raise ValueError(
+                    f"arms[{i}].from_arm '{arm.from_arm}' is not the label of an earlier arm "
+                    f"(earlier arms: {labels[:i]})"
+                )
         return self
 
 
@@ -344,6 +403,9 @@ class EvaluationConfig(_Section):
         return self
 
 
+Variant = Literal["int8", "bf16", "fp16"]
+
+
 class BenchmarkConfig(_Section):
     enabled: bool = True
     batch_sizes: list[int] = Field(default_factory=lambda: [1, 8])
@@ -359,7 +421,16 @@ class BenchmarkConfig(_Section):
         description=(
             "Also evaluate, benchmark and log an int8 dynamic-quantised variant ('-int8') of the "
             "teacher and of every candidate; they compete for champion. CPU serving only: with it "
-            "the whole benchmark runs on CPU."
+            "the whole benchmark runs on CPU. An alias of variants: [int8]."
+        ),
+    )
+    variants: list[Variant] = Field(
+        default_factory=list,
+        description=(
+            "Serving-precision variants of the teacher and of every candidate, each evaluated, "
+            "benchmarked and logged ('-int8', '-bf16', '-fp16'): int8 dynamic quantisation (CPU "
+            "only: the whole benchmark then runs on CPU), bf16 weights and activations, fp16 "
+            "(CUDA only)."
         ),
     )
 
@@ -367,7 +438,15 @@ class BenchmarkConfig(_Section):
     def _check(self):
         if not self.batch_sizes or any(b < 1 for b in self.batch_sizes):
             raise ValueError("batch_sizes must be a non-empty list of integers >= 1")
+        if len(set(self.variants)) != len(self.variants):
+            raise ValueError(f"variants must not repeat (got {self.variants})")
         return self
+
+    @property
+    def all_variants(self) -> list[str]:
+        """``variants``, with int8 first when the older ``quantize_int8`` asks for it."""
+        extra = ["int8"] if self.quantize_int8 and "int8" not in self.variants else []
+        return extra + list(self.variants)
 
 
 class SelectionConfig(_Section):
@@ -472,6 +551,19 @@ class NashConfig(_Section):
                 f"selection.batch_size {self.selection.batch_size} is not in "
                 f"benchmark.batch_sizes {self.benchmark.batch_sizes}"
             )
+        if "fp16" in self.benchmark.all_variants:
+            if "int8" in self.benchmark.all_variants:
+                raise ValueError(
+                    "benchmark.variants: fp16 runs on CUDA only and int8 on CPU only, and one "
+                    "benchmark compares all its models on one device: drop one of them"
+                )
+            if self.experiment.device == "cpu" or (
+                self.experiment.device == "auto" and not _cuda_available()
+            ):
+                raise ValueError(
+                    "benchmark.variants: fp16 is served on CUDA only and this config runs on CPU "
+                    f"(experiment.device '{self.experiment.device}'): use bf16 on CPU"
+                )
         return self
 
     # ------------------------------------------------------------------ helpers
@@ -522,6 +614,12 @@ class NashConfig(_Section):
             picked[p] = node
         blob = json.dumps(picked, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def decoder_layer_problems(arms: list[dict], num_decoder_layers: int) -> list[str]:

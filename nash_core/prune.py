@@ -14,7 +14,8 @@ and resume them:
 Methods: ``nash`` (k decoder layers; encoder heads + FFN units; target on encoder sparsity),
 ``cofi`` (full decoder depth; heads, FFN units and whole sub-layers in both stacks, and by
 default (``arm.hidden``) the hidden-dimension mask; one global target), ``sft`` (k decoder
-layers, no masks: a single distillation fine-tune).
+layers, no masks: a single distillation fine-tune), ``magnitude`` (weight-level, in
+:mod:`nash_core.magnitude`; its fine-tune holds the zeros).
 """
 
 from __future__ import annotations
@@ -157,7 +158,15 @@ def run_stage(
     The saved checkpoint is the best by validation score among evaluations whose expected
     sparsity is within ``stage_cfg.sparsity_epsilon`` of ``target``; if none was, the final
     state is saved and ``stage_meta.json`` says ``on_target: false``.
+    ``method: magnitude`` runs :func:`nash_core.magnitude.run_stage` (same arguments).
     """
+    if arm.method == "magnitude":
+        from nash_core import magnitude
+
+        return magnitude.run_stage(
+            teacher_dir, init_dir, arm, stage_cfg, prev_target, target, out_dir,
+            splits_dir=splits_dir, data_cfg=data_cfg, callback=callback, seed=seed, device=device,
+        )  # fmt: skip
     out_dir = Path(out_dir)
     seed_everything(seed)
     teacher = _teacher_for(teacher_dir, stage_cfg.distill)
@@ -245,6 +254,10 @@ def materialize_stage(stage_dir: str | Path, out_dir: str | Path) -> Path:
     """
     stage_dir = Path(stage_dir)
     meta = read_json(stage_dir / STAGE_META)
+    if meta["method"] == "magnitude":  # nothing to slice: zeros in dense tensors
+        from nash_core.magnitude import export_stage
+
+        return export_stage(stage_dir, out_dir)
     model, tokenizer = load_seq2seq(stage_dir)
     before = {"encoder": count_prunable(model, ("encoder",)), "total": count_prunable(model)}
     params_before = count_parameters(model)
@@ -286,11 +299,14 @@ def finetune(
     """
     if not finetune_cfg.enabled:
         return Path(export_dir)
+    from nash_core.magnitude import finetune_hooks
+
     out_dir = Path(out_dir)
     seed_everything(seed)
     model, tokenizer = load_exported(export_dir)
     teacher = _teacher_for(teacher_dir, finetune_cfg.distill)
     hooks = [DistillHook(teacher, model, finetune_cfg.distill, device=device)]
+    hooks += finetune_hooks(model, export_dir)  # weight-level zeros (magnitude) stay zero
     train_ds, val_ds = _datasets(splits_dir, data_cfg, tokenizer)
     work = _work_dir(out_dir)
     result = train_seq2seq(

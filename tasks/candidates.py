@@ -9,6 +9,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from nash_core.io import atomic_write_json, read_json
+from nash_core.magnitude import zero_stats
 from tasks import tracking
 from tasks.cache import StepResult
 from tasks.context import CandidateSpec, SweepContext
@@ -55,6 +56,10 @@ def candidate_metrics(
         if f"{name}_bs{selection_batch}" in metrics:
             metrics[name] = metrics[f"{name}_bs{selection_batch}"]
     metrics["encoder_sparsity"] = float(nash.get("encoder_sparsity", 0.0))
+    # served size: in-memory weights in the variant's precision; the source's files on disk
+    metrics["weights_mb"] = float(bench_model["weights_mb"])
+    if nash.get("unstructured"):
+        metrics["unstructured_target"] = float(nash["unstructured"]["target"])
     return metrics
 
 
@@ -96,6 +101,10 @@ def log_candidate(
     metrics = candidate_metrics(
         spec, evaluation, bench_model, config.get("nash", {}), ctx.cfg.selection.batch_size
     )
+    metrics.update(zero_stats(weights_dir))  # params_nonzero, weight_zero_fraction
+    metrics["disk_mb"] = (
+        sum(f.stat().st_size for f in Path(weights_dir).glob("*.safetensors")) / 2**20
+    )
     tracking.log_metrics(client, run_id, metrics)
     tracking.log_params(
         client,
@@ -125,7 +134,10 @@ def log_candidate(
     if picture:
         tracking.log_files(client, run_id, [picture])
     log_candidate_model(
-        client, run_id, weights_dir, {**serving, "quantize": "int8"} if spec.quantized else serving
+        client,
+        run_id,
+        weights_dir,
+        {**serving, "quantize": spec.precision} if spec.quantized else serving,
     )
     tracking.set_tags(
         client,

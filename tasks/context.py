@@ -13,7 +13,8 @@ from pydantic import BaseModel
 from nash_core.config import ArmConfig, NashConfig
 
 TEACHER_LABEL = "teacher"
-#: Suffix of the label and method of an int8 dynamic-quantised variant (benchmark.quantize_int8).
+#: Suffix of the label and method of an int8 dynamic-quantised variant (benchmark.quantize_int8);
+#: every serving-precision variant (benchmark.variants) is suffixed ``-<variant>`` the same way.
 INT8 = "-int8"
 #: Tag of the tasks that use the accelerator (training, evaluation, benchmark): a Prefect
 #: concurrency limit on it (`prefect concurrency-limit create nash-gpu N`) caps them per GPU.
@@ -29,7 +30,8 @@ class CandidateSpec(BaseModel):
     stage: int = 0
     target: float | None = None
     decoder_layers: int | None = None  # None: all (teacher) or decided by masks (CoFi)
-    quantized: bool = False  # an int8 variant of the candidate labelled ``source_label``
+    quantized: bool = False  # a precision variant of the candidate labelled ``source_label``
+    variant: str | None = None  # int8 / bf16 / fp16 (None with quantized: int8, older specs)
     run_id: str | None = None
 
     @property
@@ -39,15 +41,25 @@ class CandidateSpec(BaseModel):
 
     @property
     def source_label(self) -> str:
-        return self.label.removesuffix(INT8) if self.quantized else self.label
+        return self.label.removesuffix(f"-{self.precision}") if self.quantized else self.label
+
+    @property
+    def precision(self) -> str | None:
+        """The serving-precision variant (int8, bf16, fp16), None for a model as trained."""
+        return (self.variant or "int8") if self.quantized else None
 
     def int8(self) -> CandidateSpec:
         """This candidate's int8 dynamic-quantised variant (same arm, stage and target)."""
+        return self.variant_of("int8")
+
+    def variant_of(self, variant: str) -> "CandidateSpec":
+        """This candidate served in another precision (same arm, stage and target)."""
         return self.model_copy(
             update={
-                "label": self.label + INT8,
-                "method": self.method + INT8,
+                "label": f"{self.label}-{variant}",
+                "method": f"{self.method}-{variant}",
                 "quantized": True,
+                "variant": variant,
                 "run_id": None,
             }
         )

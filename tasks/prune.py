@@ -35,6 +35,8 @@ def _arm_identity(ctx: SweepContext, spec: CandidateSpec) -> dict:
     identity = arm.model_dump(
         include={"method", "decoder_layers", "layer_selection", "custom_layers"}
     )
+    if arm.method == "magnitude":  # its options shape the student; from_arm: the start's key
+        identity["magnitude"] = arm.magnitude_options.model_dump()
     return identity if arm.stage_steps is None else {**identity, "stage_steps": arm.stage_steps}
 
 
@@ -143,21 +145,23 @@ def finetune(
     return run_cached(ctx.workdir, "finetune", key, compute)
 
 
-@task(name="quantize-int8", cache_policy=NO_CACHE, task_run_name="int8-{spec.label}")
+@task(name="quantize", cache_policy=NO_CACHE, task_run_name="variant-{spec.label}")
 def quantize(ctx: SweepContext, spec: CandidateSpec, model: StepResult) -> StepResult:
-    """The int8 dynamic-quantised variant of a finished model (``benchmark.quantize_int8``).
+    """The serving-precision variant (``spec.precision``: int8 dynamic quantisation, bf16 or
+    fp16 cast) of a finished model (``benchmark.variants``).
 
     What is written is a marker naming the source dir and its weights' hash
-    (:mod:`nash_core.quantize`): loading re-quantises, so nothing is pickled.
+    (:mod:`nash_core.quantize`): loading re-quantises / re-casts, so nothing is pickled.
     """
     from nash_core.quantize import quantize_dir
 
+    variant = spec.precision or "int8"
+
     def compute(rdir: Path) -> dict:
         return {
-            "model_dir": str(quantize_dir(model.meta["model_dir"], rdir / "model")),
+            "model_dir": str(quantize_dir(model.meta["model_dir"], rdir / "model", variant)),
             "source_dir": model.meta["model_dir"],
         }
 
-    return run_cached(
-        ctx.workdir, "int8", cache_key("int8", ("nash_core.quantize",), source=model.key), compute
-    )
+    key = cache_key(variant, ("nash_core.quantize",), source=model.key)
+    return run_cached(ctx.workdir, variant, key, compute)

@@ -9,7 +9,8 @@ Input: a DataFrame with a string column named ``source`` (the logged signature, 
 enforces before ``predict`` runs, in process and behind ``mlflow models serve``: another column
 name is refused with an error naming ``source``); output: one summary per row.
 ``model_config`` carries the decoding settings and the training-time source prefix, and
-``quantize: int8`` for an int8 variant (re-quantised at load, CPU only: nothing is pickled).
+``quantize: int8`` for an int8 variant (re-quantised at load, CPU only: nothing is pickled),
+``quantize: bf16`` / ``fp16`` for a precision variant (cast at load; fp16 on CUDA only).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ class Seq2SeqSummarizer(PythonModel):
         self.eval_cfg = EvaluationConfig(**cfg.pop("evaluation", {}))
         quantize = cfg.pop("quantize", None)
         device = cfg.pop("device", "auto")
-        self.device = pick_device("cpu" if quantize else device)
+        self.device = pick_device("cpu" if quantize == "int8" else device)
         self.model, self.tokenizer = load_seq2seq(
             context.artifacts["model_dir"], device=self.device
         )
@@ -39,6 +40,11 @@ class Seq2SeqSummarizer(PythonModel):
             from nash_core.quantize import quantize_dynamic_int8
 
             self.model = quantize_dynamic_int8(self.model)
+        elif quantize in ("bf16", "fp16"):
+            import torch
+
+            dtype = torch.bfloat16 if quantize == "bf16" else torch.float16
+            self.model = self.model.to(dtype)
 
     # the DataFrame hint tells MLflow there is nothing to infer from it (its schema is the
     # logged signature); without any hint MLflow warns on every save and load

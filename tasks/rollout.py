@@ -183,8 +183,8 @@ def check_model_artifacts(client: MlflowClient, runs: list[Run]) -> None:
 
 
 def fetch_model(client: MlflowClient, run: Run, dest: Path) -> Path:
-    """Download a candidate run's weights; an int8 variant becomes a quantised-model marker dir
-    next to them (the sweep measured it the same way)."""
+    """Download a candidate run's weights; a precision variant (int8, bf16, fp16) becomes a
+    variant marker dir next to them (the sweep measured it the same way)."""
     weights, quantize = model_weights(client, run)
     try:
         path = Path(client.download_artifacts(run.info.run_id, weights, str(dest)))
@@ -195,7 +195,7 @@ def fetch_model(client: MlflowClient, run: Run, dest: Path) -> Path:
     if quantize:
         from nash_core.quantize import quantize_dir
 
-        return quantize_dir(path, dest / "int8")
+        return quantize_dir(path, dest / quantize, quantize)
     return path
 
 
@@ -258,7 +258,7 @@ def rebenchmark_sweep(
     check_model_artifacts(client, sweep.candidates)
     set_threads(threads or cfg.experiment.torch_threads)  # the sweep's, unless told otherwise
     dev = pick_device(device or cfg.experiment.device)
-    if cfg.benchmark.quantize_int8:
+    if "int8" in cfg.benchmark.all_variants:
         dev = torch.device("cpu")  # int8 dynamic quantisation runs on CPU only (as in the sweep)
     if hardware_name is None:
         hardware_name = check_hardware_name(

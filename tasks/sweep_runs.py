@@ -21,20 +21,26 @@ from tasks.context import TEACHER_LABEL, CandidateSpec, SweepContext, arm_candid
 from tasks.retry import transient_retries
 
 
+#: The ``quantization`` param of a candidate run, by precision variant.
+QUANTIZATION = {"int8": "int8-dynamic", "bf16": "bf16", "fp16": "fp16"}
+
+
 def sweep_dir(ctx: SweepContext) -> Path:
     """Per-sweep files (resolved config, report) under the workdir, named by the parent run."""
     return Path(ctx.workdir).resolve() / "sweeps" / ctx.sweep_run_id
 
 
 def candidate_specs(cfg: NashConfig) -> list[CandidateSpec]:
-    """The teacher, every arm's candidates in stage order, then (``benchmark.quantize_int8``)
-    an int8 variant of each of them, the teacher's included (what int8 alone buys)."""
+    """The teacher, every arm's candidates in stage order, then for each of
+    ``benchmark.variants`` (int8 with ``quantize_int8``) a variant of each of them, the
+    teacher's included (what the precision alone buys)."""
     teacher = CandidateSpec(label=TEACHER_LABEL, method="teacher")
     specs = [teacher] + [
         c for i, arm in enumerate(cfg.pruning.arms) for c in arm_candidates(arm, i)
     ]
-    if cfg.benchmark.quantize_int8:
-        specs += [s.int8() for s in specs]
+    trained = list(specs)
+    for variant in cfg.benchmark.all_variants:
+        specs += [s.variant_of(variant) for s in trained]
     return specs
 
 
@@ -106,7 +112,7 @@ def open_sweep(
                 "stage": spec.stage,
                 "target_sparsity": spec.target or 0.0,
                 "arm": spec.source_label.split("@")[0],
-                "quantization": "int8-dynamic" if spec.quantized else "none",
+                "quantization": QUANTIZATION.get(spec.precision, "none"),
             },
             parent_run_id=parent,
         )

@@ -1,0 +1,79 @@
+"""A smoke sweep with every option of issue 16: a magnitude arm, magnitude on top of NASH
+(``from_arm``) and ``benchmark.variants: [int8, bf16]``. Real models, a real Prefect flow run,
+a real MLflow store: every variant is evaluated, benchmarked and logged with its method suffix,
+the magnitude candidates with their zero fraction and non-zero parameter count."""
+
+from __future__ import annotations
+
+import mlflow
+import pandas as pd
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from sweep_tiny import TINY, clean_env, nash, with_overrides
+
+pytestmark = pytest.mark.slow
+
+ARMS = (
+    "pruning.arms=[{method: nash, decoder_layers: 1, targets: [0.3]},"
+    " {method: magnitude, targets: [0.5], magnitude: {scope: global, schedule: cubic}},"
+    " {method: magnitude, from_arm: nash-k1, targets: [0.4],"
+    " magnitude: {scope: per_layer, schedule: one_shot, stacks: [encoder]}}]"
+)
+
+
+def test_sweep_with_magnitude_arms_and_precision_variants(tmp_path):
+    work = tmp_path / "work"
+    overrides = [o for o in TINY if not o.startswith("pruning.arms")] + [
+        ARMS,
+        "benchmark.variants=[int8, bf16]",
+    ]
+    res = nash(
+        ["run", "configs/smoke.yaml", "--workdir", work, *with_overrides(overrides)],
+        clean_env(tmp_path),
+    )
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+
+    uri = f"sqlite:///{work.resolve()}/mlflow.db"
+    client = MlflowClient(uri)
+    runs = client.search_runs(
+        [e.experiment_id for e in client.search_experiments()], "tags.`nash.kind` = 'candidate'"
+    )
+    by_label = {r.data.tags["nash.label"]: r for r in runs}
+    trained = ["teacher", "nash-k1@0.3", "magnitude@0.5", "nash-k1+magnitude@0.4"]
+    assert set(by_label) == {f"{t}{s}" for t in trained for s in ("", "-int8", "-bf16")}
+    for label in trained:
+        base = by_label[label]
+        for variant, quant in (("int8", "int8-dynamic"), ("bf16", "bf16")):
+            run = by_label[f"{label}-{variant}"]
+            assert run.info.status == "FINISHED"
+            assert run.data.tags["nash.method"] == f"{base.data.tags['nash.method']}-{variant}"
+            assert run.data.params["quantization"] == quant
+            for m in ("rougeL", "rougeL_retention", "speedup", "latency_p50_ms", "params_total"):
+                assert m in run.data.metrics, (label, variant, m)
+        assert base.data.params["quantization"] == "none"
+        # the bf16 variant holds its weights in half the bytes of the fp32 model
+        assert by_label[f"{label}-bf16"].data.metrics["weights_mb"] == pytest.approx(
+            base.data.metrics["weights_mb"] / 2, rel=0.05
+        )
+
+    mag = by_label["magnitude@0.5"].data.metrics
+    assert mag["weight_zero_fraction"] == pytest.approx(0.5, abs=0.005)
+    assert mag["params_nonzero"] < mag["params_total"]
+    assert by_label["teacher"].data.metrics["weight_zero_fraction"] < 0.01
+    on_nash = by_label["nash-k1+magnitude@0.4"].data.metrics
+    nash_only = by_label["nash-k1@0.3"].data.metrics
+    # encoder only, per layer: 0.4 of the encoder's linear weights, the decoder dense
+    assert 0.0 < on_nash["weight_zero_fraction"] < 0.4
+    assert on_nash["encoder_sparsity"] == pytest.approx(nash_only["encoder_sparsity"])
+    assert on_nash["params_total"] == nash_only["params_total"]
+    assert on_nash["params_nonzero"] < nash_only["params_nonzero"]
+    assert by_label["nash-k1+magnitude@0.4"].data.params["decoder_layers"] == "1"
+
+    mlflow.set_tracking_uri(uri)
+    served = mlflow.pyfunc.load_model(f"runs:/{by_label['magnitude@0.5-bf16'].info.run_id}/model")
+    inner = served.unwrap_python_model().model
+    assert next(inner.parameters()).dtype == torch.bfloat16
+    out = served.predict(pd.DataFrame({"source": ["Anna: Dinner on monday at 7 pm?\nBen: Sure."]}))
+    assert len(out) == 1 and isinstance(out[0], str)
