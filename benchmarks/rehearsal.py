@@ -138,23 +138,27 @@ class Sampler(threading.Thread):
 
                     torch.cuda.reset_peak_memory_stats()
             for curve in rdir.glob("*.jsonl"):
-                seen = self.curve_times.setdefault(str(curve), {})
-                try:
-                    lines = curve.read_text().splitlines()
-                except OSError:
-                    continue
-                for line in lines:
-                    try:
-                        rec = json.loads(line)
-                    except ValueError:
-                        continue
-                    if "train_loss" in rec and rec["step"] not in seen:
-                        seen[rec["step"]] = t
+                self._scan_curve(curve, t)
             for ck in rdir.rglob("checkpoint"):
                 if ck.is_dir():
                     size = dir_size(ck)
                     if size > self.checkpoints.get(rdir.name, 0):
                         self.checkpoints[rdir.name] = size
+
+    def _scan_curve(self, curve: Path, t: float):
+        """Stamp each training step of a JSONL curve with the time it was first seen."""
+        seen = self.curve_times.setdefault(str(curve), {})
+        try:
+            lines = curve.read_text().splitlines()
+        except OSError:
+            return
+        for line in lines:
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            if "train_loss" in rec and rec["step"] not in seen:
+                seen[rec["step"]] = t
 
 
 def dir_size(path: Path) -> int:

@@ -267,8 +267,7 @@ class ArmConfig(_Section):
         "last target (its label, e.g. 'nash-k2'): unstructured pruning on top of NASH.",
     )
 
-    @model_validator(mode="after")
-    def _check(self):
+    def _check_magnitude_options(self):
         if self.method != "magnitude" and (self.magnitude is not None or self.from_arm):
             raise ValueError(
                 f"magnitude and from_arm are options of method 'magnitude', not '{self.method}'"
@@ -278,6 +277,10 @@ class ArmConfig(_Section):
                 "decoder_layers: a magnitude arm with from_arm keeps the depth of the arm it "
                 "starts from; remove decoder_layers"
             )
+
+    @model_validator(mode="after")
+    def _check(self):
+        self._check_magnitude_options()
         if self.method in ("nash", "sft") and self.decoder_layers is None:
             raise ValueError(f"decoder_layers is required for method '{self.method}'")
         if self.layer_selection == "custom":

@@ -52,7 +52,7 @@ class CandidateSpec(BaseModel):
         """This candidate's int8 dynamic-quantised variant (same arm, stage and target)."""
         return self.variant_of("int8")
 
-    def variant_of(self, variant: str) -> "CandidateSpec":
+    def variant_of(self, variant: str) -> CandidateSpec:
         """This candidate served in another precision (same arm, stage and target)."""
         return self.model_copy(
             update={

@@ -20,7 +20,6 @@ from tasks import liveness, tracking
 from tasks.context import TEACHER_LABEL, CandidateSpec, SweepContext, arm_candidates
 from tasks.retry import transient_retries
 
-
 #: The ``quantization`` param of a candidate run, by precision variant.
 QUANTIZATION = {"int8": "int8-dynamic", "bf16": "bf16", "fp16": "fp16"}
 

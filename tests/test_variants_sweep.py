@@ -10,7 +10,6 @@ import pandas as pd
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
-
 from sweep_tiny import TINY, clean_env, nash, with_overrides
 
 pytestmark = pytest.mark.slow
