@@ -15,6 +15,7 @@ CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
 HUB_DECODER_DEPTH = {
     "google-t5/t5-base": 12,
     "google/flan-t5-base": 12,
+    "google/mt5-base": 12,
     "facebook/bart-base": 6,
     "google-t5/t5-small": 6,
 }
