@@ -733,8 +733,7 @@ def validate_config(raw: Any, source: str = "<config>") -> NashConfig:
     return cfg
 
 
-def load_raw(path: str | Path) -> dict:
-    p = Path(path)
+def _read_yaml(p: Path) -> Any:
     try:
         text = p.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -745,6 +744,49 @@ def load_raw(path: str | Path) -> dict:
         return yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(str(p), [f"not valid YAML: {exc}"]) from None
+
+
+def merge_config(base: dict, over: dict) -> dict:
+    """``over`` on top of ``base``: mappings merge key by key; other values (lists too) replace."""
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge_config(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def load_raw(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict:
+    """The raw config mapping of ``path``, with ``extends: OTHER.yaml`` resolved.
+
+    ``extends`` names another config file (relative to this file's folder); this file's keys
+    are merged on top of it (sections key by key; lists such as ``pruning.arms`` replace).
+    """
+    p = Path(path)
+    data = _read_yaml(p)
+    if not isinstance(data, dict) or "extends" not in data:
+        return data
+    parent = data.pop("extends")
+    if not isinstance(parent, str) or not parent.strip():
+        raise ConfigError(str(p), ["extends: must name a config file, e.g. extends: demo.yaml"])
+    parent_path = (p.parent / parent).resolve()
+    chain = (*_chain, p.resolve())
+    if parent_path in chain:
+        cycle = " -> ".join(c.name for c in (*chain, parent_path))
+        raise ConfigError(str(p), [f"extends: {parent!r} makes a cycle ({cycle})"])
+    if not parent_path.is_file():
+        raise ConfigError(
+            str(p),
+            [
+                f"extends: {parent!r} not found (looked for {parent_path}; the path is "
+                "relative to this config's folder)"
+            ],
+        )
+    base = load_raw(parent_path, chain)
+    if not isinstance(base, dict):
+        raise ConfigError(str(parent_path), ["the file must hold a YAML mapping"])
+    return merge_config(base, data)
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> NashConfig:

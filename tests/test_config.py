@@ -172,3 +172,55 @@ def test_arm_step_counts_override_the_shared_training_sections():
     assert cfg.stage_config(3).mask_lr == cfg.pruning.stage.mask_lr
     with pytest.raises(ConfigError, match="pruning.arms.0.stage_steps"):
         load_config(REPO / "configs" / "smoke.yaml", ["pruning.arms.0.stage_steps=0"])
+
+
+def test_extends_merges_sections_and_replaces_lists(tmp_path):
+    (tmp_path / "base.yaml").write_text((REPO / "configs/smoke.yaml").read_text())
+    child = tmp_path / "sub" / "child.yaml"
+    child.parent.mkdir()
+    child.write_text(
+        "extends: ../base.yaml\n"
+        "experiment: {name: child}\n"
+        "pruning:\n  arms:\n    - {method: sft, decoder_layers: 1}\n"
+    )
+    base, cfg = load_config(tmp_path / "base.yaml"), load_config(child)
+    assert cfg.experiment.name == "child"
+    assert cfg.experiment.seed == base.experiment.seed  # the rest of the section is the base's
+    assert [a.method for a in cfg.pruning.arms] == ["sft"]  # a list replaces, it is not merged
+    assert cfg.pruning.stage == base.pruning.stage and cfg.data == base.data
+    # --set applies on top of the merged config
+    over = load_config(child, ["experiment.seed=7"])
+    assert over.experiment.seed == 7 and over.experiment.name == "child"
+
+
+def test_demo_compare_shares_the_demos_cached_sections():
+    """The comparison sweep reuses the demo's data, teacher and NASH arm through the cache only
+    if those sections stay identical: `extends: demo.yaml` keeps them so."""
+    demo, compare = (
+        load_config(REPO / "configs/demo.yaml"),
+        load_config(REPO / "configs/demo-compare.yaml"),
+    )
+    for section in ("data", "model", "teacher", "finetune", "evaluation", "selection"):
+        assert getattr(compare, section) == getattr(demo, section), section
+    assert compare.experiment.seed == demo.experiment.seed
+    assert compare.pruning.stage == demo.pruning.stage
+    assert compare.pruning.arms[0] == demo.pruning.arms[0]
+    assert compare.registry.model_name != demo.registry.model_name
+
+
+@pytest.mark.parametrize(
+    "extends, message",
+    [
+        ("missing.yaml", "extends: 'missing.yaml' not found"),
+        ("self.yaml", "makes a cycle (self.yaml -> self.yaml)"),
+        ("[1]", "extends: must name a config file"),
+    ],
+)
+def test_bad_extends_is_a_config_error(tmp_path, extends, message):
+    path = tmp_path / "self.yaml"
+    path.write_text(f"extends: {extends}\nexperiment: {{name: x}}\n")
+    with pytest.raises(ConfigError) as exc:
+        load_config(path)
+    assert message in str(exc.value)
+    res = nash("validate", path)
+    assert res.returncode == 2 and message in res.stderr and "Traceback" not in res.stderr
