@@ -85,13 +85,13 @@ def write_tradeoff(table: pd.DataFrame, out_dir: str | Path) -> tuple[Path, Path
     return csv, md
 
 
-def _save(fig, path: str | Path) -> Path:
+def _save(fig, path: str | Path, **savefig) -> Path:
     """Write the figure atomically (a reader never sees half a PNG) and free it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
+    fig.savefig(tmp, **savefig)
     plt.close(fig)
     tmp.replace(path)
     return path
@@ -105,20 +105,28 @@ _LABEL_SPOTS = (
     (-5, -4, "right", "top"),
     (0, 9, "center", "bottom"),
     (0, -9, "center", "top"),
+    (5, 16, "left", "bottom"),
+    (5, -16, "left", "top"),
 )
 
 
+def _inside(box, frame) -> bool:
+    return box.x0 >= frame.x0 and box.x1 <= frame.x1 and box.y0 >= frame.y0 and box.y1 <= frame.y1
+
+
 def _place_labels(fig, ax, data: pd.DataFrame) -> None:
-    """Label every point, moving a label around its point until it overlaps no earlier label
-    or other point (close candidates such as two k=2 students otherwise print on top of each
-    other); the first spot is kept when none is free."""
+    """Label every point, moving a label around its point until it stays inside the axes and
+    overlaps no earlier label or other point (close candidates such as two k=2 students
+    otherwise print on top of each other); when no spot is free, the first spot inside the
+    axes is kept (else the first spot)."""
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
     points = ax.transData.transform(data[["_t", "_q"]].to_numpy(dtype=float))
+    frame = ax.get_window_extent(renderer)
     taken = []
     for i, (_, row) in enumerate(data.iterrows()):
         others = [pt for j, pt in enumerate(points) if j != i]
-        first = None
+        tried = []  # (text, box, inside), in the order of _LABEL_SPOTS
         for dx, dy, ha, va in _LABEL_SPOTS:
             text = ax.annotate(
                 str(row["label"]),
@@ -130,20 +138,32 @@ def _place_labels(fig, ax, data: pd.DataFrame) -> None:
                 fontsize=7,
             )
             box = text.get_window_extent(renderer).expanded(1.05, 1.15)
-            clash = any(box.overlaps(b) for b in taken) or any(
+            tried.append((text, box, _inside(box, frame)))
+            free = not any(box.overlaps(b) for b in taken) and not any(
                 box.contains(x, y) for x, y in others
             )
-            if not clash:
-                if first is not None:
-                    first[0].remove()
-                taken.append(box)
+            if free and tried[-1][2]:
+                keep = tried[-1]
                 break
-            if first is None:
-                first = (text, box)
-            else:
+        else:  # no free spot: the first one inside the axes, else the first one
+            keep = next((t for t in tried if t[2]), tried[0])
+        for text, _, _ in tried:
+            if text is not keep[0]:
                 text.remove()
-        else:
-            taken.append(first[1])
+        taken.append(keep[1])
+
+
+#: Serving precision of a candidate, read from the method suffix a variant gets
+#: (``magnitude-int8``, ``teacher-bf16``); no suffix means the model's own fp32.
+PRECISION_MARKERS = {"fp32": "o", "int8": "s", "bf16": "^", "fp16": "v"}
+
+
+def structure_and_precision(method: str) -> tuple[str, str]:
+    """``"nash-int8"`` -> ``("nash", "int8")``; ``"sft"`` -> ``("sft", "fp32")``."""
+    head, _, tail = str(method).rpartition("-")
+    if head and tail in PRECISION_MARKERS:
+        return head, tail
+    return str(method), "fp32"
 
 
 def pareto_plot(
@@ -155,19 +175,33 @@ def pareto_plot(
     path: str | Path,
     title: str = "",
 ) -> Path:
-    """Quality vs latency, every candidate labelled, the frontier drawn, the champion starred."""
+    """Quality vs latency, every candidate labelled, the frontier drawn, the champion starred.
+
+    Colour is the structure (the arm's method), the marker the serving precision (fp32 circle,
+    int8 square, bf16/fp16 triangles), so a sweep with ``benchmark.variants`` reads as
+    structure x precision; the legend sits outside the axes and covers no point."""
     data = df.assign(
         _q=pd.to_numeric(df[quality], errors="coerce"),
         _t=pd.to_numeric(df[latency], errors="coerce"),
     ).dropna(subset=["_q", "_t"])
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
-    for method, group in data.groupby("method", sort=True):
-        ax.scatter(group["_t"], group["_q"], label=method, s=40, zorder=3)
-    ax.margins(x=0.1, y=0.08)  # room for the labels of the outermost points
-    _place_labels(fig, ax, data)
+    split = [structure_and_precision(m) for m in data["method"]]
+    data = data.assign(_s=[s for s, _ in split], _p=[p for _, p in split])
+    fig, ax = plt.subplots(figsize=(8.5, 4.8), dpi=110)
+    colours = {s: f"C{i % 10}" for i, s in enumerate(sorted(data["_s"].unique()))}
+    for (structure, precision), group in data.groupby(["_s", "_p"], sort=True):
+        ax.scatter(
+            group["_t"],
+            group["_q"],
+            s=40,
+            zorder=3,
+            color=colours[structure],
+            marker=PRECISION_MARKERS[precision],
+        )
+    ax.margins(x=0.1, y=0.12)  # room for the labels of the outermost points
+    handles = [plt.Line2D([], [], ls="", marker="o", color=c, label=s) for s, c in colours.items()]
     front = data[frontier.reindex(data.index).fillna(False).astype(bool)].sort_values("_t")
     if len(front):
-        ax.step(
+        (line,) = ax.step(
             front["_t"],
             front["_q"],
             where="post",
@@ -177,25 +211,36 @@ def pareto_plot(
             label="Pareto frontier",
             zorder=2,
         )
+        handles.append(line)
     champ = data[data["label"] == champion]
     if len(champ):
-        ax.scatter(
-            champ["_t"],
-            champ["_q"],
-            marker="*",
-            s=320,
-            facecolors="none",
-            edgecolors="red",
-            linewidths=1.5,
-            label=f"champion: {champion}",
-            zorder=4,
+        handles.append(
+            ax.scatter(
+                champ["_t"],
+                champ["_q"],
+                marker="*",
+                s=320,
+                facecolors="none",
+                edgecolors="red",
+                linewidths=1.5,
+                label=f"champion: {champion}",
+                zorder=4,
+            )
         )
     ax.set_xlabel(f"{latency} (lower is better)")
     ax.set_ylabel(f"{quality} (higher is better)")
     ax.set_title(title or f"{quality} vs {latency}")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
-    return _save(fig, path)
+    precisions = [p for p in PRECISION_MARKERS if p in set(data["_p"])]
+    if precisions != ["fp32"]:  # marker = precision, in grey: only when variants are there
+        handles += [
+            plt.Line2D([], [], ls="", marker=PRECISION_MARKERS[p], color="dimgrey", label=p)
+            for p in precisions
+        ]
+    ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.tight_layout()  # the axes' final size first: labels are placed in display space
+    _place_labels(fig, ax, data)
+    return _save(fig, path, bbox_inches="tight")  # the legends outside the axes included
 
 
 def mask_heatmap(

@@ -3,7 +3,14 @@
 import pandas as pd
 from PIL import Image
 
-from nash_core.report import mask_heatmap, pareto_plot, to_markdown, tradeoff_table, write_tradeoff
+from nash_core.report import (
+    mask_heatmap,
+    pareto_plot,
+    structure_and_precision,
+    to_markdown,
+    tradeoff_table,
+    write_tradeoff,
+)
 from nash_core.selection import pareto_frontier
 
 LAT = "latency_p50_ms_bs1"
@@ -103,3 +110,31 @@ def test_pareto_labels_of_close_candidates_do_not_overlap():
         if boxes[i].overlaps(boxes[j])
     ]
     assert not clashes
+
+
+def test_structure_and_precision_from_the_variant_suffix():
+    assert structure_and_precision("nash") == ("nash", "fp32")
+    assert structure_and_precision("magnitude-int8") == ("magnitude", "int8")
+    assert structure_and_precision("teacher-bf16") == ("teacher", "bf16")
+    assert structure_and_precision("sft-fp16") == ("sft", "fp16")
+    # a hyphen that is not a precision suffix is part of the name
+    assert structure_and_precision("my-arm") == ("my-arm", "fp32")
+
+
+def test_pareto_plot_of_a_structure_x_precision_sweep(tmp_path):
+    base = candidates()
+    variants = base.assign(
+        label=base["label"] + "-int8", method=base["method"] + "-int8", **{LAT: base[LAT] * 0.9}
+    )
+    df = pd.concat([base, variants], ignore_index=True)
+    out = pareto_plot(
+        df,
+        "rougeL",
+        LAT,
+        pareto_frontier(df, "rougeL", LAT),
+        "nash-k2@0.3-int8",
+        tmp_path / "p.png",
+    )
+    with Image.open(out) as im:
+        # the legend sits to the right of the axes and is part of the picture
+        assert im.format == "PNG" and im.size[0] > im.size[1] > 300
