@@ -3,7 +3,9 @@
     .venv/bin/python benchmarks/compare_table.py --workdir .nash [--config-name demo-compare]
 
 Reads the latest finished sweep of that config from the workdir's MLflow store and prints one
-Markdown row per candidate: quality, speed, parameters, non-zero parameters, the zero fraction
+Markdown row per candidate: quality, speed (natural output length, and a fixed number of new
+tokens -- ``benchmark.fixed_new_tokens`` -- which isolates the architecture from how long each
+model's summaries are), parameters, non-zero parameters, the zero fraction
 of the linear weights, the served weights' bytes (in the variant's precision), the safetensors
 size on disk and what a generic compressor (zlib level 6) makes of it -- the most the zeros of
 an unstructured model buy on disk without a sparse format -- and the hardware fingerprint.
@@ -55,7 +57,8 @@ def main(argv=None) -> None:
     head = (
         "| candidate | precision | decoder layers | params | non-zero params | zeros in linear "
         "weights | served weights | on disk (safetensors) | on disk, zlib | ROUGE-L | retention "
-        "(95% low) | p50 latency, batch 1 | speedup, batch 1 | speedup, batch 8 |"
+        "(95% low) | p50 latency, batch 1 | speedup, batch 1 | speedup, batch 1, fixed length "
+        "| speedup, batch 8 |"
     )
     print(head)
     print("|" + " --- |" * head.count(" | ") + " --- |")
@@ -83,6 +86,7 @@ def main(argv=None) -> None:
             f"| {'' if zl is None else f'{zl:.1f} MB'} | {m['rougeL']:.3f} "
             f"| {m['rougeL_retention']:.3f} ({m.get('rougeL_retention_ci_low', 1.0):.3f}) "
             f"| {m['latency_p50_ms_bs1']:.1f} ms | {m['speedup_bs1']:.2f}x "
+            f"| {m.get('fixed_speedup_bs1', float('nan')):.2f}x "
             f"| {m.get('speedup_bs8', float('nan')):.2f}x |"
         )
     print()
