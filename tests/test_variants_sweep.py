@@ -5,12 +5,15 @@ the magnitude candidates with their zero fraction and non-zero parameter count."
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import mlflow
 import pandas as pd
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
-from sweep_tiny import TINY, clean_env, nash, with_overrides
+from sweep_tiny import REPO, TINY, clean_env, nash, with_overrides
 
 pytestmark = pytest.mark.slow
 
@@ -76,3 +79,23 @@ def test_sweep_with_magnitude_arms_and_precision_variants(tmp_path):
     assert next(inner.parameters()).dtype == torch.bfloat16
     out = served.predict(pd.DataFrame({"source": ["Anna: Dinner on monday at 7 pm?\nBen: Sure."]}))
     assert len(out) == 1 and isinstance(out[0], str)
+
+    # the README's structure x precision table is made from such a store by this script
+    table = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "compare_table.py"), "--workdir", str(work)]
+        + ["--config-name", "smoke"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert table.returncode == 0, table.stderr[-2000:]
+    rows = [line for line in table.stdout.splitlines() if line.startswith("| ")]
+    header, body = rows[0], rows[2:]  # rows[1] is the separator
+    assert "speedup, batch 1, fixed length" in header and "on disk, zlib" in header
+    assert {r.split(" | ")[0].lstrip("| ") for r in body} == set(by_label)
+    ncols = header.count(" | ")
+    assert all(r.count(" | ") == ncols for r in body)
+    mag_row = next(r for r in body if r.startswith("| magnitude@0.5 |"))
+    assert "| fp32 |" in mag_row and "| 0.500 |" in mag_row and " MB |" in mag_row
+    assert "(source)" in next(r for r in body if r.startswith("| magnitude@0.5-bf16 |"))
+    assert '"cpu_model"' in table.stdout  # the hardware fingerprint under the table
