@@ -73,6 +73,10 @@ _WIDTHS = {
     "latency_p90_ms": 100,
     "speedup": 88,
     "cost_per_1k_requests": 150,
+    "quantization": 95,
+    "params_nonzero": 115,
+    "weight_zero_fraction": 150,
+    "weights_mb": 95,
 }
 
 
@@ -99,6 +103,11 @@ def candidate_columns(batch_size: int) -> list[str]:
         col("metrics", "params_total"),
         col("tags", "nash.method"),
         col("metrics", f"cost_per_1k_requests{bs}"),
+        # what a structure x precision sweep (magnitude arms, benchmark.variants) differs in
+        col("params", "quantization"),
+        col("metrics", "params_nonzero"),
+        col("metrics", "weight_zero_fraction"),
+        col("metrics", "weights_mb"),
     ]
 
 
@@ -149,6 +158,7 @@ def candidates_state(sweep_run_id: str, batch_size: int, chart_latency: str) -> 
     charts = [
         _scatter("nash-rougeL-vs-latency", main, chart_latency, "rougeL"),
         _scatter("nash-rougeL-vs-params", more, "params_total", "rougeL"),
+        _scatter("nash-rougeL-vs-weights-mb", more, "weights_mb", "rougeL"),
         _bar("nash-speedup", more, f"speedup_bs{batch_size}"),
         _bar("nash-retention", more, "rougeL_retention"),
     ]
