@@ -20,6 +20,8 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
+from nash_core.report import structure_and_precision
+
 
 def compressed_mb(model_dir: Path) -> float:
     total = 0
@@ -63,7 +65,8 @@ def main(argv=None) -> None:
     print(head)
     print("|" + " --- |" * head.count(" | ") + " --- |")
     hardware = None
-    for label in sorted(order, key=lambda x: (x.split("-")[-1] in ("int8", "bf16"), x)):
+    # the models as trained first, then their precision variants (int8, bf16, fp16)
+    for label in sorted(order, key=lambda x: (structure_and_precision(x)[1] != "fp32", x)):
         r = order[label]
         m, p, t = r.data.metrics, r.data.params, r.data.tags
         precision = p.get("quantization", "none")

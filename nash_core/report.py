@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import get_args
 
 import matplotlib
 
@@ -14,6 +15,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from nash_core.config import Variant  # noqa: E402
 from nash_core.io import atomic_write_text  # noqa: E402
 
 #: Columns of the trade-off table, in order; missing ones are left out.
@@ -153,15 +155,17 @@ def _place_labels(fig, ax, data: pd.DataFrame) -> None:
         taken.append(keep[1])
 
 
-#: Serving precision of a candidate, read from the method suffix a variant gets
-#: (``magnitude-int8``, ``teacher-bf16``); no suffix means the model's own fp32.
+#: Serving precisions a candidate can have: the model's own fp32 and every
+#: ``benchmark.variants`` name of the config schema, each a method suffix (``magnitude-int8``).
+PRECISIONS = ("fp32", *get_args(Variant))
+#: Plot marker per precision; a variant the schema gains later gets a diamond until it has one.
 PRECISION_MARKERS = {"fp32": "o", "int8": "s", "bf16": "^", "fp16": "v"}
 
 
 def structure_and_precision(method: str) -> tuple[str, str]:
     """``"nash-int8"`` -> ``("nash", "int8")``; ``"sft"`` -> ``("sft", "fp32")``."""
     head, _, tail = str(method).rpartition("-")
-    if head and tail in PRECISION_MARKERS:
+    if head and tail in PRECISIONS[1:]:
         return head, tail
     return str(method), "fp32"
 
@@ -195,7 +199,7 @@ def pareto_plot(
             s=40,
             zorder=3,
             color=colours[structure],
-            marker=PRECISION_MARKERS[precision],
+            marker=PRECISION_MARKERS.get(precision, "D"),
         )
     ax.margins(x=0.1, y=0.12)  # room for the labels of the outermost points
     handles = [plt.Line2D([], [], ls="", marker="o", color=c, label=s) for s, c in colours.items()]
@@ -231,10 +235,12 @@ def pareto_plot(
     ax.set_ylabel(f"{quality} (higher is better)")
     ax.set_title(title or f"{quality} vs {latency}")
     ax.grid(alpha=0.3)
-    precisions = [p for p in PRECISION_MARKERS if p in set(data["_p"])]
+    precisions = [p for p in PRECISIONS if p in set(data["_p"])]
     if precisions != ["fp32"]:  # marker = precision, in grey: only when variants are there
         handles += [
-            plt.Line2D([], [], ls="", marker=PRECISION_MARKERS[p], color="dimgrey", label=p)
+            plt.Line2D(
+                [], [], ls="", marker=PRECISION_MARKERS.get(p, "D"), color="dimgrey", label=p
+            )
             for p in precisions
         ]
     ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
