@@ -3,7 +3,7 @@
     python benchmarks/rehearsal.py --shape t5-base [--device cpu|cuda] [--steps 3]
 
 Writes the stand-in of the shape (``nash_core.standin``, random weights, a tokenizer trained on
-the demo corpus) unless it exists, then runs the recipe's own sweep (``flows.sweep.run_sweep``:
+the demo corpus) unless it exists, then runs the recipe's own sweep (``nash_cli.sweep.run_sweep``:
 pre-check, teacher, every stage of every arm, materialisation, fine-tune, evaluation, benchmark,
 selection, registry) on it in this process, with only ``model.base``, the data source (the demo
 corpus) and the sizes changed: ``--steps`` optimizer steps per training step, small batches,
@@ -360,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from transformers import AutoConfig
 
-    from flows.sweep import run_sweep
+    from nash_cli.sweep import run_sweep
     from nash_core.config import load_config
     from nash_core.data import read_split
     from tasks.preflight import (

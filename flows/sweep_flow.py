@@ -11,7 +11,7 @@
     -> select (Pareto, policy) -> register -> challenger -> promotion gate (vs the champion)
     -> publish (the sweep run's Markdown report, its metrics, the UI's saved views)
 
-Import this module only after the environment is prepared (flows/sweep.py does it): importing
+Import this module only after the environment is prepared (nash_cli/sweep.py does it): importing
 prefect fixes PREFECT_HOME.
 """
 
@@ -31,6 +31,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from nash_core.config import NashConfig, load_config
 from nash_core.errors import NashError
 from nash_core.runtime import request_stop, set_threads
+from nash_mlflow.registry import serving_config
 from tasks.cache import StepResult
 from tasks.candidates import log_candidate
 from tasks.champion import register, select_champion
@@ -41,7 +42,6 @@ from tasks.prepare import get_teacher, prepare_base, prepare_data
 from tasks.promotion import promote_challenger
 from tasks.prune import finetune, materialize, prune_stage, quantize
 from tasks.publish import publish_report
-from tasks.registry import serving_config
 from tasks.sweep_runs import close_sweep, open_sweep
 
 

@@ -9,7 +9,7 @@ the old champion keeps its version; the new selection becomes the ``challenger``
 champion only through the promotion gate, tasks/promotion.py). Equal to the champion's or to the
 challenger's: nothing starts.
 
-Import after the environment is prepared (flows.sweep.prepare_environment): this imports prefect.
+Import after the environment is prepared (nash_cli.sweep.prepare_environment): this imports prefect.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def champion_fingerprint(
     points at), or None when there is none."""
     from mlflow.exceptions import MlflowException
 
-    from tasks.tracking import make_client, resolve_tracking_uri
+    from nash_mlflow.tracking import make_client, resolve_tracking_uri
 
     client = make_client(resolve_tracking_uri(cfg, workdir))
     try:

@@ -1,6 +1,6 @@
 """Rolling a model out in steps: hardware-qualified figures, the promotion gate, alias history.
 
-Pure pandas (no MLflow, no Prefect): ``tasks/rollout.py`` reads runs and registered-model tags
+Pure pandas (no MLflow, no Prefect): ``nash_mlflow/rollout.py`` reads runs and registered-model tags
 and hands them here.
 
 - **Hardware names** qualify a re-benchmark's metrics (``hw/<name>/latency_p50_ms_bs1``) and name

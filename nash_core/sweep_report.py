@@ -1,6 +1,6 @@
 """A sweep's answer in words: the decision, the candidate table and the numbers behind them.
 
-One :class:`SweepReport` (built by ``tasks/sweep_report.py`` from the MLflow store) renders as
+One :class:`SweepReport` (built by ``nash_mlflow/sweep_report.py`` from the MLflow store) renders as
 terminal text (``nash report``), as GitHub-flavoured Markdown (the sweep run's description in
 the MLflow UI, ``nash report --markdown``) and as a standalone HTML page (``--html``, the Pareto
 plot embedded). Pure pandas + stdlib: no MLflow, no Prefect.

@@ -201,8 +201,8 @@ def serve(tracking_uri: str, log: Path) -> tuple[subprocess.Popen, str]:
 def take(tracking_uri: str, run_id: str | None, out: Path) -> list[Path]:
     from mlflow.tracking import MlflowClient
 
-    from tasks.sweep_report import find_sweep
-    from tasks.views import run_page_url, sweep_links
+    from nash_mlflow.sweep_report import find_sweep
+    from nash_mlflow.views import run_page_url, sweep_links
 
     chromium = find_chromium()
     client = MlflowClient(tracking_uri)
@@ -291,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     from nash_core.errors import NashError
-    from tasks.tracking import default_tracking_uri
+    from nash_mlflow.tracking import default_tracking_uri
 
     uri = args.tracking_uri or default_tracking_uri(args.workdir)
     try:

@@ -10,10 +10,10 @@ from prefect.cache_policies import NO_CACHE
 
 from nash_core.io import atomic_write_json, read_json
 from nash_core.magnitude import zero_stats
-from tasks import tracking
+from nash_mlflow import tracking
+from nash_mlflow.registry import log_candidate_model
 from tasks.cache import StepResult
 from tasks.context import CandidateSpec, SweepContext
-from tasks.registry import log_candidate_model
 from tasks.retry import transient_retries
 
 #: Benchmark metrics also logged without the ``_bs<N>`` suffix, at ``selection.batch_size``.

@@ -17,9 +17,9 @@ from prefect.cache_policies import NO_CACHE
 from nash_core.io import atomic_write_text
 from nash_core.report import pareto_plot, to_markdown, tradeoff_table, write_tradeoff
 from nash_core.selection import Decision, choose_champion, latency_column, pareto_frontier
-from tasks import tracking
+from nash_mlflow import tracking
+from nash_mlflow.registry import register_champion
 from tasks.context import SweepContext
-from tasks.registry import register_champion
 from tasks.retry import transient_retries
 
 QUALITY = "rougeL"

@@ -114,8 +114,8 @@ def log_benchmark_inputs(ctx: SweepContext, texts: list[str]) -> None:
     """Record on the sweep run the texts the benchmark timed (prefix included), so that
     ``nash benchmark --sweep`` times the same inputs on another machine without the data."""
     from nash_core.io import atomic_write_json
-    from tasks import tracking
-    from tasks.rollout import INPUTS_ARTIFACT
+    from nash_mlflow import tracking
+    from nash_mlflow.rollout import INPUTS_ARTIFACT
 
     path = atomic_write_json(
         Path(ctx.workdir) / "sweeps" / ctx.sweep_run_id / INPUTS_ARTIFACT,
@@ -136,7 +136,7 @@ def compare_with_sft(ctx: SweepContext, evaluations: dict[str, tuple]) -> dict[s
     ``rougeL_vs_sft_delta`` / ``_ci_low`` / ``_ci_high`` and tagged with the SFT label.
     """
     from nash_core.evaluate import compare_evaluations
-    from tasks import tracking
+    from nash_mlflow import tracking
 
     cfg = ctx.cfg
     sft = {

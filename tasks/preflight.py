@@ -2,7 +2,7 @@
 
 A bad data row, a corrupt weights file or an unreachable tracking server found after the sweep's
 runs were created leaves a FAILED sweep in MLflow and, found after training started, costs the
-training time. So ``nash run`` (:func:`flows.sweep.run_sweep`) calls :func:`preflight` before
+training time. So ``nash run`` (:func:`nash_cli.sweep.run_sweep`) calls :func:`preflight` before
 Prefect even starts, and the sweep flow calls it again just before ``open_sweep`` (every step is
 then a cache hit), so deployments and ``nash watch`` get the same guarantee.
 
@@ -249,7 +249,7 @@ def check_disk(workdir: str | Path, model_bytes: int, candidates: int) -> tuple[
 # --------------------------------------------------------------------------- all of it
 def preflight(cfg: NashConfig, workdir: str | Path) -> PreflightResult:
     """Run every check (see the module docstring); raises a NashError naming the culprit."""
-    from tasks.tracking import resolve_tracking_uri
+    from nash_mlflow.tracking import resolve_tracking_uri
 
     Path(workdir).mkdir(parents=True, exist_ok=True)
     data = data_step(cfg, workdir)

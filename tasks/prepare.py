@@ -11,7 +11,7 @@ from pathlib import Path
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks import tracking
+from nash_mlflow import tracking
 from tasks.cache import StepResult, cache_key, run_cached
 from tasks.context import GPU_TAG, CandidateSpec, SweepContext
 from tasks.preflight import base_step, data_step

@@ -25,10 +25,10 @@ from prefect.logging import get_run_logger
 from nash_core.errors import NashError
 from nash_core.io import atomic_write_json, atomic_write_text
 from nash_core.promotion import GateResult, promotion_gate
-from tasks import tracking
+from nash_mlflow import tracking
+from nash_mlflow.rollout import alias_version, fetch_model, move_alias
 from tasks.cache import StepResult
 from tasks.context import GPU_TAG, SweepContext
-from tasks.rollout import alias_version, fetch_model, move_alias
 
 
 @task(name="promotion-gate", cache_policy=NO_CACHE, tags=[GPU_TAG])

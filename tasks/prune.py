@@ -15,7 +15,7 @@ from prefect.cache_policies import NO_CACHE
 from nash_core.launch import run_step
 from nash_core.runtime import pick_device
 from nash_core.steps import FinetuneArgs, StageArgs
-from tasks import tracking
+from nash_mlflow import tracking
 from tasks.cache import StepResult, cache_key, run_cached
 from tasks.context import GPU_TAG, CandidateSpec, SweepContext
 

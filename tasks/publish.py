@@ -1,4 +1,4 @@
-"""The sweep's last step: make its MLflow pages tell the answer (``tasks/sweep_report.publish``)."""
+"""The sweep's last step: make its MLflow pages tell the answer (``nash_mlflow/sweep_report.publish``)."""
 
 from __future__ import annotations
 
@@ -8,13 +8,13 @@ from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
 from nash_core.io import read_json
-from tasks import tracking
+from nash_mlflow import tracking
+from nash_mlflow.sweep_report import publish
+from nash_mlflow.views import sweep_links
 from tasks.cache import StepResult
 from tasks.context import SweepContext
 from tasks.retry import transient_retries
-from tasks.sweep_report import publish
 from tasks.sweep_runs import sweep_dir
-from tasks.views import sweep_links
 
 
 @task(name="publish-report", cache_policy=NO_CACHE, **transient_retries())

@@ -16,7 +16,7 @@ from prefect.logging import get_run_logger
 
 from nash_core.config import NashConfig
 from nash_core.io import atomic_write_text
-from tasks import liveness, tracking
+from nash_mlflow import liveness, tracking
 from tasks.context import TEACHER_LABEL, CandidateSpec, SweepContext, arm_candidates
 from tasks.retry import transient_retries
 

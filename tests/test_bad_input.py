@@ -8,7 +8,7 @@ layers), so the only thing wrong is the one thing each case breaks.
 
 Config cases and one case per other kind (data, model, tracking) run the `nash` console script
 in a subprocess; the other data/model cases call the same entry point in this process
-(``flows.cli.main(["run", ...])``): identical code path, without paying ~10 s of imports each.
+(``nash_cli.main.main(["run", ...])``): identical code path, without paying ~10 s of imports each.
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ def run(tmp_path: Path, config: Path, *overrides: str, **env) -> tuple:
 @pytest.fixture
 def run_here(monkeypatch, capsys):
     """``nash run`` in this process; returns what :func:`run` returns."""
-    from flows.cli import main
+    from nash_cli.main import main
 
     def call(tmp_path: Path, config: Path, *overrides: str) -> tuple:
         monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "prefect"))  # run_sweep would set it

@@ -23,7 +23,7 @@ HUB_DECODER_DEPTH = {
 
 def nash(*args, cwd=REPO):
     return subprocess.run(
-        [sys.executable, "-m", "flows.cli", *map(str, args)],
+        [sys.executable, "-m", "nash_cli.main", *map(str, args)],
         cwd=cwd,
         capture_output=True,
         text=True,

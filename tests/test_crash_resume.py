@@ -150,7 +150,7 @@ def test_diverging_stage_fails_its_run_and_keeps_the_last_good_checkpoint(
 
 # --------------------------------------------------------------------------- the parts
 def test_resumed_curve_is_replayed_once_without_duplicates(tmp_path):
-    from tasks import tracking
+    from nash_mlflow import tracking
 
     client = tracking.make_client(f"sqlite:///{tmp_path / 'mlflow.db'}")
     exp = tracking.ensure_experiment(client, "curves", f"sqlite:///{tmp_path / 'mlflow.db'}")
@@ -173,10 +173,10 @@ def test_resumed_curve_is_replayed_once_without_duplicates(tmp_path):
 
 
 def test_liveness_lock_tells_a_dead_sweep_from_a_live_one(tmp_path):
-    from tasks import liveness
+    from nash_mlflow import liveness
 
     holder = (
-        "import sys, time; from pathlib import Path; from tasks import liveness; "
+        "import sys, time; from pathlib import Path; from nash_mlflow import liveness; "
         "liveness.hold(Path(sys.argv[1]), 'r'); print('held', flush=True); time.sleep(60)"
     )
     proc = subprocess.Popen(

@@ -45,7 +45,7 @@ def test_depth_check_message(tmp_path):
 
 
 def test_cli_reports_a_depth_problem_once(tmp_path, capsys):
-    from flows.cli import main
+    from nash_cli.main import main
 
     assert main(["validate", str(_config(tmp_path))]) == 2
     err = capsys.readouterr().err

@@ -47,8 +47,8 @@ sys.path.insert(0, {tests!r})
 from pathlib import Path
 from measure_tiny import save_tiny_t5
 from nash_core.config import load_config
-from tasks import tracking
-from tasks.registry import log_candidate_model, serving_config
+from nash_mlflow import tracking
+from nash_mlflow.registry import log_candidate_model, serving_config
 tmp = Path({out!r})
 cfg = load_config("configs/smoke.yaml")
 uri = tracking.resolve_tracking_uri(cfg, tmp)

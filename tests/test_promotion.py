@@ -1,5 +1,5 @@
 """The promotion gate, the alias history and hardware-qualified tables (nash_core.promotion),
-and the hardware names MLflow accepts (tasks.rollout.check_hardware_name)."""
+and the hardware names MLflow accepts (nash_mlflow.rollout.check_hardware_name)."""
 
 import json
 
@@ -18,7 +18,7 @@ from nash_core.promotion import (
     promotion_gate,
     rollback_target,
 )
-from tasks.rollout import RolloutError, check_hardware_name
+from nash_mlflow.rollout import RolloutError, check_hardware_name
 
 SEL = SelectionConfig(min_retention=0.95, min_retention_low=0.9)
 CHAMP = {"label": "m v1", "rougeL": 0.80, "latency_ms": 100.0}

@@ -17,8 +17,8 @@ from transformers import T5Config, T5ForConditionalGeneration
 
 from nash_core.base_model import build_demo_tokenizer
 from nash_core.config import load_config
-from tasks import tracking
-from tasks.registry import log_candidate_model, register_champion, serving_config
+from nash_mlflow import tracking
+from nash_mlflow.registry import log_candidate_model, register_champion, serving_config
 
 TEXTS = [
     "anna: can we meet at noon? ben: yes, at the cafe.",

@@ -20,7 +20,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from sweep_tiny import BIN, REPO, TINY, clean_env, nash, with_overrides
 
-from flows.cli import main
+from nash_cli.main import main
 
 NAME = "nash-smoke"
 #: TINY with a teacher that learns enough for quality to be compared (ROUGE-L well above 0).

@@ -198,7 +198,7 @@ def test_exports_carry_only_our_modeling_file(tmp_path):
 
 
 def test_servers_bind_to_localhost_by_default():
-    from flows.cli import build_parser
+    from nash_cli.main import build_parser
 
     assert build_parser().parse_args(["ui"]).host == "127.0.0.1"
     deploy = (REPO / "flows" / "deploy.py").read_text()

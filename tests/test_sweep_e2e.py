@@ -24,7 +24,7 @@ from mlflow.tracking import MlflowClient
 pytestmark = pytest.mark.slow
 
 DRIVER = (
-    "import json, sys; from flows.sweep import run_sweep; print('RESULT ' + "
+    "import json, sys; from nash_cli.sweep import run_sweep; print('RESULT ' + "
     "json.dumps(run_sweep('configs/smoke.yaml', sys.argv[2:], sys.argv[1])))"
 )
 REPO = Path(__file__).resolve().parent.parent

@@ -17,7 +17,7 @@ import pytest
 from sweep_tiny import BIN, TINY, clean_env, nash, with_overrides
 
 from nash_core.sweep_report import SweepReport, parse_rejected, to_html, to_markdown, to_text
-from tasks.views import (
+from nash_mlflow.views import (
     SHARED_VIEW,
     SWEEPS_KEY,
     candidates_state,

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from nash_core.config import load_config
-from tasks import tracking
+from nash_mlflow import tracking
 from tasks.cache import cache_key, run_cached
 
 

@@ -2,8 +2,8 @@
 
 The model is written with ``mlflow.pyfunc.save_model`` and uploaded with the client to the
 candidate's run: the fluent ``log_model`` needs a thread-local active run, which Prefect's worker
-threads do not share (see tasks/tracking.py). ``mlflow.transformers`` cannot log T5 on
-transformers 5, hence the small PythonModel in tasks/pyfunc_model.py.
+threads do not share (see nash_mlflow/tracking.py). ``mlflow.transformers`` cannot log T5 on
+transformers 5, hence the small PythonModel in nash_mlflow/pyfunc_model.py.
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ def register_champion(
 ) -> str:
     """Register the champion's model and point ``alias`` at it; return the version.
 
-    ``alias`` None registers the version only (tasks/rollout.py moves aliases and records it).
+    ``alias`` None registers the version only (nash_mlflow/rollout.py moves aliases and records it).
 
     A re-run that picks the same result (same ``nash.result_key``) re-uses its version instead
     of piling up identical ones; earlier champions keep their versions either way.

@@ -4,7 +4,7 @@
 (candidate runs' metrics, the sweep run's decision tags and config params), so ``nash report``
 works on any store a sweep wrote to, local or a server. ``publish`` is the sweep's last step:
 it records the hardware and base-model fingerprints on the sweep run, writes the saved views
-(``tasks/views.py``), makes the run's description the Markdown report and logs the champion's
+(``nash_mlflow/views.py``), makes the run's description the Markdown report and logs the champion's
 key numbers as metrics of the sweep run, so the experiment's table compares sweeps.
 
 Imports mlflow, not prefect.
@@ -32,7 +32,7 @@ from nash_core.sweep_report import (
     to_html,
     to_markdown,
 )
-from tasks import tracking, views
+from nash_mlflow import tracking, views
 
 DESCRIPTION = "mlflow.note.content"
 PARETO = "pareto.png"

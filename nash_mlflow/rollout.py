@@ -42,8 +42,8 @@ from nash_core.promotion import (
     parse_moves,
     rollback_target,
 )
-from tasks import tracking
-from tasks.registry import MODEL_ARTIFACT, register_champion
+from nash_mlflow import tracking
+from nash_mlflow.registry import MODEL_ARTIFACT, register_champion
 
 #: The sweep run's record of the texts its benchmark timed (tasks/measure.py logs it).
 INPUTS_ARTIFACT = "benchmark/inputs.json"

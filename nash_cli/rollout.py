@@ -6,7 +6,7 @@
     nash rollback [--model NAME] [--reason TEXT]
     nash serve [--model NAME] [--alias champion] [--port 5001]
 
-The work is in tasks/rollout.py (MLflow only: no Prefect server starts). The store is
+The work is in nash_mlflow/rollout.py (MLflow only: no Prefect server starts). The store is
 ``--tracking-uri``, else ``MLFLOW_TRACKING_URI``, else the workdir's SQLite file; a store that
 does not exist is an error (exit 2), never created empty.
 """
@@ -21,7 +21,7 @@ from pathlib import Path
 
 def _store(args) -> str:
     from nash_core.errors import TrackingError
-    from tasks.tracking import default_tracking_uri
+    from nash_mlflow.tracking import default_tracking_uri
 
     if args.tracking_uri:
         uri = args.tracking_uri
@@ -91,7 +91,7 @@ def sweep_benchmark_parser() -> argparse.ArgumentParser:
 
 
 def cmd_benchmark_sweep(args) -> int:
-    from tasks.rollout import rebenchmark_sweep
+    from nash_mlflow.rollout import rebenchmark_sweep
 
     out = rebenchmark_sweep(
         _store(args),
@@ -114,7 +114,7 @@ def cmd_benchmark_sweep(args) -> int:
 
 # ------------------------------------------------------------------- select, promote, rollback
 def cmd_select(args) -> int:
-    from tasks.rollout import select_for_hardware
+    from nash_mlflow.rollout import select_for_hardware
 
     out = select_for_hardware(_store(args), args.sweep, args.hardware)
     print(
@@ -125,7 +125,7 @@ def cmd_select(args) -> int:
 
 
 def cmd_promote(args) -> int:
-    from tasks.rollout import promote
+    from nash_mlflow.rollout import promote
 
     out = promote(_store(args), args.version, model=args.model, alias=args.alias, why=args.reason)
     if out["moved"]:
@@ -136,7 +136,7 @@ def cmd_promote(args) -> int:
 
 
 def cmd_rollback(args) -> int:
-    from tasks.rollout import rollback
+    from nash_mlflow.rollout import rollback
 
     out = rollback(_store(args), model=args.model, alias=args.alias, why=args.reason)
     print(f"{out['model']}@{out['alias']}: version {out['from']} -> {out['to']} (rolled back)")
@@ -150,8 +150,8 @@ def cmd_serve(args) -> int:
     MLflow's server starts ``uvicorn`` found on PATH; run as ``.venv/bin/mlflow`` without an
     activated venv it is not there (exit 127). This puts the interpreter's own ``bin`` first on
     PATH and replaces this process with the server (Ctrl-C / SIGTERM stop it)."""
-    from tasks.rollout import RolloutError, alias_version, model_weights, resolve_model
-    from tasks.tracking import make_client
+    from nash_mlflow.rollout import RolloutError, alias_version, model_weights, resolve_model
+    from nash_mlflow.tracking import make_client
 
     uri = _store(args)
     client = make_client(uri)

@@ -19,7 +19,7 @@ from typing import IO
 
 from mlflow.tracking import MlflowClient
 
-from tasks import tracking
+from nash_mlflow import tracking
 
 ALIVE = ".alive"
 WORKDIR_TAG, HOST_TAG, ABANDONED_TAG = "nash.workdir", "nash.host", "nash.abandoned"

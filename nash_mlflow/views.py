@@ -30,7 +30,7 @@ from mlflow.tracking import MlflowClient
 SHARED_VIEW = "mlflow.sharedViewState."
 SWEEPS_KEY = "nash-sweeps"
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
-#: Metrics the publish step logs on each sweep run (``tasks/sweep_report.sweep_metrics``).
+#: Metrics the publish step logs on each sweep run (``nash_mlflow/sweep_report.sweep_metrics``).
 SWEEP_METRICS = (
     "champion_speedup",
     "champion_rougeL_retention",

@@ -9,7 +9,7 @@
     nash report [--run-id ID] [--workdir DIR | --tracking-uri URI] [--markdown F] [--html F]
     nash benchmark --sweep RUN_ID [--hardware-name NAME] [--price-per-hour P] [--tracking-uri URI]
     nash select --sweep RUN_ID --hardware NAME
-    nash promote VERSION | nash rollback | nash serve     (flows/rollout.py)
+    nash promote VERSION | nash rollback | nash serve     (nash_cli/rollout.py)
 
 Exit codes: 0 success, 2 bad input (config, data, model; every problem is listed, nothing is
 trained or tracked), 1 an unexpected failure (traceback), 130 interrupted.
@@ -110,7 +110,7 @@ def cmd_run(args) -> int:
     cfg = _load(args)  # validate before anything is created or imported
     preflight(cfg)
     workdir = _workdir(args)
-    from flows.sweep import run_sweep
+    from nash_cli.sweep import run_sweep
 
     result = run_sweep(str(args.config), list(args.set or []), str(workdir))
     if isinstance(result, dict):
@@ -135,9 +135,9 @@ def _print_promotion(result: dict) -> None:
 
 
 def _print_links(result: dict) -> None:
-    """The MLflow links of a finished sweep, the trade-off view first (tasks/views.py)."""
+    """The MLflow links of a finished sweep, the trade-off view first (nash_mlflow/views.py)."""
     if result.get("links"):
-        from tasks.views import format_links
+        from nash_mlflow.views import format_links
 
         print(format_links(result["links"]))
 
@@ -152,12 +152,12 @@ def cmd_deploy(args) -> int:
     cfg = _load(args)
     preflight(cfg)
     workdir = _workdir(args)
-    from flows.sweep import prepare_environment
+    from nash_cli.sweep import prepare_environment
 
     prepare_environment(workdir)
     import signal
 
-    from flows.deploy import deploy
+    from nash_cli.deploy import deploy
 
     def stop(signum, frame):  # SIGTERM (a service manager's stop) ends serving like Ctrl-C
         raise KeyboardInterrupt
@@ -179,7 +179,7 @@ def cmd_watch(args) -> int:
     cfg = _load(args)
     preflight(cfg)
     workdir = _workdir(args)
-    from flows.sweep import prepare_environment
+    from nash_cli.sweep import prepare_environment
 
     prepare_environment(workdir)
     from flows.watch import describe, watch_flow
@@ -194,7 +194,7 @@ def cmd_watch(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from tasks.sweep_report import report_main
+    from nash_mlflow.sweep_report import report_main
 
     workdir = Path(args.workdir) if args.workdir else default_workdir()
     print(
@@ -222,7 +222,7 @@ def cmd_ui(args) -> int:
     import subprocess
 
     workdir = Path(args.workdir) if args.workdir else default_workdir()
-    from tasks.tracking import default_tracking_uri
+    from nash_mlflow.tracking import default_tracking_uri
 
     uri = default_tracking_uri(workdir)
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
@@ -251,7 +251,7 @@ def cmd_ui(args) -> int:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     print(f"MLflow UI on http://{args.host}:{args.port}  (store {uri}; Ctrl-C to stop)")
     try:
-        from tasks.views import format_links, latest_sweep_links
+        from nash_mlflow.views import format_links, latest_sweep_links
 
         links = latest_sweep_links(uri, args.host, args.port)
     except Exception as exc:  # noqa: BLE001 - the links are a convenience; the UI still starts
@@ -386,7 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rp.set_defaults(func=cmd_report)
 
-    from flows.rollout import add_rollout_commands
+    from nash_cli.rollout import add_rollout_commands
 
     add_rollout_commands(sub)
     return p
@@ -395,7 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
-    from flows.rollout import sweep_benchmark_parser, wants_sweep_benchmark
+    from nash_cli.rollout import sweep_benchmark_parser, wants_sweep_benchmark
 
     if argv[:1] == ["benchmark"] and wants_sweep_benchmark(argv[1:]):
         args = sweep_benchmark_parser().parse_args(argv[1:])

@@ -1,0 +1,1 @@
+"""The ``nash`` command: argument parsing and the entry points that start flows."""
