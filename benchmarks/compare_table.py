@@ -1,4 +1,4 @@
-"""The README's structure x precision table from a finished sweep (configs/demo-compare.yaml).
+"""The structure x precision table of docs/structure-precision.md, from a finished sweep.
 
     .venv/bin/python benchmarks/compare_table.py --workdir .nash [--config-name demo-compare]
 

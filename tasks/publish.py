@@ -1,4 +1,4 @@
-"""The sweep's last step: make its MLflow pages tell the answer (``nash_mlflow/sweep_report.publish``)."""
+"""The sweep's last step: make its MLflow pages tell the answer (``sweep_report.publish``)."""
 
 from __future__ import annotations
 

@@ -80,7 +80,7 @@ def test_sweep_with_magnitude_arms_and_precision_variants(tmp_path):
     out = served.predict(pd.DataFrame({"source": ["Anna: Dinner on monday at 7 pm?\nBen: Sure."]}))
     assert len(out) == 1 and isinstance(out[0], str)
 
-    # the README's structure x precision table is made from such a store by this script
+    # docs/structure-precision.md's table is made from such a store by this script
     table = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "compare_table.py"), "--workdir", str(work)]
         + ["--config-name", "smoke"],
