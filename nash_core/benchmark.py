@@ -5,8 +5,11 @@ discarded, the device synchronised before every clock read, repeated; median / p
 per batch size. Two modes: ``natural`` decodes with the evaluation protocol (what users get);
 ``fixed`` forces exactly N new tokens so architectures are compared at equal output length.
 All models run in ONE process with their calls interleaved (A B A B ...), so slow drift of a
-shared machine (thermal, other processes) hits every model alike; speedup = baseline median /
-model median, the baseline being the first model (the teacher).
+shared machine (thermal, other processes) hits every model alike; speedup = the median over
+rounds of (baseline time / model time in that round), the baseline being the first model (the
+teacher), with a bootstrap interval over rounds (nash_core/intervals.py). When the fastest
+candidates' intervals overlap, :func:`extra_rounds` times just those (and the baseline) for more
+rounds, within a budget.
 
 The timing core (:func:`timed_rounds`, :func:`latency_stats`, :func:`benchmark_loaded`) takes
 an injectable clock and synchroniser, so tests drive it with a fake model whose latency is
@@ -37,6 +40,7 @@ from tqdm.auto import tqdm
 from nash_core.config import BenchmarkConfig, EvaluationConfig
 from nash_core.errors import DataError, ModelError, NashError
 from nash_core.evaluate import generated_lengths, generation_config_for, run_generate
+from nash_core.intervals import Interval, median_interval, paired_speedup, speed_ranking
 from nash_core.io import atomic_write_json
 from nash_core.progress import progress_disabled
 
@@ -307,6 +311,83 @@ def _cost(price_per_hour: float, seconds_per_request: float, tokens_per_s: float
     }
 
 
+def round_intervals(
+    times: Sequence[Sequence[float]], bench_cfg: BenchmarkConfig, seed: int = 0
+) -> tuple[list[Interval | None], list[Interval | None]]:
+    """Per model: its speedup over model 0 paired by round, and its median latency (ms), each
+    with its bootstrap interval over the rounds (nash_core/intervals.py); None under 2 rounds."""
+    kw = {"samples": bench_cfg.bootstrap_samples, "confidence": bench_cfg.confidence, "seed": seed}
+    speed = [paired_speedup(times[0], t, **kw) for t in times]
+    median = [median_interval(t, **kw) for t in times]
+    return speed, median
+
+
+@dataclass
+class AdaptivePlan:
+    """Extra rounds at one batch size (natural mode) for the fastest candidates while their
+    speedup intervals overlap. ``eligible``: the names that may win (non-inferior in quality);
+    None: every candidate but the baseline."""
+
+    batch_size: int
+    eligible: Sequence[str] | None = None
+    seed: int = 0
+
+
+def _contenders(names, times, bench_cfg, plan: AdaptivePlan) -> list[str]:
+    speed, _ = round_intervals(times, bench_cfg, plan.seed)
+    allowed = set(names[1:] if plan.eligible is None else plan.eligible) - {names[0]}
+    ranking = speed_ranking({n: iv for n, iv in zip(names, speed) if n in allowed})
+    return ranking.tied
+
+
+def extra_rounds(
+    names: Sequence[str],
+    fns: Sequence[Callable[[], Any]],
+    times: list[list[float]],
+    outputs: list[list[Any]],
+    bench_cfg: BenchmarkConfig,
+    plan: AdaptivePlan,
+    clock: Clock = time.perf_counter,
+    sync: Callable[[], None] = lambda: None,
+) -> dict:
+    """Time the tied fastest candidates (with the baseline, the pairing reference) for more
+    interleaved rounds, appending to ``times`` / ``outputs`` in place, until their speedup
+    intervals separate or ``benchmark.extra_rounds`` / ``max_extra_seconds`` is spent.
+
+    The rounds go in chunks of ``benchmark.repeats``; before each chunk the intervals are
+    recomputed on every round so far, and the chunk is cut to what the time budget still fits
+    at the last measured pace. Returns the log: rounds added, who was timed, why it stopped.
+    """
+    tied = _contenders(names, times, bench_cfg, plan)
+    log = {"batch_size": plan.batch_size, "extra_rounds": 0, "candidates": [], "seconds": 0.0}
+    if len(tied) < 2:
+        log["stopped"] = "no overlap" if tied else "no superior candidate"
+        return {**log, "tied_after": tied}
+    log["candidates"] = list(tied)
+    idx = [0, *(names.index(n) for n in tied)]
+    start, done = clock(), 0
+    while len(tied) >= 2:
+        left = bench_cfg.extra_rounds - done
+        pace = sum(float(np.median(times[i])) for i in idx)
+        fit = int((bench_cfg.max_extra_seconds - (clock() - start)) // pace) if pace > 0 else left
+        chunk = min(bench_cfg.repeats, left, fit)
+        if chunk < 1:
+            log["stopped"] = "budget"
+            break
+        new, outs = timed_rounds(
+            [fns[i] for i in idx], 0, chunk, clock, sync, f"extra bs{plan.batch_size}", True
+        )
+        for j, i in enumerate(idx):
+            times[i].extend(new[j])
+            outputs[i].extend(outs[j])
+        done += chunk
+        tied = _contenders(names, times, bench_cfg, plan)
+    else:
+        log["stopped"] = "separated"
+    log.update(extra_rounds=done, seconds=clock() - start, tied_after=tied)
+    return log
+
+
 def benchmark_loaded(
     cands: Sequence[Candidate],
     input_rows: Sequence[Sequence[Sequence[int]]],
@@ -317,11 +398,17 @@ def benchmark_loaded(
     clock: Clock = time.perf_counter,
     sync: Callable[[], None] | None = None,
     measure_memory: bool = True,
+    adaptive: AdaptivePlan | None = None,
+    seed: int = 0,
 ) -> list[dict]:
     """Time every candidate (interleaved) per batch size and mode; the first is the baseline.
 
     ``input_rows[i]`` are candidate i's token-id rows (the same texts through its tokenizer).
     Returns one dict per candidate: ``{"name", **info, "results": {mode: {batch_size: stats}}}``.
+    Every result keeps its per-round times (``rounds_ms``) and the intervals of its speedup
+    (``speedup_interval``, paired by round) and median latency (``median_interval``), seeded
+    with ``seed``. With ``adaptive``, natural decoding at its batch size gets
+    :func:`extra_rounds`, logged on the baseline's result (``adaptive``).
     """
     if "fixed" in modes and not bench_cfg.fixed_new_tokens:
         raise ModelError("mode 'fixed' needs benchmark.fixed_new_tokens (or --new-tokens N)")
@@ -352,11 +439,19 @@ def benchmark_loaded(
                 f"{mode} bs{bs}",
                 keep_outputs=True,
             )
-            base_median = float(np.median(times[0]))
+            adaptive_log = None
+            if adaptive is not None and mode == "natural" and bs == adaptive.batch_size:
+                names = [c.name for c in cands]
+                adaptive_log = extra_rounds(
+                    names, fns, times, outputs, bench_cfg, adaptive, clock, sync
+                )
+                print(f"benchmark: adaptive rounds at batch {bs}: {_adaptive_text(adaptive_log)}")
+            speed_iv, median_iv = round_intervals(times, bench_cfg, seed)
             for i, (c, t, outs, g) in enumerate(zip(cands, times, outputs, cfgs)):
                 stats = latency_stats(t)
                 enc = latency_stats(enc_times[i])
                 median_s = stats["median_ms"] / 1000.0
+                base_median = float(np.median(times[0][: len(t)]))  # the rounds both ran
                 # rounds ran on different inputs: throughput = all tokens / all time
                 total_s = float(sum(t))
                 tokens = sum(int(sum(generated_lengths(seqs, g.eos_token_id))) for seqs in outs)
@@ -371,13 +466,31 @@ def benchmark_loaded(
                     "sequences_per_s": bs * len(outs) / total_s if total_s > 0 else float("inf"),
                     "tokens_per_s": tps,
                     "ms_per_token": 1000.0 * total_s / steps if steps else None,
-                    "speedup": base_median / median_s if median_s > 0 else None,
+                    "speedup": (
+                        speed_iv[i].point
+                        if speed_iv[i]
+                        else (base_median / median_s if median_s > 0 else None)
+                    ),
                     **_cost(bench_cfg.price_per_hour, median_s / bs, tps),
+                    "rounds_ms": [x * 1000.0 for x in t],
+                    "speedup_interval": speed_iv[i].as_dict() if speed_iv[i] else None,
+                    "median_interval": median_iv[i].as_dict() if median_iv[i] else None,
                 }
+                if i == 0 and adaptive_log is not None:
+                    res["adaptive"] = adaptive_log
                 if measure_memory:
                     res.update(peak_memory(fns[i], device))
                 out[i]["results"][mode][str(bs)] = res
     return out
+
+
+def _adaptive_text(log: dict) -> str:
+    who = ", ".join(log["candidates"]) or "none"
+    return (
+        f"{log['extra_rounds']} extra round(s) of {who} (and the baseline) in "
+        f"{log['seconds']:.1f} s; stopped: {log['stopped']}; tied after: "
+        f"{', '.join(log['tied_after']) or 'none'}"
+    )
 
 
 # --------------------------------------------------------------------------- hardware
@@ -450,8 +563,13 @@ def benchmark_models(
     modes: Sequence[str] | None = None,
     seed: int = 0,
     names: Sequence[str] | None = None,
+    adaptive_batch: int | None = None,
+    eligible: Sequence[str] | None = None,
 ) -> dict:
     """Load ``model_dirs`` (first = baseline) and benchmark them on the same inputs.
+
+    ``adaptive_batch``: give the fastest candidates extra rounds at this batch size while their
+    speedup intervals overlap (:func:`extra_rounds`; only ``eligible`` names, when given, count).
 
     ``texts`` (e.g. test sources with their prefix) are tokenised by each model's tokenizer;
     without texts, random token ids of ``source_length`` shared by all models are used.
@@ -491,7 +609,13 @@ def benchmark_models(
         shared = random_inputs(bench_cfg.num_inputs, source_length, vocab, seed)
         rows = [shared] * len(cands)
         source = f"{bench_cfg.num_inputs} random token-id rows of length {source_length}"
-    models = benchmark_loaded(cands, rows, bench_cfg, eval_cfg, device, modes)
+    plan = None
+    if adaptive_batch is not None and adaptive_batch in bench_cfg.batch_sizes:
+        plan = AdaptivePlan(adaptive_batch, eligible, seed)
+    models = benchmark_loaded(
+        cands, rows, bench_cfg, eval_cfg, device, modes, adaptive=plan, seed=seed
+    )
+    adaptive = models[0]["results"].get("natural", {}).get(str(adaptive_batch), {}).get("adaptive")
     attn = sorted({str(c.info["attn_implementation"]) for c in cands})
     return {
         "hardware": hardware_fingerprint(
@@ -516,6 +640,13 @@ def benchmark_models(
             "price_per_hour": bench_cfg.price_per_hour,
             "baseline": cands[0].name,
             "interleaved": True,
+            "intervals": {
+                "speedup": "median of per-round ratios baseline / model, bootstrap over rounds",
+                "confidence": bench_cfg.confidence,
+                "bootstrap_samples": bench_cfg.bootstrap_samples,
+                "seed": seed,
+            },
+            "adaptive": adaptive,
         },
         "models": models,
     }
@@ -553,14 +684,36 @@ def flat_metrics(model_result: dict, mode: str = "natural") -> dict[str, float]:
                 "cost_per_1m_tokens": r["cost_per_1m_tokens"],
             }
             out.update({f"{prefix}{k}_bs{bs}": float(v) for k, v in vals.items() if v is not None})
+            out.update(_interval_metrics(r, f"{prefix}", f"_bs{bs}"))
     return out
 
 
+def _interval_metrics(r: dict, prefix: str, suffix: str) -> dict[str, float]:
+    """``speedup_bs1_low`` / ``_high``, ``latency_p50_ms_bs1_low`` / ``_high``, the number of
+    timed rounds and of adaptive extra rounds (absent where the result has no interval)."""
+    out: dict[str, float] = {}
+    for key, name in (("speedup_interval", "speedup"), ("median_interval", "latency_p50_ms")):
+        iv = r.get(key)
+        if iv:
+            out[f"{prefix}{name}{suffix}_low"] = float(iv["low"])
+            out[f"{prefix}{name}{suffix}_high"] = float(iv["high"])
+    if r.get("rounds_ms") is not None:
+        out[f"{prefix}bench_rounds{suffix}"] = float(len(r["rounds_ms"]))
+    if r.get("adaptive"):
+        out[f"{prefix}bench_extra_rounds{suffix}"] = float(r["adaptive"]["extra_rounds"])
+    return out
+
+
+def _interval_cell(iv: dict | None, digits: int) -> str:
+    return f"[{iv['low']:.{digits}f}, {iv['high']:.{digits}f}]" if iv else "-"
+
+
 def format_table(result: dict) -> str:
-    """A compact text table: one line per model x mode x batch size."""
+    """A compact text table: one line per model x mode x batch size, with the intervals."""
     head = (
-        f"{'model':<28} {'params':>8} {'mode':<7} {'bs':>3} {'p50 ms':>9} {'p90 ms':>9} "
-        f"{'ms/tok':>7} {'tok/s':>8} {'enc ms':>8} {'speedup':>7}"
+        f"{'model':<28} {'params':>8} {'mode':<7} {'bs':>3} {'p50 ms':>9} {'p50 interval':>17} "
+        f"{'p90 ms':>9} {'ms/tok':>7} {'tok/s':>8} {'enc ms':>8} {'speedup':>7} "
+        f"{'speedup interval':>16}"
     )
     lines = [head, "-" * len(head)]
     for m in result["models"]:
@@ -570,10 +723,17 @@ def format_table(result: dict) -> str:
                 mpt = f"{r['ms_per_token']:.2f}" if r["ms_per_token"] is not None else "-"
                 lines.append(
                     f"{label:<28} {m['params'] / 1e6:>7.1f}M {mode:<7} {bs:>3} "
-                    f"{r['latency']['median_ms']:>9.1f} {r['latency']['p90_ms']:>9.1f} "
+                    f"{r['latency']['median_ms']:>9.1f} "
+                    f"{_interval_cell(r.get('median_interval'), 1):>17} "
+                    f"{r['latency']['p90_ms']:>9.1f} "
                     f"{mpt:>7} {r['tokens_per_s']:>8.1f} {r['encoder']['median_ms']:>8.1f} "
-                    f"{r['speedup']:>6.2f}x"
+                    f"{r['speedup']:>6.2f}x {_interval_cell(r.get('speedup_interval'), 2):>16}"
                 )
+    adaptive = result.get("settings", {}).get("adaptive")
+    if adaptive:
+        lines.append(
+            f"adaptive rounds at batch {adaptive['batch_size']}: {_adaptive_text(adaptive)}"
+        )
     hw = result["hardware"]
     lines.append(
         f"hardware: {hw['gpu_name'] or hw['cpu_model']} | device {hw['device']} | "

@@ -419,6 +419,24 @@ class BenchmarkConfig(_Section):
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     price_per_hour: float = Field(0.0, ge=0, description="Hardware price (USD/h) for cost metrics.")
     hardware_name: str | None = None
+    bootstrap_samples: int = Field(
+        2000, ge=100, description="Bootstrap resamples of the rounds for latency intervals."
+    )
+    confidence: float = Field(
+        0.95, gt=0.5, lt=1.0, description="Coverage of the speedup and latency intervals."
+    )
+    extra_rounds: int = Field(
+        30,
+        ge=0,
+        description=(
+            "Adaptive rounds: when the fastest qualifying candidates' speedup intervals overlap "
+            "at selection.batch_size, time just those (and the teacher) for up to this many more "
+            "interleaved rounds, until they separate. 0 turns it off."
+        ),
+    )
+    max_extra_seconds: float = Field(
+        60.0, ge=0, description="Wall-clock budget of the adaptive rounds (the clock's seconds)."
+    )
     quantize_int8: bool = Field(
         False,
         description=(
@@ -474,6 +492,27 @@ class SelectionConfig(_Section):
     )
     latency_metric: str = "latency_p50_ms"
     batch_size: int = Field(1, ge=1, description="Batch size whose latency ranks candidates.")
+    tie_break: list[str] = Field(
+        default_factory=lambda: ["retention_low", "params", "served_mb"],
+        description=(
+            "Candidates tied on speed (speedup intervals overlapping the fastest's) are ordered "
+            "by these keys, first decisive key wins: retention_low (higher), rougeL (higher), "
+            "params (fewer), params_nonzero (fewer), served_mb (smaller), speedup (higher point "
+            "value); the label settles what is still equal."
+        ),
+    )
+
+    @field_validator("tie_break")
+    @classmethod
+    def _known_tie_breaks(cls, keys: list[str]) -> list[str]:
+        from nash_core.selection import TIE_BREAKS  # selection imports this module
+
+        unknown = [k for k in keys if k not in TIE_BREAKS]
+        if unknown:
+            raise ValueError(f"unknown tie_break key(s) {unknown}; known: {sorted(TIE_BREAKS)}")
+        if len(set(keys)) != len(keys):
+            raise ValueError(f"tie_break keys must not repeat (got {keys})")
+        return keys
 
     @model_validator(mode="before")
     @classmethod

@@ -8,8 +8,9 @@ and hands them here.
   derives one from a hardware fingerprint.
 - **The promotion gate** (:func:`promotion_gate`): the challenger replaces the champion only if,
   on the same test examples with the same decoding, it is not worse than the champion by more
-  than the selection policy tolerates (the policy's own rule, :func:`choose_champion`, with the
-  champion in the teacher's place) and not slower on an interleaved benchmark of the two.
+  than the selection policy tolerates and its speedup interval over the champion (an interleaved
+  benchmark of the two, paired by round) lies above ``1 / (1 + max_slowdown)``: the selection
+  rule itself (:func:`choose_champion`) with the champion in the teacher's place.
 - **Alias moves** are recorded as registered-model tags ``nash.move.<000001>`` (JSON: alias,
   from, to, who, when, why, kind); :func:`rollback_target` reads that history.
 """
@@ -24,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 import pandas as pd
 
 from nash_core.config import SelectionConfig
-from nash_core.selection import TEACHER, choose_champion, latency_column
+from nash_core.selection import TEACHER, choose_champion, latency_column, speedup_columns
 
 HW_PREFIX = "hw"
 MOVE_TAG = "nash.move."
@@ -44,6 +45,8 @@ SPEED_METRICS = (
     "peak_mem_mb",
     "cost_per_1k_requests",
     "cost_per_1m_tokens",
+    "bench_rounds",
+    "bench_extra_rounds",
 )
 
 
@@ -129,51 +132,59 @@ def _fmt(x) -> str:
 def promotion_gate(
     champion: dict, challenger: dict, sel: SelectionConfig, max_slowdown: float
 ) -> GateResult:
-    """Decide whether ``challenger`` may replace ``champion``.
+    """Decide whether ``challenger`` may replace ``champion``: the selection rule
+    (:func:`choose_champion`) with the champion in the teacher's place.
 
     Each side is ``{"label", "rougeL", "latency_ms"}`` measured in the same session (same test
     examples and decoding; latencies interleaved in one benchmark); ``challenger`` also carries
-    ``rougeL_delta_ci_low`` / ``rougeL_delta_ci_high``: the paired-bootstrap interval of
-    (challenger - champion) ROUGE-L over the examples. Quality: the selection policy's own rule
-    (:func:`choose_champion` with the champion as the baseline) must qualify the challenger;
-    a champion that scores ROUGE-L 0 has no quality to lose (retention is undefined).
-    Speed: its latency may exceed the champion's by at most ``max_slowdown`` (a fraction: the
-    two are timed interleaved, but a machine's noise never makes equal models exactly equal).
+    ``rougeL_delta_ci_low`` / ``rougeL_delta_ci_high`` (the paired-bootstrap interval of
+    challenger - champion ROUGE-L over the examples) and ``speedup`` / ``speedup_low`` /
+    ``speedup_high`` (champion time / challenger time, paired by round, with its interval).
+    Quality: non-inferior as the policy defines it (a champion that scores ROUGE-L 0 has no
+    quality to lose). Speed: the speedup interval must lie above ``1 / (1 + max_slowdown)``:
+    with ``max_slowdown`` 0 the challenger must be faster beyond the noise, exactly the sweep's
+    rule; 0.05 lets it through unless it is slower than the champion by more than 5% beyond
+    doubt. No interval (fewer than 2 rounds): the gate fails, saying so.
     """
     lat = latency_column(sel)
+    point, low, high = speedup_columns(sel)
     c_q, n_q = float(champion["rougeL"]), float(challenger["rougeL"])
     c_t, n_t = float(champion["latency_ms"]), float(challenger["latency_ms"])
     retention = n_q / c_q if c_q > 0 else (1.0 if n_q >= c_q else 0.0)
+    speed = {k: challenger.get(k, math.nan) for k in ("speedup", "speedup_low", "speedup_high")}
+    speed = {k: math.nan if v is None else float(v) for k, v in speed.items()}
+    base = {"run_id": None, "teacher_rougeL": c_q, "rougeL_delta_ci_high": 0.0}
     table = pd.DataFrame(
         [
             {
+                **base,
                 "label": champion["label"],
                 "method": TEACHER,
-                "run_id": None,
                 "rougeL": c_q,
                 "rougeL_retention": 1.0,
-                "rougeL_delta": 0.0,
                 "rougeL_delta_ci_low": 0.0,
-                "rougeL_delta_ci_high": 0.0,
-                "teacher_rougeL": c_q,
                 lat: c_t,
+                point: 1.0,
+                low: 1.0,
+                high: 1.0,
             },
             {
+                **base,
                 "label": challenger["label"],
                 "method": "challenger",
-                "run_id": None,
                 "rougeL": n_q,
                 "rougeL_retention": retention,
-                "rougeL_delta": n_q - c_q,
                 "rougeL_delta_ci_low": float(challenger["rougeL_delta_ci_low"]),
                 "rougeL_delta_ci_high": float(challenger["rougeL_delta_ci_high"]),
-                "teacher_rougeL": c_q,
                 lat: n_t,
+                point: speed["speedup"],
+                low: speed["speedup_low"],
+                high: speed["speedup_high"],
             },
         ]
     )
-    decision = choose_champion(table, sel)
-    slowdown = n_t / c_t - 1.0 if c_t > 0 else math.inf
+    threshold = 1.0 / (1.0 + max_slowdown)
+    decision = choose_champion(table, sel, speed_threshold=threshold, check_quality=c_q > 0)
     numbers = {
         "champion_rougeL": c_q,
         "challenger_rougeL": n_q,
@@ -182,29 +193,29 @@ def promotion_gate(
         "rougeL_delta_ci_high": float(challenger["rougeL_delta_ci_high"]),
         f"champion_{lat}": c_t,
         f"challenger_{lat}": n_t,
-        "slowdown": slowdown,
+        "slowdown": n_t / c_t - 1.0 if c_t > 0 else math.inf,
+        "speedup": speed["speedup"],
+        "speedup_low": speed["speedup_low"],
+        "speedup_high": speed["speedup_high"],
+        "speed_threshold": threshold,
         "max_slowdown": max_slowdown,
     }
-    why = []
-    if c_q <= 0:  # retention means nothing against 0; nothing can be lost either
-        pass
-    elif challenger["label"] not in decision.qualified:
-        why.append(
-            f"quality: {decision.rejected.get(challenger['label'], 'not qualified')} "
-            f"(the selection policy, with the champion as the baseline)"
+    if decision.is_teacher:
+        why = decision.rejected.get(challenger["label"], "not qualified")
+        return GateResult(
+            False,
+            f"{why} (the selection rule, with the champion as the baseline)",
+            champion["label"],
+            challenger["label"],
+            numbers,
         )
-    if not slowdown <= max_slowdown:
-        why.append(
-            f"speed: {lat} {n_t:.4g} ms vs the champion's {c_t:.4g} ms "
-            f"({slowdown:+.1%} > +{max_slowdown:.0%} allowed)"
-        )
-    if why:
-        return GateResult(False, "; ".join(why), champion["label"], challenger["label"], numbers)
     reason = (
         f"not worse than the champion beyond the policy's tolerance (ROUGE-L {n_q:.4g} vs "
         f"{c_q:.4g}, 95% CI of the difference [{numbers['rougeL_delta_ci_low']:.4g}, "
-        f"{numbers['rougeL_delta_ci_high']:.4g}]) and not slower ({lat} {n_t:.4g} vs "
-        f"{c_t:.4g} ms, {slowdown:+.1%}, at most +{max_slowdown:.0%})"
+        f"{numbers['rougeL_delta_ci_high']:.4g}]) and not slower beyond the noise (speedup over "
+        f"the champion {speed['speedup']:.3f} [{speed['speedup_low']:.3f}, "
+        f"{speed['speedup_high']:.3f}] lies above {threshold:.3f} = 1 / (1 + max_slowdown "
+        f"{max_slowdown:g}); {lat} {n_t:.4g} vs {c_t:.4g} ms)"
     )
     return GateResult(True, reason, champion["label"], challenger["label"], numbers)
 

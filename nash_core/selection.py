@@ -5,36 +5,53 @@ policy can be tested and reasoned about without a tracking store.
 
 Columns used (names as logged on the candidate runs):
 ``label``, ``method`` (``teacher`` marks the baseline), ``rougeL`` (the teacher's row gives the
-scale), ``rougeL_retention``, ``rougeL_delta_ci_low`` and the latency column of
-:func:`latency_column`.
+scale), ``rougeL_retention``, ``rougeL_delta_ci_low``, the latency column of
+:func:`latency_column` (shown, and the Pareto axis), the speedup interval columns of
+:func:`speedup_columns` (``speedup_bs<N>``, ``_low``, ``_high``) and the tie-break columns.
 
-The policy speaks one language: quality as a fraction of the teacher's ROUGE-L. A candidate
-qualifies when its retention (candidate / teacher ROUGE-L) is at least ``min_retention`` AND the
-low end of the paired-bootstrap interval of (candidate - teacher) ROUGE-L, divided by the
-teacher's ROUGE-L, is at least ``min_retention_low - 1``; i.e. the retention's lower confidence
-bound ``1 + ci_low / teacher`` is at least ``min_retention_low``. With both at 0.95 this reads
-"keeps 95% of the teacher's quality, and the test set cannot show it keeps less".
+The rule (docs/decisions.md), an intersection-union test as in clinical trials: a candidate
+**qualifies** when it is non-inferior in quality AND superior in speed.
+
+- Quality, as a fraction of the teacher's ROUGE-L: its retention (candidate / teacher ROUGE-L) is
+  at least ``min_retention`` and the retention's lower confidence bound ``1 + ci_low / teacher``
+  (ci_low: low end of the paired-bootstrap interval of candidate - teacher ROUGE-L) is at least
+  ``min_retention_low``. With both at 0.95: "keeps 95% of the teacher's quality, and the test set
+  cannot show it keeps less".
+- Speed: the interval of its speedup over the teacher (paired by interleaved round,
+  nash_core/intervals.py) lies above 1. A candidate without an interval is disqualified.
+
+Among qualifiers one wins outright only if its speedup interval lies above every other
+qualifier's; otherwise the candidates whose intervals overlap the fastest's are tied, and the tie
+is broken by ``selection.tie_break`` (:data:`TIE_BREAKS`). No qualifier: the teacher stays.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pandas as pd
 
 from nash_core.config import SelectionConfig
+from nash_core.intervals import Interval, interval_from_columns, speed_ranking
 
 TEACHER = "teacher"
 
 
 def latency_column(sel: SelectionConfig) -> str:
-    """Metric that ranks candidates: the configured latency at the configured batch size.
+    """Metric shown next to the speedup: the configured latency at the configured batch size.
 
     Every latency is logged once per benchmarked batch size with a ``_bs<N>`` suffix, so the
     ranking never silently mixes batch sizes.
     """
     return f"{sel.latency_metric}_bs{sel.batch_size}"
+
+
+def speedup_columns(sel: SelectionConfig) -> tuple[str, str, str]:
+    """The speedup over the teacher at the selection's batch size: point, interval low, high."""
+    point = f"speedup_bs{sel.batch_size}"
+    return point, f"{point}_low", f"{point}_high"
 
 
 def pareto_frontier(df: pd.DataFrame, quality: str, latency: str) -> pd.Series:
@@ -54,7 +71,12 @@ def pareto_frontier(df: pd.DataFrame, quality: str, latency: str) -> pd.Series:
 
 @dataclass
 class Decision:
-    """The champion and why; ``rejected`` explains every candidate that did not win."""
+    """The champion and why; ``rejected`` explains every candidate that did not win.
+
+    ``tied``: the candidates tied on speed with the champion (the champion first), empty when
+    it won outright or the teacher stays; ``chosen_by``: the tie-break key that decided.
+    ``intervals``: every candidate's speedup interval (point, low, high), None where missing.
+    """
 
     label: str
     run_id: str | None
@@ -62,6 +84,9 @@ class Decision:
     reason: str
     qualified: list[str] = field(default_factory=list)
     rejected: dict[str, str] = field(default_factory=dict)
+    tied: list[str] = field(default_factory=list)
+    chosen_by: str | None = None
+    intervals: dict[str, tuple[float, float, float] | None] = field(default_factory=dict)
 
     def as_text(self) -> str:
         lines = [
@@ -69,6 +94,8 @@ class Decision:
             f"reason: {self.reason}",
             f"qualified: {', '.join(self.qualified) if self.qualified else 'none'}",
         ]
+        if self.tied:
+            lines.append(f"tied on speed: {', '.join(self.tied)} (chosen by {self.chosen_by})")
         lines += [f"rejected {name}: {why}" for name, why in self.rejected.items()]
         return "\n".join(lines) + "\n"
 
@@ -87,92 +114,209 @@ def _fmt(x: float) -> str:
     return "missing" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.4g}"
 
 
-# C901: one guarded decision table (missing metrics, retention, bound, speed, teacher fallback),
-# each branch a documented rule; split up it reads worse.
-def choose_champion(df: pd.DataFrame, sel: SelectionConfig) -> Decision:  # noqa: C901
-    """The fastest candidate that keeps quality, else the teacher.
+def _num(row, col: str) -> float:
+    v = pd.to_numeric(row.get(col), errors="coerce")
+    return float(v) if pd.notna(v) else math.nan
 
-    A candidate qualifies when ``rougeL_retention >= min_retention`` and the lower confidence
-    bound of its retention (:func:`retention_low`) is ``>= min_retention_low``; the fastest
-    qualifier by :func:`latency_column` wins, unless it is not faster than the teacher (then
-    compressing buys nothing and the teacher stays). Missing metrics disqualify (never a silent
-    pass).
+
+# --------------------------------------------------------------------------- tie-break keys
+@dataclass(frozen=True)
+class TieBreak:
+    """A declared tie-break key: how to read it from a row, and whether higher is better."""
+
+    value: Callable[[pd.Series, float], float]  # (row, teacher ROUGE-L) -> value
+    higher_is_better: bool
+    what: str
+
+
+def _params(row, _t) -> float:
+    return _num(row, "params_total")
+
+
+#: The keys ``selection.tie_break`` may name (config validation checks against this dict).
+TIE_BREAKS: dict[str, TieBreak] = {
+    "retention_low": TieBreak(
+        lambda row, t: retention_low(row.get("rougeL_delta_ci_low"), t),
+        True,
+        "higher retention lower bound",
+    ),
+    "rougeL": TieBreak(lambda row, _t: _num(row, "rougeL"), True, "higher ROUGE-L"),
+    "params": TieBreak(_params, False, "fewer parameters"),
+    "params_nonzero": TieBreak(
+        lambda row, _t: _num(row, "params_nonzero"), False, "fewer non-zero parameters"
+    ),
+    "served_mb": TieBreak(lambda row, _t: _num(row, "weights_mb"), False, "smaller served size"),
+    "speedup": TieBreak(lambda row, _t: _num(row, "_speedup_point"), True, "higher speedup"),
+}
+
+
+def break_tie(rows: list[pd.Series], keys: list[str], teacher_q: float) -> tuple[pd.Series, str]:
+    """The row the declared keys prefer, and the text saying which key decided.
+
+    Keys are applied in order, each keeping the rows with its best value (a missing value is
+    never best); the first key that leaves one row decides. If every key leaves several, the
+    label (alphabetical) settles it, so the choice never depends on the table's order.
     """
-    lat = latency_column(sel)
-    for col in ("label", "method", "rougeL", "rougeL_retention", "rougeL_delta_ci_low", lat):
+    remaining = list(rows)
+    for key in keys:
+        tb = TIE_BREAKS[key]
+        vals = [tb.value(r, teacher_q) for r in remaining]
+        known = [v for v in vals if not math.isnan(v)]
+        if not known:
+            continue
+        best = max(known) if tb.higher_is_better else min(known)
+        kept = [r for r, v in zip(remaining, vals) if v == best]
+        if len(kept) < len(remaining):
+            shown = ", ".join(f"{r['label']} {_fmt(v)}" for r, v in zip(remaining, vals))
+            if len(kept) == 1:
+                return kept[0], f"{key} ({tb.what}: {shown})"
+            remaining = kept
+    winner = min(remaining, key=lambda r: str(r["label"]))
+    return winner, f"label (equal on {', '.join(keys) or 'no key'}; alphabetical)"
+
+
+# --------------------------------------------------------------------------- the two halves
+def quality_reasons(row, t_quality: float, sel: SelectionConfig) -> list[str]:
+    """Why ``row`` is not non-inferior in quality (empty when it is)."""
+    ret, low = _num(row, "rougeL_retention"), _num(row, "rougeL_delta_ci_low")
+    why = []
+    if not ret >= sel.min_retention:  # NaN fails too
+        why.append(f"rougeL_retention {_fmt(ret)} < {sel.min_retention}")
+    ret_low = retention_low(low, t_quality)
+    if not ret_low >= sel.min_retention_low:
+        why.append(
+            f"retention lower bound {_fmt(ret_low)} < {sel.min_retention_low} "
+            f"(rougeL_delta_ci_low {_fmt(low)} on a teacher at {_fmt(t_quality)})"
+        )
+    return why
+
+
+def _speed_interval(row, sel: SelectionConfig) -> Interval | None:
+    point, low, high = speedup_columns(sel)
+    return interval_from_columns(row.get(point), row.get(low), row.get(high))
+
+
+def speed_reason(iv: Interval | None, sel: SelectionConfig, threshold: float = 1.0) -> str | None:
+    """Why a speedup interval is not superior (None when it lies above ``threshold``)."""
+    point, low, high = speedup_columns(sel)
+    if iv is None:
+        return f"speedup interval missing ({low} / {high} not logged): speed cannot be judged"
+    if not iv.low > threshold:
+        return f"not superior in speed: {point} {iv.text()} does not lie above {threshold:.4g}"
+    return None
+
+
+# --------------------------------------------------------------------------- the rule
+def _check_columns(df: pd.DataFrame, sel: SelectionConfig) -> None:
+    for col in ("label", "method", "rougeL", "rougeL_retention", "rougeL_delta_ci_low"):
         if col not in df.columns:
             raise KeyError(
                 f"selection needs column '{col}' in the candidate table (have {sorted(df.columns)})"
             )
+    lat = latency_column(sel)
+    if lat not in df.columns:
+        raise KeyError(
+            f"selection needs column '{lat}' in the candidate table (have {sorted(df.columns)})"
+        )
+
+
+def _rule_text(sel: SelectionConfig, threshold: float) -> str:
+    point, _, _ = speedup_columns(sel)
+    return (
+        f"rougeL_retention >= {sel.min_retention} and its lower confidence bound "
+        f">= {sel.min_retention_low}, {point} interval above {threshold:.4g}"
+    )
+
+
+def _teacher_decision(teacher, reason, names, rejected, intervals) -> Decision:
+    return Decision(
+        teacher["label"], teacher.get("run_id"), True, reason, names, rejected, [], None, intervals
+    )
+
+
+def _screen(df, t_quality, sel, speed_threshold, check_quality):
+    """Both halves of the rule on every candidate: (qualifying rows by label, every speedup
+    interval by label, why each of the others is rejected)."""
+    rejected: dict[str, str] = {}
+    rows: dict[str, pd.Series] = {}
+    ivs: dict[str, Interval | None] = {}
+    for _, row in df[df["method"] != TEACHER].iterrows():
+        iv = _speed_interval(row, sel)
+        ivs[row["label"]] = iv
+        why = quality_reasons(row, t_quality, sel) if check_quality else []
+        slow = speed_reason(iv, sel, speed_threshold)
+        if slow:
+            why.append(slow)
+        if why:
+            rejected[row["label"]] = "; ".join(why)
+        else:
+            rows[row["label"]] = row.copy()
+            rows[row["label"]]["_speedup_point"] = iv.point
+    return rows, ivs, rejected
+
+
+def choose_champion(
+    df: pd.DataFrame,
+    sel: SelectionConfig,
+    *,
+    speed_threshold: float = 1.0,
+    check_quality: bool = True,
+) -> Decision:
+    """The rule of the module docstring; missing metrics disqualify (never a silent pass).
+
+    ``speed_threshold``: what the speedup interval must lie above (1.0: faster than the teacher;
+    the promotion gate passes its tolerance). ``check_quality`` False skips the quality half
+    (the gate against a champion with no quality to lose).
+    """
+    _check_columns(df, sel)
     teachers = df[df["method"] == TEACHER]
     if teachers.empty:
         raise ValueError("selection needs the teacher's row (method 'teacher') as the baseline")
     teacher = teachers.iloc[0]
-    t_lat = float(teacher[lat]) if pd.notna(teacher[lat]) else math.inf
-    t_quality = pd.to_numeric(teacher["rougeL"], errors="coerce")
+    t_quality = _num(teacher, "rougeL")
+    point_col = speedup_columns(sel)[0]
 
-    rejected: dict[str, str] = {}
-    qualified = []
-    for _, row in df[df["method"] != TEACHER].iterrows():
-        ret, low, ms = (
-            pd.to_numeric(row[c], errors="coerce")
-            for c in ("rougeL_retention", "rougeL_delta_ci_low", lat)
-        )
-        why = []
-        if not ret >= sel.min_retention:  # NaN fails too
-            why.append(f"rougeL_retention {_fmt(ret)} < {sel.min_retention}")
-        ret_low = retention_low(low, t_quality)
-        if not ret_low >= sel.min_retention_low:
-            why.append(
-                f"retention lower bound {_fmt(ret_low)} < {sel.min_retention_low} "
-                f"(rougeL_delta_ci_low {_fmt(low)} on a teacher at {_fmt(t_quality)})"
-            )
-        if pd.isna(ms):
-            why.append(f"{lat} missing")
-        if why:
-            rejected[row["label"]] = "; ".join(why)
-        else:
-            qualified.append(row)
+    rows, ivs, rejected = _screen(df, t_quality, sel, speed_threshold, check_quality)
+    intervals = {k: (v.point, v.low, v.high) if v else None for k, v in ivs.items()}
+    names = list(rows)
+    rule = _rule_text(sel, speed_threshold)
+    if not rows:
+        reason = f"no candidate qualifies ({rule}); keeping the teacher"
+        return _teacher_decision(teacher, reason, names, rejected, intervals)
 
-    rule = (
-        f"rougeL_retention >= {sel.min_retention} and its lower confidence bound "
-        f">= {sel.min_retention_low}, ranked by {lat}"
-    )
-    names = [r["label"] for r in qualified]
-    if not qualified:
-        return Decision(
-            teacher["label"],
-            teacher.get("run_id"),
-            True,
-            f"no candidate qualifies ({rule}); keeping the teacher",
-            names,
-            rejected,
-        )
-    best = min(qualified, key=lambda r: float(r[lat]))
-    for r in qualified:
-        if r is not best:
-            rejected[r["label"]] = (
-                f"qualifies but slower ({_fmt(float(r[lat]))} ms vs {_fmt(float(best[lat]))} ms)"
+    ranking = speed_ranking({k: ivs[k] for k in rows}, speed_threshold)
+    fastest = ivs[ranking.fastest]
+    for name in ranking.superior:
+        if name not in ranking.tied:
+            rejected[name] = (
+                f"qualifies but slower: {point_col} {ivs[name].text()} lies below "
+                f"{ranking.fastest}'s {fastest.text()}"
             )
-    if not float(best[lat]) < t_lat:
-        rejected[best["label"]] = (
-            f"fastest qualifier but not faster than the teacher "
-            f"({_fmt(float(best[lat]))} vs {_fmt(t_lat)} ms)"
+    if len(ranking.tied) == 1:
+        best, chosen_by = rows[ranking.fastest], None
+        others = [n for n in ranking.superior if n != ranking.fastest]
+        speed = (
+            f"its {point_col} {fastest.text()} lies above every other qualifier's"
+            if others
+            else f"the only qualifier, {point_col} {fastest.text()}"
         )
-        return Decision(
-            teacher["label"],
-            teacher.get("run_id"),
-            True,
-            f"no qualifying candidate is faster than the teacher ({rule})",
-            names,
-            rejected,
+    else:
+        best, chosen_by = break_tie([rows[n] for n in ranking.tied], sel.tie_break, t_quality)
+        tied_text = ", ".join(f"{n} {ivs[n].text()}" for n in ranking.tied)
+        speed = (
+            f"tied on speed with {', '.join(n for n in ranking.tied if n != best['label'])} "
+            f"(intervals {point_col}: {tied_text}), chosen by {chosen_by}"
         )
-    speedup = t_lat / float(best[lat])
+        for n in ranking.tied:
+            if n != best["label"]:
+                rejected[n] = f"tied on speed with {best['label']}, lost on {chosen_by}"
+    label = best["label"]
+    tied = [label, *(n for n in ranking.tied if n != label)] if chosen_by else []
     reason = (
-        f"fastest of {len(qualified)} qualifying candidate(s) ({rule}): "
-        f"{lat} {_fmt(float(best[lat]))} vs teacher {_fmt(t_lat)} ({speedup:.2f}x), "
-        f"rougeL_retention {_fmt(float(best['rougeL_retention']))} (lower bound "
-        f"{_fmt(retention_low(best['rougeL_delta_ci_low'], t_quality))}), "
-        f"rougeL_delta_ci_low {_fmt(float(best['rougeL_delta_ci_low']))}"
+        f"{label}: {speed} ({rule}); {latency_column(sel)} {_fmt(_num(best, latency_column(sel)))} "
+        f"ms, rougeL_retention {_fmt(_num(best, 'rougeL_retention'))} (lower bound "
+        f"{_fmt(retention_low(best['rougeL_delta_ci_low'], t_quality))})"
     )
-    return Decision(best["label"], best.get("run_id"), False, reason, names, rejected)
+    return Decision(
+        label, best.get("run_id"), False, reason, names, rejected, tied, chosen_by, intervals
+    )

@@ -449,3 +449,94 @@ def test_benchmark_models_skips_fixed_mode_when_no_fixed_length_is_configured(tm
         [model], bench, EvaluationConfig(max_new_tokens=3), source_length=5, device="cpu"
     )
     assert list(res["models"][0]["results"]) == ["natural"]
+
+
+# ------------------------------------------------------------------ intervals, extra rounds
+def _noisy(clock, base_ms, rng, noise):
+    """A timed fn whose calls cost ``base_ms`` times a random factor in [1, 1 + noise]."""
+
+    def run():
+        clock.advance(base_ms * (1.0 + noise * rng.random()))
+
+    return run
+
+
+def _extra(base_ms, noise, repeats=6, extra=30, seconds=600.0, seed=0):
+    clock, rng = FakeClock(), np.random.default_rng(seed)
+    names = ["teacher", *(f"m{i}" for i in range(1, len(base_ms)))]
+    fns = [_noisy(clock, ms, rng, noise) for ms in base_ms]
+    cfg = BenchmarkConfig(repeats=repeats, extra_rounds=extra, max_extra_seconds=seconds)
+    times, outs = B.timed_rounds(fns, 0, repeats, clock, keep_outputs=True)
+    log = B.extra_rounds(names, fns, times, outs, cfg, B.AdaptivePlan(1), clock)
+    return log, times, cfg
+
+
+def test_extra_rounds_separate_close_candidates_and_leave_the_rest_alone():
+    # true speedups 2.0 (m1) and 1.75 (m2), 30% noise per call: 6 rounds overlap; m3 (1.1x) is
+    # clearly slower and never timed again
+    log, times, cfg = _extra([100.0, 50.0, 100.0 / 1.75, 100.0 / 1.1], noise=0.3)
+    assert log["candidates"] == ["m1", "m2"]
+    assert log["stopped"] == "separated" and log["tied_after"] == ["m1"]
+    assert 0 < log["extra_rounds"] <= cfg.extra_rounds
+    n = cfg.repeats + log["extra_rounds"]
+    assert [len(t) for t in times] == [n, n, n, cfg.repeats]
+    speed, _ = B.round_intervals(times, cfg)
+    assert speed[1].above(speed[2])
+
+
+def test_extra_rounds_stop_at_their_round_and_time_budgets():
+    # two equally fast candidates never separate: the budget ends it
+    log, times, cfg = _extra([100.0, 50.0, 50.0], noise=0.3, extra=20)
+    assert log["stopped"] == "budget" and log["extra_rounds"] == 20
+    assert log["tied_after"] == ["m1", "m2"] or log["tied_after"] == ["m2", "m1"]
+    # a time budget of 1.2 s at ~0.23 s per round (100 + 2 x 50 ms, up to +30%) fits 5 rounds
+    log, _, _ = _extra([100.0, 50.0, 50.0], noise=0.3, extra=1000, seconds=1.2)
+    assert log["stopped"] == "budget" and 1 <= log["extra_rounds"] <= 6
+    assert log["seconds"] <= 1.2
+    # nothing superior, or one clear winner: no extra round at all
+    assert _extra([100.0, 120.0], noise=0.1)[0]["extra_rounds"] == 0
+    assert _extra([100.0, 50.0, 90.0], noise=0.01)[0]["stopped"] == "no overlap"
+
+
+def test_benchmark_loaded_logs_intervals_and_adaptive_rounds():
+    clock, log = FakeClock(), []
+    teacher = FakeModel(clock, enc_ms=4.0, step_ms=3.0, name="teacher", log=log)
+    twin_a = FakeModel(clock, enc_ms=4.0, step_ms=1.0, name="a", log=log)
+    twin_b = FakeModel(clock, enc_ms=4.0, step_ms=1.0, name="b", log=log)
+    slow = FakeModel(clock, enc_ms=4.0, step_ms=2.5, name="slow", log=log)
+    cands = [B.Candidate(m.name, m, {"params": 1}) for m in (teacher, twin_a, twin_b, slow)]
+    bench = BenchmarkConfig(batch_sizes=[1], warmup=0, repeats=4, extra_rounds=8)
+    rows = [[5, 6, 7]]
+    res = B.benchmark_loaded(
+        cands,
+        [rows] * 4,
+        bench,
+        EvaluationConfig(),
+        clock=clock,
+        measure_memory=False,
+        modes=("natural",),
+        adaptive=B.AdaptivePlan(1, eligible=["a", "b", "slow"]),
+    )
+    t, a, b, s = (r["results"]["natural"]["1"] for r in res)
+    assert t["adaptive"]["candidates"] == ["a", "b"] and t["adaptive"]["extra_rounds"] == 8
+    assert [len(r["rounds_ms"]) for r in (t, a, b, s)] == [12, 12, 12, 4]
+    # 19 ms vs 9 ms every round: the interval is the point
+    assert a["speedup_interval"] == {"point": 19 / 9, "low": 19 / 9, "high": 19 / 9, "n": 12}
+    assert s["median_interval"]["low"] == pytest.approx(16.5)
+    flat = B.flat_metrics(res[1])
+    assert flat["speedup_bs1_low"] == pytest.approx(19 / 9)
+    assert flat["latency_p50_ms_bs1_high"] == pytest.approx(9.0)
+    assert flat["bench_rounds_bs1"] == 12
+    assert B.flat_metrics(res[0])["bench_extra_rounds_bs1"] == 8
+    # eligible limits who may get extra rounds: with only "a" eligible nothing is tied
+    res = B.benchmark_loaded(
+        cands,
+        [rows] * 4,
+        bench,
+        EvaluationConfig(),
+        clock=clock,
+        measure_memory=False,
+        modes=("natural",),
+        adaptive=B.AdaptivePlan(1, eligible=["a"]),
+    )
+    assert res[0]["results"]["natural"]["1"]["adaptive"]["extra_rounds"] == 0

@@ -24,13 +24,18 @@ SEL = SelectionConfig(min_retention=0.95, min_retention_low=0.9)
 CHAMP = {"label": "m v1", "rougeL": 0.80, "latency_ms": 100.0}
 
 
-def challenger(rougeL, low, high, ms):
+def challenger(rougeL, low, high, ms, spread=0.02):
+    """Speedup over the champion (100 ms) with a +-``spread`` interval (paired by round)."""
+    speedup = CHAMP["latency_ms"] / ms
     return {
         "label": "new",
         "rougeL": rougeL,
         "rougeL_delta_ci_low": low,
         "rougeL_delta_ci_high": high,
         "latency_ms": ms,
+        "speedup": speedup,
+        "speedup_low": speedup - spread,
+        "speedup_high": speedup + spread,
     }
 
 
@@ -46,18 +51,34 @@ def test_gate_refuses_a_worse_challenger_with_the_policys_words():
     # retention 0.9 < 0.95, and the CI low end -0.15 on 0.8 bounds retention at 0.81 < 0.9
     gate = promotion_gate(CHAMP, challenger(0.72, -0.15, -0.02, 50.0), SEL, max_slowdown=0.05)
     assert not gate.passed
-    assert gate.reason.startswith("quality:")
     assert "rougeL_retention 0.9 < 0.95" in gate.reason
     assert "lower bound" in gate.reason and "speed" not in gate.reason
+    assert "the selection rule, with the champion as the baseline" in gate.reason
 
 
 def test_gate_refuses_a_slower_challenger_even_when_quality_holds():
     gate = promotion_gate(CHAMP, challenger(0.80, -0.01, 0.01, 110.0), SEL, max_slowdown=0.05)
     assert not gate.passed
-    assert gate.reason.startswith("speed:") and "+10.0% > +5% allowed" in gate.reason
+    # 100 / 110 = 0.909 [0.889, 0.929]: below 1 / 1.05 = 0.952
+    assert "not superior in speed: speedup_bs1 0.909 [0.889, 0.929]" in gate.reason
+    assert "does not lie above 0.9524" in gate.reason
     assert promotion_gate(
         CHAMP, challenger(0.80, -0.01, 0.01, 110.0), SEL, max_slowdown=0.15
     ).passed
+
+
+def test_gate_is_the_selection_rule_with_a_tolerance():
+    """An equally fast challenger (interval around 1) passes within the tolerance; with
+    max_slowdown 0 the gate is exactly the sweep's rule: it must be faster beyond the noise.
+    A challenger without a speedup interval cannot be judged and fails."""
+    same = challenger(0.80, -0.01, 0.01, 100.0, spread=0.03)
+    assert promotion_gate(CHAMP, same, SEL, max_slowdown=0.05).passed
+    strict = promotion_gate(CHAMP, same, SEL, max_slowdown=0.0)
+    assert not strict.passed and "does not lie above 1" in strict.reason
+    assert promotion_gate(CHAMP, challenger(0.80, -0.01, 0.01, 80.0), SEL, 0.0).passed
+    blind = {**same, "speedup_low": None, "speedup_high": None}
+    gate = promotion_gate(CHAMP, blind, SEL, max_slowdown=0.05)
+    assert not gate.passed and "speedup interval missing" in gate.reason
 
 
 def test_a_champion_scoring_zero_has_no_quality_to_lose():

@@ -10,8 +10,17 @@ LAT = "latency_p50_ms_bs1"
 
 
 def table(*rows):
+    """Rows as logged; the speedup over the teacher (100 ms) gets a +-5% interval, as a quiet
+    machine would give (tests/test_selection_rule.py covers the intervals themselves)."""
     cols = ["label", "method", "rougeL", "rougeL_retention", "rougeL_delta_ci_low", LAT, "run_id"]
-    return pd.DataFrame([dict(zip(cols, r)) for r in rows])
+    df = pd.DataFrame([dict(zip(cols, r)) for r in rows])
+    speedup = 100.0 / pd.to_numeric(df[LAT])
+    df["speedup_bs1"], df["speedup_bs1_low"], df["speedup_bs1_high"] = (
+        speedup,
+        speedup * 0.95,
+        speedup * 1.05,
+    )
+    return df
 
 
 TEACHER = ("teacher", "teacher", 0.80, 1.0, 0.0, 100.0, "t")
@@ -52,7 +61,7 @@ def test_fastest_qualifier_wins_with_reason():
     d = choose_champion(df, SelectionConfig(min_retention=0.95, min_retention_low=0.975))
     assert (d.label, d.run_id, d.is_teacher) == ("fast-good", "r2", False)
     assert d.qualified == ["slow-good", "fast-good"]
-    assert "3.33x" in d.reason
+    assert "speedup_bs1 3.333 [3.167, 3.500]" in d.reason
     assert "rougeL_retention 0.75 < 0.95" in d.rejected["fastest-bad"]
     # -0.05 on a teacher at 0.80: the retention's lower bound is 1 - 0.05 / 0.80 = 0.9375
     assert "retention lower bound 0.9375 < 0.975" in d.rejected["ci-bad"]
@@ -68,8 +77,8 @@ def test_teacher_when_none_qualifies_or_none_is_faster():
 
     slow = table(TEACHER, ("y", "nash", 0.8, 1.0, 0.0, 120.0, "y"))
     d = choose_champion(slow, SelectionConfig())
-    assert d.is_teacher and "is faster than the teacher" in d.reason and d.qualified == ["y"]
-    assert "not faster" in d.rejected["y"]
+    assert d.is_teacher and "no candidate qualifies" in d.reason and d.qualified == []
+    assert "not superior in speed" in d.rejected["y"]
 
 
 def test_missing_metric_disqualifies_and_missing_column_is_named():
@@ -88,7 +97,7 @@ def test_both_bounds_are_relative_to_the_teacher():
         df = table(t, ("s", "nash", teacher_q, 1.0, -0.03, 40.0, "s"))
         d = choose_champion(df, SelectionConfig(min_retention=0.95, min_retention_low=0.95))
         assert (d.label == "s") is qualifies, d.as_text()
-    assert "lower confidence bound >= 0.95" in d.reason
+    assert "lower confidence bound >= 0.95" in d.reason and "interval above 1" in d.reason
 
 
 def test_old_max_drop_key_says_what_replaced_it():
