@@ -36,7 +36,7 @@ from tasks.cache import StepResult
 from tasks.candidates import log_candidate
 from tasks.champion import register, select_champion
 from tasks.context import CandidateSpec
-from tasks.measure import benchmark, compare_with_sft, evaluate
+from tasks.measure import benchmark, compare_with_sft, evaluate, quality_eligible
 from tasks.preflight import preflight
 from tasks.prepare import get_teacher, prepare_base, prepare_data
 from tasks.promotion import promote_challenger
@@ -196,6 +196,7 @@ def sweep_flow(config_path: str, overrides: list[str], workdir: str) -> dict:
             data,
             [teacher] + [c.final for c in runs],
             [teacher_spec.label] + [c.spec.label for c in runs],
+            quality_eligible(ctx, teacher_eval, {c.spec.label: c.evaluation for c in runs}),
         )
         serving = serving_config(cfg)
         logged = [

@@ -25,7 +25,15 @@ from dataclasses import asdict, dataclass, field
 import pandas as pd
 
 from nash_core.config import SelectionConfig
-from nash_core.selection import TEACHER, choose_champion, latency_column, speedup_columns
+from nash_core.selection import (
+    TEACHER,
+    choose_champion,
+    latency_column,
+    quality_reasons,
+    speed_interval,
+    speed_reason,
+    speedup_columns,
+)
 
 HW_PREFIX = "hw"
 MOVE_TAG = "nash.move."
@@ -201,10 +209,15 @@ def promotion_gate(
         "max_slowdown": max_slowdown,
     }
     if decision.is_teacher:
-        why = decision.rejected.get(challenger["label"], "not qualified")
+        row = table.iloc[1]
+        quality = quality_reasons(row, c_q, sel) if c_q > 0 else []
+        slow = speed_reason(speed_interval(row, sel), sel, threshold)
+        why = [f"quality: {'; '.join(quality)}"] if quality else []
+        why += [f"speed: {slow}"] if slow else []
         return GateResult(
             False,
-            f"{why} (the selection rule, with the champion as the baseline)",
+            f"{'; '.join(why) or decision.reason} (the selection rule, with the champion as "
+            "the baseline)",
             champion["label"],
             challenger["label"],
             numbers,

@@ -191,7 +191,7 @@ def quality_reasons(row, t_quality: float, sel: SelectionConfig) -> list[str]:
     return why
 
 
-def _speed_interval(row, sel: SelectionConfig) -> Interval | None:
+def speed_interval(row, sel: SelectionConfig) -> Interval | None:
     point, low, high = speedup_columns(sel)
     return interval_from_columns(row.get(point), row.get(low), row.get(high))
 
@@ -241,7 +241,7 @@ def _screen(df, t_quality, sel, speed_threshold, check_quality):
     rows: dict[str, pd.Series] = {}
     ivs: dict[str, Interval | None] = {}
     for _, row in df[df["method"] != TEACHER].iterrows():
-        iv = _speed_interval(row, sel)
+        iv = speed_interval(row, sel)
         ivs[row["label"]] = iv
         why = quality_reasons(row, t_quality, sel) if check_quality else []
         slow = speed_reason(iv, sel, speed_threshold)

@@ -225,6 +225,15 @@ def check_hardware_name(name: str, alias: str = "champion") -> str:
 
 
 # --------------------------------------------------------------------------- re-benchmark
+def _quality_eligible(runs, sel) -> list[str]:
+    """Labels of the candidate runs non-inferior in quality (the first run is the teacher):
+    the only ones a re-benchmark's adaptive rounds spend time on."""
+    from nash_core.selection import quality_reasons
+
+    teacher_q = runs[0].data.metrics.get("rougeL", float("nan"))
+    return [label(r) for r in runs[1:] if not quality_reasons(r.data.metrics, teacher_q, sel)]
+
+
 def rebenchmark_sweep(
     tracking_uri: str,
     run_id: str,
@@ -286,6 +295,8 @@ def rebenchmark_sweep(
             device=dev,
             names=names,
             seed=cfg.experiment.seed,
+            adaptive_batch=cfg.selection.batch_size,
+            eligible=_quality_eligible(sweep.candidates, cfg.selection),
         )
         for m in result["models"]:
             m.pop("dir", None)  # a temporary path on this machine

@@ -62,12 +62,18 @@ def evaluate(
 
 @task(name="benchmark", cache_policy=NO_CACHE, tags=[GPU_TAG])
 def benchmark(
-    ctx: SweepContext, data: StepResult, models: list[StepResult], names: list[str]
+    ctx: SweepContext,
+    data: StepResult,
+    models: list[StepResult],
+    names: list[str],
+    eligible: list[str] | None = None,
 ) -> StepResult:
     """Time every model in one process, interleaved, the first (the teacher) as the baseline.
 
     Keyed on every model, so a changed candidate re-times them all: speedups are only
-    comparable within one measurement session.
+    comparable within one measurement session. ``eligible``: the candidates non-inferior in
+    quality; when the fastest of them are tied on speed at ``selection.batch_size``, they get
+    extra rounds (``benchmark.extra_rounds``, ``benchmark.max_extra_seconds``).
     """
     from nash_core.benchmark import benchmark_models, hardware_fingerprint
     from nash_core.data import read_split
@@ -81,6 +87,7 @@ def benchmark(
         ("nash_core.benchmark",),
         models=[m.key for m in models],
         names=names,
+        eligible=eligible,
         data=data.meta["fingerprint"],
         sections=cfg.section_hash(
             "benchmark", "evaluation", "data.source_prefix", "data.max_source_length"
@@ -101,6 +108,8 @@ def benchmark(
             device=device,
             names=names,
             seed=cfg.experiment.seed,
+            adaptive_batch=cfg.selection.batch_size,
+            eligible=eligible,
         )
         atomic_write_json(rdir / "benchmark.json", result)
         return {"benchmark_json": str(rdir / "benchmark.json")}
@@ -124,6 +133,19 @@ def log_benchmark_inputs(ctx: SweepContext, texts: list[str]) -> None:
     tracking.make_client(ctx.tracking_uri).log_artifact(
         ctx.sweep_run_id, str(path), str(Path(INPUTS_ARTIFACT).parent)
     )
+
+
+def quality_eligible(ctx: SweepContext, teacher_eval: StepResult, evaluations: dict) -> list[str]:
+    """The candidates non-inferior in quality under the selection policy (``evaluations`` maps a
+    label to its evaluation StepResult): the only ones the adaptive rounds may spend time on."""
+    from nash_core.selection import quality_reasons
+
+    teacher_q = float(teacher_eval.meta["metrics"]["rougeL"])
+    return [
+        label
+        for label, ev in evaluations.items()
+        if not quality_reasons(ev.meta["metrics"], teacher_q, ctx.cfg.selection)
+    ]
 
 
 @task(name="compare-with-sft", cache_policy=NO_CACHE)

@@ -206,10 +206,9 @@ def _run_gate(
         seed=cfg.experiment.seed,
     )
     atomic_write_json(out / "benchmark.json", bench)
-    lat = {
-        m["name"]: m["results"]["natural"][str(sel.batch_size)]["latency"]["median_ms"]
-        for m in bench["models"]
-    }
+    res = {m["name"]: m["results"]["natural"][str(sel.batch_size)] for m in bench["models"]}
+    lat = {name: r["latency"]["median_ms"] for name, r in res.items()}
+    speed = res[selected["label"]].get("speedup_interval") or {}  # challenger / champion, paired
     challenger_q = float(np.mean([r["rougeL"] for r in per_example]))
     return promotion_gate(
         {"label": champ_label, "rougeL": cmp["teacher_rougeL"], "latency_ms": lat[champ_label]},
@@ -219,6 +218,9 @@ def _run_gate(
             "rougeL_delta_ci_low": cmp["rougeL_delta_ci_low"],
             "rougeL_delta_ci_high": cmp["rougeL_delta_ci_high"],
             "latency_ms": lat[selected["label"]],
+            "speedup": res[selected["label"]]["speedup"],
+            "speedup_low": speed.get("low"),
+            "speedup_high": speed.get("high"),
         },
         sel,
         cfg.registry.max_slowdown,

@@ -18,7 +18,7 @@ TINY = [
     "pruning.stage.train.max_steps=2",
     "finetune.train.max_steps=2",
     "evaluation.bootstrap_samples=20",
-    "benchmark={batch_sizes: [1], num_inputs: 2, warmup: 0, repeats: 1, fixed_new_tokens: 4}",
+    "benchmark={batch_sizes: [1], num_inputs: 2, warmup: 0, repeats: 2, fixed_new_tokens: 4}",
 ]
 
 
