@@ -35,27 +35,41 @@ TABLE_COLUMNS = [
     "rougeL_delta_ci_low",
     "rougeL_delta_ci_high",
     "latency_p50_ms",
+    "latency_p50_ms_low",
+    "latency_p50_ms_high",
     "latency_p90_ms",
     "speedup",
+    "speedup_low",
+    "speedup_high",
     "tokens_per_s",
     "peak_mem_mb",
     "cost_per_1k_requests",
     "pareto",
     "champion",
+    "tied",
 ]
 
 
 def tradeoff_table(
-    df: pd.DataFrame, latency: str, frontier: pd.Series, champion: str
+    df: pd.DataFrame,
+    latency: str,
+    frontier: pd.Series,
+    champion: str,
+    tied: list[str] | None = None,
 ) -> pd.DataFrame:
-    """One row per candidate, fastest first, with ``pareto`` and ``champion`` flags."""
+    """One row per candidate, fastest first, with ``pareto`` and ``champion`` flags, and with
+    ``tied`` (the candidates the decision found tied on speed with the champion) a ``tied``
+    flag; the ranking latency's interval columns (``<latency>_low`` / ``_high``) follow it."""
     out = df.copy()
     out["pareto"] = frontier.reindex(out.index).fillna(False).astype(bool)
     out["champion"] = out["label"] == champion
+    if tied:
+        out["tied"] = out["label"].isin(tied)
     cols = [c for c in TABLE_COLUMNS if c in out.columns]
     if latency not in cols:  # the ranking latency goes first among the speed columns
         speed = next(c for c in ("latency_p50_ms", "speedup", "pareto") if c in cols)
-        cols.insert(cols.index(speed), latency)
+        at = cols.index(speed)
+        cols[at:at] = [latency, *(c for c in (f"{latency}_low", f"{latency}_high") if c in out)]
     return out.sort_values(latency, na_position="last")[cols].reset_index(drop=True)
 
 
@@ -170,6 +184,37 @@ def structure_and_precision(method: str) -> tuple[str, str]:
     return str(method), "fp32"
 
 
+def _col(df: pd.DataFrame, name: str) -> pd.Series:
+    if name not in df.columns:
+        return pd.Series(float("nan"), index=df.index)
+    return pd.to_numeric(df[name], errors="coerce")
+
+
+def error_bars(df: pd.DataFrame, quality: str, latency: str) -> dict[str, pd.Series]:
+    """Error-bar lengths (below / above the point, 0 where unknown) for the Pareto plot:
+    latency from its bootstrap interval over benchmark rounds (``<latency>_low`` / ``_high``),
+    quality from the paired-bootstrap interval of the difference to the teacher
+    (``rougeL_delta_ci_low`` / ``_high``) placed on the candidate's score; the teacher, the
+    reference of that difference, gets no quality bar."""
+    q, t = _col(df, quality), _col(df, latency)
+    delta = _col(df, f"{quality}_delta")
+    q_lo = q + _col(df, f"{quality}_delta_ci_low") - delta
+    q_hi = q + _col(df, f"{quality}_delta_ci_high") - delta
+    if "method" in df.columns:
+        teacher = df["method"] == "teacher"
+        q_lo, q_hi = q_lo.mask(teacher), q_hi.mask(teacher)
+
+    def length(a, b):
+        return (a - b).clip(lower=0).fillna(0.0)
+
+    return {
+        "_t_minus": length(t, _col(df, f"{latency}_low")),
+        "_t_plus": length(_col(df, f"{latency}_high"), t),
+        "_q_minus": length(q, q_lo),
+        "_q_plus": length(q_hi, q),
+    }
+
+
 def pareto_plot(
     df: pd.DataFrame,
     quality: str,
@@ -179,7 +224,8 @@ def pareto_plot(
     path: str | Path,
     title: str = "",
 ) -> Path:
-    """Quality vs latency, every candidate labelled, the frontier drawn, the champion starred.
+    """Quality vs latency, every candidate labelled, the frontier drawn, the champion starred,
+    error bars on both axes where the table has the intervals (:func:`error_bars`).
 
     Colour is the structure (the arm's method), the marker the serving precision (fp32 circle,
     int8 square, bf16/fp16 triangles), so a sweep with ``benchmark.variants`` reads as
@@ -190,8 +236,23 @@ def pareto_plot(
     ).dropna(subset=["_q", "_t"])
     split = [structure_and_precision(m) for m in data["method"]]
     data = data.assign(_s=[s for s, _ in split], _p=[p for _, p in split])
+    data = data.assign(**error_bars(data, quality, latency))
     fig, ax = plt.subplots(figsize=(8.5, 4.8), dpi=110)
     colours = {s: f"C{i % 10}" for i, s in enumerate(sorted(data["_s"].unique()))}
+    bars = ["_t_minus", "_t_plus", "_q_minus", "_q_plus"]
+    for structure, group in data[(data[bars] > 0).any(axis=1)].groupby("_s", sort=True):
+        ax.errorbar(
+            group["_t"],
+            group["_q"],
+            xerr=[group["_t_minus"], group["_t_plus"]],
+            yerr=[group["_q_minus"], group["_q_plus"]],
+            fmt="none",
+            ecolor=colours[structure],
+            elinewidth=0.9,
+            capsize=2,
+            alpha=0.6,
+            zorder=2.5,
+        )
     for (structure, precision), group in data.groupby(["_s", "_p"], sort=True):
         ax.scatter(
             group["_t"],

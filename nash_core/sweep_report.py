@@ -59,8 +59,25 @@ def _ci(row: pd.Series) -> str:
     return f"[{lo:+.3f}, {hi:+.3f}]"
 
 
-#: (header, column of the trade-off table, formatter). ``{bs}`` is the selection batch size.
-COLUMNS: list[tuple[str, str, Callable]] = [
+def _interval(row: pd.Series, column: str, digits: int) -> str:
+    lo, hi = _num(row.get(f"{column}_low")), _num(row.get(f"{column}_high"))
+    return "" if lo is None or hi is None else f"[{lo:.{digits}f}, {hi:.{digits}f}]"
+
+
+#: Cells computed from several columns: key -> (row, batch size) -> text. The interval cells
+#: are shown when some row has the interval (sweeps logged before intervals existed have none).
+COMPUTED: dict[str, Callable[[pd.Series, int], str]] = {
+    "_ci": lambda r, bs: _ci(r),
+    "_p50_iv": lambda r, bs: _interval(r, f"latency_p50_ms_bs{bs}", 1),
+    "_speed_iv": lambda r, bs: (
+        "" if r.get("method") == TEACHER else _interval(r, f"speedup_bs{bs}", 2)
+    ),
+}
+_SHOWN_IF = {"_p50_iv": "latency_p50_ms_bs{bs}_low", "_speed_iv": "speedup_bs{bs}_low"}
+
+#: (header, column of the trade-off table or a COMPUTED key, formatter). ``{bs}`` is the
+#: selection batch size.
+COLUMNS: list[tuple[str, str, Callable | None]] = [
     ("method", "method", str),
     ("decoder layers", "decoder_layers", _int),
     ("encoder sparsity", "encoder_sparsity", _f(3)),
@@ -69,8 +86,10 @@ COLUMNS: list[tuple[str, str, Callable]] = [
     ("retention", "rougeL_retention", _f(3)),
     ("95% CI of ROUGE-L delta", "_ci", None),
     ("p50 ms (bs {bs})", "latency_p50_ms", _f(1)),
+    ("p50 95% interval", "_p50_iv", None),
     ("p90 ms (bs {bs})", "latency_p90_ms", _f(1)),
     ("speedup", "speedup", _speedup),
+    ("speedup 95% interval", "_speed_iv", None),
     ("cost / 1k requests", "cost_per_1k_requests", _cost),
 ]
 
@@ -94,6 +113,19 @@ class SweepReport:
     registered: str | None = None
     rejected: dict[str, str] = field(default_factory=dict)
     links: dict[str, str] = field(default_factory=dict)
+    tied: list[str] = field(default_factory=list)  # tied on speed with the champion
+
+    def _shown(self, table: pd.DataFrame, key: str) -> bool:
+        if key not in COMPUTED:
+            return key in table.columns
+        need = _SHOWN_IF.get(key, "").format(bs=self.batch_size)
+        return not need or (need in table.columns and table[need].notna().any())
+
+    def mark(self, label: str) -> str:
+        """How the renderers flag a row: champion, tied with it on speed, or nothing."""
+        if label == self.champion:
+            return "champion"
+        return "tied" if label in self.tied else ""
 
     # ------------------------------------------------------------------ rows
     def ordered(self) -> pd.DataFrame:
@@ -127,7 +159,7 @@ class SweepReport:
     def cells(self) -> tuple[list[str], list[list[str]]]:
         """Headers and formatted cells (no champion marking; the renderers add it)."""
         table = self.ordered()
-        cols = [c for c in COLUMNS if c[1] == "_ci" or c[1] in table.columns]
+        cols = [c for c in COLUMNS if self._shown(table, c[1])]
         headers = ["candidate"] + [h.format(bs=self.batch_size) for h, _, _ in cols]
         if "pareto" in table.columns:
             headers.append("Pareto")
@@ -135,7 +167,9 @@ class SweepReport:
         for _, r in table.iterrows():
             cells = [str(r["label"])]
             for _, key, fmt in cols:
-                cells.append(_ci(r) if key == "_ci" else fmt(r.get(key)))
+                cells.append(
+                    COMPUTED[key](r, self.batch_size) if key in COMPUTED else fmt(r.get(key))
+                )
             if "pareto" in table.columns:
                 cells.append("yes" if bool(r.get("pareto")) is True else "")
             rows.append(cells)
@@ -181,7 +215,8 @@ class SweepReport:
             f"{_f(1)(r.get('latency_p90_ms'))} ms at batch {self.batch_size}"
             if _num(r.get("latency_p50_ms")) is not None
             else None,
-            f"speedup {_speedup(r.get('speedup'))}"
+            f"speedup {_speedup(r.get('speedup'))} "
+            f"{_interval(r, f'speedup_bs{self.batch_size}', 2)}".rstrip()
             if r.get("method") != TEACHER and _num(r.get("speedup")) is not None
             else None,
             f"{_params(r.get('params_total'))} parameters"
@@ -236,8 +271,7 @@ def to_text(rep: SweepReport) -> str:
     """What ``nash report`` prints: header, decision, aligned table, provenance."""
     headers, rows = rep.cells()
     for r in rows:
-        if r[0] == rep.champion:
-            r[0] += " *"
+        r[0] += {"champion": " *", "tied": " ~"}.get(rep.mark(r[0]), "")
     widths = [
         max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)
     ]
@@ -254,7 +288,7 @@ def to_text(rep: SweepReport) -> str:
         "  ".join("-" * w for w in widths),
     ]
     lines += [fmt_row(r) for r in rows]
-    lines.append("* champion")
+    lines.append("* champion" + ("; ~ tied on speed with it (see the reason)" if rep.tied else ""))
     lines += [f"rejected {name}: {why}" for name, why in rep.rejected.items()]
     lines += ["", f"hardware: {rep.hardware_line()}"]
     if rep.base_fingerprint:
@@ -267,6 +301,17 @@ def to_text(rep: SweepReport) -> str:
 
 def _md_escape(text: str) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _md_row(rep: SweepReport, r: list[str]) -> list[str]:
+    """A table row's cells: the champion's in bold, a candidate tied with it flagged."""
+    cells = [_md_escape(c) for c in r]
+    if rep.mark(r[0]) == "champion":
+        cells = [f"**{c}**" if c else c for c in cells]
+        cells[0] += " (champion)"
+    elif rep.mark(r[0]) == "tied":
+        cells[0] += " (tied on speed)"
+    return cells
 
 
 def to_markdown(rep: SweepReport, image: str | None = None) -> str:
@@ -284,12 +329,7 @@ def to_markdown(rep: SweepReport, image: str | None = None) -> str:
         "| " + " | ".join(headers) + " |",
         "|" + "|".join(["---"] * 2 + ["--:"] * (len(headers) - 2)) + "|",
     ]
-    for r in rows:
-        cells = [_md_escape(c) for c in r]
-        if r[0] == rep.champion:
-            cells = [f"**{c}**" if c else c for c in cells]
-            cells[0] += " (champion)"
-        out.append("| " + " | ".join(cells) + " |")
+    out += ["| " + " | ".join(_md_row(rep, r)) + " |" for r in rows]
     out.append("")
     if image:
         out += [f"![Pareto plot: ROUGE-L against latency]({image})", ""]
@@ -333,8 +373,10 @@ def to_html(rep: SweepReport, image_png: bytes | None = None) -> str:
         + "</tr></thead><tbody>",
     ]
     for r in rows:
-        champ = r[0] == rep.champion
-        label = e(r[0]) + (" (champion)" if champ else "")
+        champ = rep.mark(r[0]) == "champion"
+        label = e(r[0]) + {"champion": " (champion)", "tied": " (tied on speed)"}.get(
+            rep.mark(r[0]), ""
+        )
         tds = [f"<td>{label}</td>", f"<td>{e(r[1])}</td>"]
         tds += [f'<td class="n">{e(c)}</td>' for c in r[2:]]
         attr = ' class="champion"' if champ else ""
@@ -377,3 +419,13 @@ def parse_rejected(decision_text: str) -> dict[str, str]:
             name, why = line.removeprefix("rejected ").split(": ", 1)
             out[name] = why
     return out
+
+
+def parse_tied(decision_text: str) -> list[str]:
+    """The ``tied on speed: A, B (chosen by ...)`` line of a ``decision.txt``: the champion
+    first, then the candidates tied with it (empty when it won outright)."""
+    for line in decision_text.splitlines():
+        if line.startswith("tied on speed: "):
+            names = line.removeprefix("tied on speed: ").split(" (chosen by ", 1)[0]
+            return [n.strip() for n in names.split(", ") if n.strip()]
+    return []

@@ -29,6 +29,7 @@ from nash_core.sweep_report import (
     SweepReport,
     hardware_summary,
     parse_rejected,
+    parse_tied,
     to_html,
     to_markdown,
 )
@@ -176,6 +177,7 @@ def load_report(client: MlflowClient, tracking_uri: str, run: Run) -> SweepRepor
         hardware=hardware,
         registered=registered,
         rejected=parse_rejected(decision),
+        tied=parse_tied(decision),
     )
 
 
@@ -192,6 +194,11 @@ def sweep_metrics(rep: SweepReport) -> dict[str, float]:
             v = pd.to_numeric(row.get(name), errors="coerce")
             if pd.notna(v):
                 out[f"{prefix}_{name}"] = float(v)
+    if champ is not None:  # the interval the rule judged the champion's speed by
+        for end in ("low", "high"):
+            v = pd.to_numeric(champ.get(f"speedup_bs{rep.batch_size}_{end}"), errors="coerce")
+            if pd.notna(v):
+                out[f"champion_speedup_{end}"] = float(v)
     return out
 
 

@@ -33,6 +33,8 @@ EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 #: Metrics the publish step logs on each sweep run (``nash_mlflow/sweep_report.sweep_metrics``).
 SWEEP_METRICS = (
     "champion_speedup",
+    "champion_speedup_low",
+    "champion_speedup_high",
     "champion_rougeL_retention",
     "champion_rougeL",
     "champion_latency_p50_ms",
@@ -72,6 +74,10 @@ _WIDTHS = {
     "latency_p50_ms": 100,
     "latency_p90_ms": 100,
     "speedup": 88,
+    "speedup_low": 110,
+    "speedup_high": 112,
+    "latency_p50_ms_low": 130,
+    "latency_p50_ms_high": 132,
     "cost_per_1k_requests": 150,
     "quantization": 95,
     "params_nonzero": 115,
@@ -82,20 +88,25 @@ _WIDTHS = {
 
 def _width(column: str) -> int:
     name = column.split(".", 1)[1].strip("`") if "`" in column else column
-    return _WIDTHS.get(column, _WIDTHS.get(re.sub(r"_bs\d+$", "", name), 100))
+    return _WIDTHS.get(column, _WIDTHS.get(re.sub(r"_bs\d+(?=$|_low$|_high$)", "", name), 100))
 
 
 def candidate_columns(batch_size: int) -> list[str]:
-    """The trade-off columns, the answer first: quality and speed, the confidence interval of
-    the quality loss, then what the candidate is (its run name already says method, depth and
-    target: ``nash-k2@0.3``), its size and cost."""
+    """The trade-off columns, the answer first: quality and speed with the speed's intervals,
+    the confidence interval of the quality loss, then what the candidate is (its run name
+    already says method, depth and target: ``nash-k2@0.3``), its size and cost."""
     bs = f"_bs{batch_size}"
     return [
         col("metrics", "rougeL"),
         col("metrics", "rougeL_retention"),
         col("metrics", f"latency_p50_ms{bs}"),
-        col("metrics", f"latency_p90_ms{bs}"),
         col("metrics", f"speedup{bs}"),
+        # the intervals over benchmark rounds (docs/decisions.md): the rule ranks on these
+        col("metrics", f"speedup{bs}_low"),
+        col("metrics", f"speedup{bs}_high"),
+        col("metrics", f"latency_p50_ms{bs}_low"),
+        col("metrics", f"latency_p50_ms{bs}_high"),
+        col("metrics", f"latency_p90_ms{bs}"),
         col("metrics", "rougeL_delta_ci_low"),
         col("metrics", "rougeL_delta_ci_high"),
         col("params", "decoder_layers"),

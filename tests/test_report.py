@@ -1,9 +1,11 @@
 """Trade-off table, Pareto plot and mask heatmap: real files, checked by content."""
 
 import pandas as pd
+import pytest
 from PIL import Image
 
 from nash_core.report import (
+    error_bars,
     mask_heatmap,
     pareto_plot,
     structure_and_precision,
@@ -64,6 +66,36 @@ def test_pareto_plot_is_a_png(tmp_path):
     with Image.open(out) as im:
         assert im.format == "PNG" and im.size[0] > 400
     assert not list(out.parent.glob(".*tmp*"))
+
+
+def test_intervals_in_the_table_and_as_error_bars_on_both_axes(tmp_path):
+    df = candidates().assign(
+        **{
+            f"{LAT}_low": [95.0, 38.0, 41.0, 85.0],
+            f"{LAT}_high": [104.0, 43.0, 46.0, 92.0],
+            "rougeL_delta": [0.0, -0.02, -0.10, -0.01],
+            "rougeL_delta_ci_low": [0.0, -0.03, -0.13, float("nan")],
+            "rougeL_delta_ci_high": [0.0, -0.01, -0.07, float("nan")],
+        }
+    )
+    bars = error_bars(df, "rougeL", LAT)
+    # latency: 40 ms in [38, 43]; quality: 0.78 with a delta of -0.02 in [-0.03, -0.01]
+    assert bars["_t_minus"][1] == pytest.approx(2.0) and bars["_t_plus"][1] == pytest.approx(3.0)
+    assert bars["_q_minus"][1] == pytest.approx(0.01) and bars["_q_plus"][1] == pytest.approx(0.01)
+    assert bars["_q_minus"][0] == 0 and bars["_q_plus"][3] == 0  # teacher; interval missing
+    front = pareto_frontier(df, "rougeL", LAT)
+    table = tradeoff_table(df, LAT, front, "nash-k2@0.3", tied=["nash-k2@0.3", "sft-k2"])
+    cols = list(table.columns)
+    assert cols[cols.index(LAT) : cols.index(LAT) + 3] == [LAT, f"{LAT}_low", f"{LAT}_high"]
+    assert dict(zip(table["label"], table["tied"])) == {
+        "nash-k2@0.3": True,
+        "sft-k2": True,
+        "cofi@0.3": False,
+        "teacher": False,
+    }
+    plain = pareto_plot(candidates(), "rougeL", LAT, front, "x", tmp_path / "a.png")
+    barred = pareto_plot(df, "rougeL", LAT, front, "x", tmp_path / "b.png")
+    assert plain.read_bytes() != barred.read_bytes()
 
 
 def test_mask_heatmap_draws_kept_units(tmp_path):

@@ -16,7 +16,15 @@ import pandas as pd
 import pytest
 from sweep_tiny import BIN, TINY, clean_env, nash, with_overrides
 
-from nash_core.sweep_report import SweepReport, parse_rejected, to_html, to_markdown, to_text
+from nash_core.selection import Decision
+from nash_core.sweep_report import (
+    SweepReport,
+    parse_rejected,
+    parse_tied,
+    to_html,
+    to_markdown,
+    to_text,
+)
 from nash_mlflow.views import (
     SHARED_VIEW,
     SWEEPS_KEY,
@@ -119,6 +127,41 @@ def test_teacher_kept_says_so_everywhere():
 def test_parse_rejected_reads_decision_text():
     text = "champion: x\nreason: r\nqualified: none\nrejected a@0.3: ret 0.9 < 0.95; x: y\n"
     assert parse_rejected(text) == {"a@0.3": "ret 0.9 < 0.95; x: y"}
+
+
+def test_intervals_in_every_renderer_and_the_tie_marked():
+    rep = _report()
+    rep.table = rep.table.assign(
+        latency_p50_ms_bs1_low=[99.0, 240.0, 114.5],
+        latency_p50_ms_bs1_high=[104.0, 251.0, 119.0],
+        speedup_bs1_low=[2.31, 1.0, 2.02],
+        speedup_bs1_high=[2.52, 1.0, 2.33],
+    )
+    decision = Decision(
+        "nash-k2@0.3",
+        "r1",
+        False,
+        "tied",
+        ["nash-k2@0.3", "sft|k2"],
+        tied=["nash-k2@0.3", "sft|k2"],
+        chosen_by="retention_low (higher retention lower bound: ...)",
+    )
+    rep.tied = parse_tied(decision.as_text())
+    assert rep.tied == ["nash-k2@0.3", "sft|k2"]
+    headers, rows = rep.cells()
+    assert "p50 95% interval" in headers and "speedup 95% interval" in headers
+    by = {r[0]: dict(zip(headers, r)) for r in rows}
+    assert by["nash-k2@0.3"]["speedup 95% interval"] == "[2.31, 2.52]"
+    assert by["nash-k2@0.3"]["p50 95% interval"] == "[99.0, 104.0]"
+    assert by["teacher"]["speedup 95% interval"] == ""  # the reference of the ratio
+    text = to_text(rep)
+    assert "sft|k2 ~" in text and "~ tied on speed with it" in text and "nash-k2@0.3 *" in text
+    assert "| sft\\|k2 (tied on speed) |" in to_markdown(rep)
+    assert "sft|k2 (tied on speed)</td>" in to_html(rep)
+    assert "speedup 2.43x [2.31, 2.52]" in rep.key_numbers("nash-k2@0.3")
+    # a sweep logged before the intervals existed: no interval columns, nothing tied
+    assert "speedup 95% interval" not in _report().cells()[0]
+    assert parse_tied("champion: x\nreason: r\n") == []
 
 
 def test_view_links_carry_no_search_facet():
