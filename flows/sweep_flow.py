@@ -31,6 +31,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from nash_core.config import NashConfig, load_config
 from nash_core.errors import NashError
 from nash_core.runtime import request_stop, set_threads
+from nash_core.runtimes import refused_variants
 from nash_mlflow.registry import serving_config
 from tasks.cache import StepResult
 from tasks.candidates import log_candidate
@@ -42,7 +43,7 @@ from tasks.prepare import get_teacher, prepare_base, prepare_data
 from tasks.promotion import promote_challenger
 from tasks.prune import finetune, materialize, prune_stage, quantize
 from tasks.publish import publish_report
-from tasks.sweep_runs import close_sweep, open_sweep
+from tasks.sweep_runs import close_sweep, open_sweep, skip_variant
 
 
 class Candidate(NamedTuple):
@@ -154,6 +155,8 @@ def api_for_workers(cfg: NashConfig) -> Iterator[None]:
 def sweep_flow(config_path: str, overrides: list[str], workdir: str) -> dict:
     cfg = load_config(config_path, overrides)
     set_threads(cfg.experiment.torch_threads)
+    for (arm, variant), reason in refused_variants(cfg).items():
+        print(f"{variant} of arm '{arm}': {reason}; its candidates stay PyTorch-only")
     preflight(cfg, workdir)  # no MLflow run exists until data, model, store and disk are fine
     ctx, specs = open_sweep(
         cfg.model_dump(mode="json"), workdir, config_path, flow_run.id, flow_run.name
@@ -184,8 +187,11 @@ def sweep_flow(config_path: str, overrides: list[str], workdir: str) -> dict:
                 )
             )
         finals = {teacher_spec.label: teacher, **{c.spec.label: c.final for c in runs}}
-        for spec in variants:
-            q = quantize.submit(ctx, spec, finals[spec.source_label])
+        prepared = [(s, quantize.submit(ctx, s, finals[s.source_label], data)) for s in variants]
+        for spec, q in prepared:
+            if q.result().meta.get("not_expressible"):  # logged; stays a PyTorch candidate
+                skip_variant(ctx, spec, q.result().meta["not_expressible"])
+                continue
             runs.append(Candidate(spec, None, None, q, evaluate.submit(ctx, data, q, teacher_eval)))
         wait([c.evaluation for c in runs])
         runs = [Candidate(c.spec, *(f if f is None else f.result() for f in c[1:])) for c in runs]

@@ -198,6 +198,8 @@ class Candidate:
 
 def model_facts(model, model_dir: str | Path | None = None) -> dict:
     """Parameter count, in-memory weight size, on-disk size, dtype, attention, depths."""
+    if hasattr(model, "facts"):  # another runtime's model (nash_core.runtimes) knows its own
+        return model.facts()
     seen, params, nbytes = set(), 0, 0
     for module in model.modules():
         weight_fn = getattr(module, "weight", None)

@@ -406,7 +406,17 @@ class EvaluationConfig(_Section):
         return self
 
 
-Variant = Literal["int8", "bf16", "fp16"]
+Variant = Literal[
+    "int8",
+    "bf16",
+    "fp16",
+    "ct2-fp32",
+    "ct2-int8",
+    "ct2-int8-bf16",
+    "ct2-bf16",
+    "ct2-fp16",
+    "ct2-int8-fp16",
+]
 
 
 class BenchmarkConfig(_Section):
@@ -451,7 +461,9 @@ class BenchmarkConfig(_Section):
             "Serving-precision variants of the teacher and of every candidate, each evaluated, "
             "benchmarked and logged ('-int8', '-bf16', '-fp16'): int8 dynamic quantisation (CPU "
             "only: the whole benchmark then runs on CPU), bf16 weights and activations, fp16 "
-            "(CUDA only)."
+            "(CUDA only). 'ct2-<precision>' serves the candidate converted to CTranslate2 "
+            "(ct2-fp32, ct2-int8 everywhere; ct2-int8-bf16 / ct2-bf16 where the CPU has bf16; "
+            "ct2-fp16 / ct2-int8-fp16 on CUDA); see docs/serving-runtimes.md."
         ),
     )
 
@@ -593,6 +605,7 @@ class NashConfig(_Section):
                 f"selection.batch_size {self.selection.batch_size} is not in "
                 f"benchmark.batch_sizes {self.benchmark.batch_sizes}"
             )
+        self._check_runtime_variants()
         if "fp16" in self.benchmark.all_variants:
             if "int8" in self.benchmark.all_variants:
                 raise ValueError(
@@ -607,6 +620,26 @@ class NashConfig(_Section):
                     f"(experiment.device '{self.experiment.device}'): use bf16 on CPU"
                 )
         return self
+
+    def _check_runtime_variants(self) -> None:
+        """A variant of another runtime (``ct2-int8``...) must run on this config's device."""
+        from nash_core.runtimes import split_variant
+
+        cuda = self.experiment.device == "cuda" or (
+            self.experiment.device == "auto" and _cuda_available()
+        )
+        if "int8" in self.benchmark.all_variants:  # torch int8 puts the benchmark on CPU
+            cuda = False
+        device = "cuda" if cuda else "cpu"
+        for variant in self.benchmark.all_variants:
+            runtime, precision = split_variant(variant)
+            if runtime.name == "pytorch" or precision in runtime.compute_types(device):
+                continue
+            can = ", ".join(runtime.prefix + p for p in runtime.compute_types(device)) or "none"
+            raise ValueError(
+                f"benchmark.variants: {variant} cannot run on this machine's {device} "
+                f"({runtime.name} supports here: {can})"
+            )
 
     # ------------------------------------------------------------------ helpers
     def experiment_name(self) -> str:

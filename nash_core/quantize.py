@@ -151,10 +151,16 @@ def default_device(model_dirs) -> torch.device:
 def load_for_measurement(model_dir: str | Path, device=None, dtype: torch.dtype | None = None):
     """Load any model dir we evaluate or benchmark: quantised markers, plain HF dirs, exports.
 
-    Quantised models run on CPU in their own mixed precision: ``device`` cuda or a ``dtype``
-    other than float32 is refused rather than silently ignored. Cast variants (bf16, fp16) run
-    in their own dtype on ``device`` (fp16: CUDA only).
+    A CTranslate2 directory (``nash_core.runtimes.ct2``) loads as a :class:`CT2Model` that
+    generates through CTranslate2. Quantised models run on CPU in their own mixed precision:
+    ``device`` cuda or a ``dtype`` other than float32 is refused rather than silently ignored.
+    Cast variants (bf16, fp16) run in their own dtype on ``device`` (fp16: CUDA only).
     """
+    from nash_core.runtimes.ct2 import CT2Model, is_ct2_dir
+
+    if is_ct2_dir(model_dir):  # a CTranslate2 conversion: its own precision and threads
+        model = CT2Model(model_dir, device=device or "cpu")
+        return model, model.tokenizer
     method = marker_method(model_dir)
     if method in CAST_DTYPES:  # the marker's precision, whatever ``dtype`` says
         if method == "cast-float16" and (device is None or torch.device(device).type != "cuda"):

@@ -11,6 +11,8 @@ name is refused with an error naming ``source``); output: one summary per row.
 ``model_config`` carries the decoding settings and the training-time source prefix, and
 ``quantize: int8`` for an int8 variant (re-quantised at load, CPU only: nothing is pickled),
 ``quantize: bf16`` / ``fp16`` for a precision variant (cast at load; fp16 on CUDA only).
+A CTranslate2 variant (``quantize: ct2-int8``...) carries its converted directory and generates
+through CTranslate2 with the thread setting measured when it was converted.
 """
 
 from __future__ import annotations
@@ -32,6 +34,15 @@ class Seq2SeqSummarizer(PythonModel):
         self.eval_cfg = EvaluationConfig(**cfg.pop("evaluation", {}))
         quantize = cfg.pop("quantize", None)
         device = cfg.pop("device", "auto")
+        model_dir = context.artifacts["model_dir"]
+        from nash_core.runtimes.ct2 import is_ct2_dir
+
+        if is_ct2_dir(model_dir):  # a CTranslate2 variant: generates through CTranslate2
+            from nash_core.quantize import load_for_measurement
+
+            self.device = pick_device(device)
+            self.model, self.tokenizer = load_for_measurement(model_dir, device=self.device)
+            return
         self.device = pick_device("cpu" if quantize == "int8" else device)
         self.model, self.tokenizer = load_seq2seq(
             context.artifacts["model_dir"], device=self.device

@@ -37,6 +37,7 @@ _REQUIREMENTS = (
     "numpy",
     "mlflow",
     "sentencepiece",
+    "ctranslate2",
 )
 
 

@@ -192,7 +192,9 @@ def fetch_model(client: MlflowClient, run: Run, dest: Path) -> Path:
         raise RolloutError(
             f"cannot download the model of candidate run '{label(run)}' ({run.info.run_id}): {exc}"
         ) from None
-    if quantize:
+    from nash_core.runtimes.ct2 import is_ct2_dir
+
+    if quantize and not is_ct2_dir(path):  # a converted runtime dir is served as it is
         from nash_core.quantize import quantize_dir
 
         return quantize_dir(path, dest / quantize, quantize)

@@ -102,9 +102,16 @@ def log_candidate(
         spec, evaluation, bench_model, config.get("nash", {}), ctx.cfg.selection.batch_size
     )
     metrics.update(zero_stats(weights_dir))  # params_nonzero, weight_zero_fraction
-    metrics["disk_mb"] = (
-        sum(f.stat().st_size for f in Path(weights_dir).glob("*.safetensors")) / 2**20
-    )
+    served_dir = _served_dir(spec, model)
+    if served_dir != Path(weights_dir):  # a conversion (ct2-int8...): its own files are served
+        metrics["disk_mb"] = sum(f.stat().st_size for f in served_dir.rglob("*") if f.is_file())
+        metrics["disk_mb"] /= 2**20
+        if bench_model.get("load_rss_mb") is not None:
+            metrics["load_rss_mb"] = bench_model["load_rss_mb"]
+    else:
+        metrics["disk_mb"] = (
+            sum(f.stat().st_size for f in Path(weights_dir).glob("*.safetensors")) / 2**20
+        )
     tracking.log_metrics(client, run_id, metrics)
     tracking.log_params(
         client,
@@ -113,6 +120,7 @@ def log_candidate(
             "decoder_layers": bench_model["decoder_layers"],
             "encoder_layers": bench_model["encoder_layers"],
             "model_dir": model.meta["model_dir"],
+            **{f"serving_{k}": v for k, v in model.meta.get("threads", {}).items()},
         },
     )
 
@@ -136,7 +144,7 @@ def log_candidate(
     log_candidate_model(
         client,
         run_id,
-        weights_dir,
+        served_dir,
         {**serving, "quantize": spec.precision} if spec.quantized else serving,
     )
     tracking.set_tags(
@@ -150,3 +158,13 @@ def log_candidate(
     )
     tracking.finish_run(client, run_id)
     return run_id
+
+
+def _served_dir(spec: CandidateSpec, model: StepResult) -> Path:
+    """What the registered model carries: a runtime's own converted directory (ct2-int8...),
+    else the PyTorch weights (a precision marker's source)."""
+    from nash_core.runtimes import split_variant
+
+    if spec.quantized and split_variant(spec.precision)[0].self_contained:
+        return Path(model.meta["model_dir"])
+    return Path(model.meta.get("source_dir", model.meta["model_dir"]))

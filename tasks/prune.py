@@ -146,22 +146,56 @@ def finetune(
 
 
 @task(name="quantize", cache_policy=NO_CACHE, task_run_name="variant-{spec.label}")
-def quantize(ctx: SweepContext, spec: CandidateSpec, model: StepResult) -> StepResult:
-    """The serving-precision variant (``spec.precision``: int8 dynamic quantisation, bf16 or
-    fp16 cast) of a finished model (``benchmark.variants``).
+def quantize(
+    ctx: SweepContext, spec: CandidateSpec, model: StepResult, data: StepResult | None = None
+) -> StepResult:
+    """The serving variant (``spec.precision``, ``benchmark.variants``) of a finished model.
 
-    What is written is a marker naming the source dir and its weights' hash
-    (:mod:`nash_core.quantize`): loading re-quantises / re-casts, so nothing is pickled.
+    A PyTorch precision (int8 dynamic quantisation, bf16 or fp16 cast) is a marker naming the
+    source dir and its weights' hash (:mod:`nash_core.quantize`): loading re-quantises /
+    re-casts, so nothing is pickled. Another runtime's variant (``ct2-int8``...) is a
+    conversion checked against the source (:mod:`nash_core.runtimes`), whose thread setting is
+    then measured on ``data``'s test sources; a model that runtime cannot express gives
+    ``meta["not_expressible"]`` (the reason) instead of a model dir.
     """
-    from nash_core.quantize import quantize_dir
+    import os
+
+    from nash_core.runtimes import NotExpressible, split_variant
 
     variant = spec.precision or "int8"
+    runtime, precision = split_variant(variant)
+    cfg = ctx.cfg
 
     def compute(rdir: Path) -> dict:
-        return {
-            "model_dir": str(quantize_dir(model.meta["model_dir"], rdir / "model", variant)),
-            "source_dir": model.meta["model_dir"],
-        }
+        source = model.meta["model_dir"]
+        try:
+            out = runtime.prepare(source, rdir / "model", precision)
+        except NotExpressible as exc:
+            return {"not_expressible": str(exc), "source_dir": source}
+        meta = {"model_dir": str(out), "source_dir": source, "runtime": runtime.name}
+        if runtime.self_contained and data is not None:
+            meta["threads"] = _choose_threads(ctx, data, out)
+        return meta
 
-    key = cache_key(variant, ("nash_core.quantize",), source=model.key)
+    code, extra = ("nash_core.quantize",), {}
+    if runtime.self_contained:  # a conversion, and threads measured on this machine
+        code += ("nash_core.runtimes",)
+        extra = {
+            "cores": os.cpu_count(),
+            "sections": cfg.section_hash("evaluation", "benchmark.batch_sizes"),
+        }
+    key = cache_key(variant, code, source=model.key, **extra)
     return run_cached(ctx.workdir, variant, key, compute)
+
+
+def _choose_threads(ctx: SweepContext, data: StepResult, out: Path) -> dict:
+    from nash_core.data import read_split
+    from nash_core.runtimes.ct2 import choose_threads
+
+    cfg = ctx.cfg
+    rows = read_split(data.meta["splits"], "test", limit=max(cfg.benchmark.batch_sizes))
+    texts = [cfg.data.source_prefix + r["source"] for r in rows]
+    threads = choose_threads(
+        out, texts, cfg.evaluation, cfg.benchmark.batch_sizes, cfg.data.max_source_length
+    )
+    return {k: v for k, v in threads.items() if k != "median_ms"}

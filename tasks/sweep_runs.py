@@ -16,12 +16,14 @@ from prefect.logging import get_run_logger
 
 from nash_core.config import NashConfig
 from nash_core.io import atomic_write_text
+from nash_core.runtimes import refused_variants
 from nash_mlflow import liveness, tracking
 from tasks.context import TEACHER_LABEL, CandidateSpec, SweepContext, arm_candidates
 from tasks.retry import transient_retries
 
 #: The ``quantization`` param of a candidate run, by precision variant.
 QUANTIZATION = {"int8": "int8-dynamic", "bf16": "bf16", "fp16": "fp16"}
+#: (another runtime's variant, ct2-int8..., is logged under its own name)
 
 
 def sweep_dir(ctx: SweepContext) -> Path:
@@ -38,8 +40,13 @@ def candidate_specs(cfg: NashConfig) -> list[CandidateSpec]:
         c for i, arm in enumerate(cfg.pruning.arms) for c in arm_candidates(arm, i)
     ]
     trained = list(specs)
+    refused = refused_variants(cfg)  # said once before training (sweep_flow)
     for variant in cfg.benchmark.all_variants:
-        specs += [s.variant_of(variant) for s in trained]
+        specs += [
+            s.variant_of(variant)
+            for s in trained
+            if s.arm_index is None or (cfg.pruning.arms[s.arm_index].label, variant) not in refused
+        ]
     return specs
 
 
@@ -111,7 +118,7 @@ def open_sweep(
                 "stage": spec.stage,
                 "target_sparsity": spec.target or 0.0,
                 "arm": spec.source_label.split("@")[0],
-                "quantization": QUANTIZATION.get(spec.precision, "none"),
+                "quantization": QUANTIZATION.get(spec.precision, spec.precision or "none"),
             },
             parent_run_id=parent,
         )
@@ -141,6 +148,20 @@ def close_sweep(ctx: SweepContext, specs: list[CandidateSpec], ok: bool) -> None
     """Mark still-running runs finished (or failed, when the flow failed)."""
     client = tracking.make_client(ctx.tracking_uri)
     for run_id in [s.run_id for s in specs] + [ctx.sweep_run_id]:
-        if client.get_run(run_id).info.status == "RUNNING":
+        info = client.get_run(run_id).info
+        if info.status == "RUNNING" and info.lifecycle_stage != "deleted":
             tracking.finish_run(client, run_id, ok)
     liveness.release(ctx.sweep_run_id)
+
+
+@task(name="skip-variant", cache_policy=NO_CACHE, **transient_retries())
+def skip_variant(ctx: SweepContext, spec: CandidateSpec, reason: str) -> None:
+    """A serving variant its runtime cannot express (``not expressible in CTranslate2: ...``):
+    said in one log line, recorded on the sweep run as ``nash.not_expressible.<label>``, and
+    its empty candidate run deleted, so that no table or selection sees a candidate without
+    measurements. Its source model stays a candidate in PyTorch."""
+    get_run_logger().warning("%s: %s; it stays a PyTorch candidate", spec.label, reason)
+    client = tracking.make_client(ctx.tracking_uri)
+    tracking.set_tags(client, ctx.sweep_run_id, {f"nash.not_expressible.{spec.label}": reason})
+    if spec.run_id:
+        client.delete_run(spec.run_id)

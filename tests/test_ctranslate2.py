@@ -211,3 +211,31 @@ def test_unknown_quantization_and_non_ct2_dir_are_refused(tmp_path):
         convert(tmp_path, tmp_path / "out", "int4")
     with pytest.raises(NashError, match="is not a converted CTranslate2 model"):
         CT2Generator(tmp_path)
+
+
+def test_a_variant_the_device_cannot_run_is_a_config_error():
+    from nash_core.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=r"benchmark.variants: ct2-fp16 cannot run on this"):
+        load_config(
+            "configs/smoke.yaml", ["experiment.device=cpu", "benchmark.variants=[ct2-fp16]"]
+        )
+    cfg = load_config(
+        "configs/smoke.yaml", ["experiment.device=cpu", "benchmark.variants=[ct2-int8]"]
+    )
+    assert cfg.benchmark.all_variants == ["ct2-int8"]
+
+
+def test_an_arm_ctranslate2_cannot_express_is_named_before_training():
+    from nash_core.config import load_config
+    from nash_core.runtimes import refused_variants
+    from tasks.sweep_runs import candidate_specs
+
+    cfg = load_config("configs/smoke.yaml", ["benchmark.variants=[ct2-int8, int8]"])
+    cofi = [a.label for a in cfg.pruning.arms if a.method == "cofi"]
+    refused = refused_variants(cfg)
+    assert set(refused) == {(label, "ct2-int8") for label in cofi}
+    assert all(r.startswith("not expressible in CTranslate2: arm") for r in refused.values())
+    labels = [s.label for s in candidate_specs(cfg)]
+    assert "teacher-ct2-int8" in labels and any(lb.endswith("-int8") for lb in labels)
+    assert not any(lb.startswith(tuple(cofi)) and lb.endswith("-ct2-int8") for lb in labels)

@@ -5,6 +5,7 @@ the magnitude candidates with their zero fraction and non-zero parameter count."
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -99,3 +100,49 @@ def test_sweep_with_magnitude_arms_and_precision_variants(tmp_path):
     assert "| fp32 |" in mag_row and "| 0.500 |" in mag_row and " MB |" in mag_row
     assert "(source)" in next(r for r in body if r.startswith("| magnitude@0.5-bf16 |"))
     assert '"cpu_model"' in table.stdout  # the hardware fingerprint under the table
+
+
+def test_sweep_with_ctranslate2_variants_serves_a_ct2_champion(tmp_path):
+    """``benchmark.variants: [ct2-int8]``: the teacher and the student converted to
+    CTranslate2, evaluated by generating through it (paired bootstrap against the teacher),
+    benchmarked in the same rounds as the PyTorch models, logged with their size and measured
+    thread setting; the champion (the fastest that qualifies) is a CTranslate2 model and the
+    registered pyfunc generates through CTranslate2."""
+    work = tmp_path / "work"
+    overrides = TINY + [
+        "benchmark.variants=[ct2-int8]",
+        "selection.min_retention=0.01",
+        "selection.min_retention_low=0.01",
+    ]
+    res = nash(
+        ["run", "configs/smoke.yaml", "--workdir", work, *with_overrides(overrides)],
+        clean_env(tmp_path),
+    )
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+
+    uri = f"sqlite:///{work.resolve()}/mlflow.db"
+    client = MlflowClient(uri)
+    exps = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(exps, "tags.`nash.kind` = 'candidate'")
+    by_label = {r.data.tags["nash.label"]: r for r in runs}
+    assert set(by_label) == {"teacher", "sft-k1", "teacher-ct2-int8", "sft-k1-ct2-int8"}
+    for label in ("teacher", "sft-k1"):
+        run = by_label[f"{label}-ct2-int8"]
+        assert run.info.status == "FINISHED"
+        assert run.data.params["quantization"] == "ct2-int8"
+        assert run.data.params["serving_intra_threads"] in ("1", "2", str(os.cpu_count()))
+        for m in ("rougeL", "rougeL_delta_ci_low", "speedup", "latency_p50_ms", "disk_mb"):
+            assert m in run.data.metrics, (label, m)
+        # int8 weights: about a quarter of the fp32 model's bytes (embeddings included)
+        assert run.data.metrics["weights_mb"] < 0.5 * by_label[label].data.metrics["weights_mb"]
+
+    sweep = client.search_runs(exps, "tags.`nash.kind` = 'sweep'")[0]
+    champion = sweep.data.tags["nash.champion"]
+    assert champion.endswith("-ct2-int8"), champion
+
+    mlflow.set_tracking_uri(uri)
+    served = mlflow.pyfunc.load_model(f"runs:/{by_label[champion].info.run_id}/model")
+    inner = served.unwrap_python_model().model
+    assert type(inner).__name__ == "CT2Model"
+    out = served.predict(pd.DataFrame({"source": ["Anna: Dinner on monday at 7 pm?\nBen: Sure."]}))
+    assert len(out) == 1 and isinstance(out[0], str)

@@ -20,8 +20,10 @@ from nash_core.runtimes.base import (
     NotExpressible,
     Runtime,
     get_runtime,
+    refused_variants,
     register_runtime,
     runtime_names,
+    split_variant,
 )
 
 __all__ = [
@@ -29,6 +31,8 @@ __all__ = [
     "NotExpressible",
     "Runtime",
     "get_runtime",
+    "refused_variants",
     "register_runtime",
     "runtime_names",
+    "split_variant",
 ]

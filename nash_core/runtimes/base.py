@@ -28,6 +28,18 @@ class Runtime:
     """
 
     name: str = ""
+    #: how messages name it ("CTranslate2")
+    title: str = ""
+    #: prefix of this runtime's variant names in ``benchmark.variants`` (``ct2-int8``)
+    prefix: str = ""
+    #: True when ``prepare`` writes a self-contained directory that is what gets served and
+    #: logged (a conversion); False when the served weights stay the source's (PyTorch markers)
+    self_contained: bool = False
+
+    def refuses(self, arm) -> str | None:
+        """Why this runtime cannot express any candidate of the pruning ``arm`` (known from
+        its config, before training), or None."""
+        return None
 
     def prepare(self, model_dir: str | Path, out_dir: str | Path, precision: str) -> Path:
         raise NotImplementedError
@@ -58,6 +70,30 @@ def register_runtime(name: str) -> Callable[[type[Runtime]], type[Runtime]]:
 
 def runtime_names() -> list[str]:
     return sorted(RUNTIMES)
+
+
+def split_variant(variant: str) -> tuple[Runtime, str]:
+    """``benchmark.variants`` name -> (runtime, precision): ``ct2-int8`` -> (ctranslate2, int8),
+    ``int8`` -> (pytorch, int8)."""
+    for runtime in RUNTIMES.values():
+        if runtime.prefix and variant.startswith(runtime.prefix):
+            return runtime, variant.removeprefix(runtime.prefix)
+    return RUNTIMES["pytorch"], variant
+
+
+def refused_variants(cfg) -> dict[tuple[str, str], str]:
+    """(arm label, variant) -> "not expressible in <runtime>: <reason>" for every serving
+    variant of ``cfg`` that an arm's candidates cannot have (said before any training)."""
+    out = {}
+    for variant in cfg.benchmark.all_variants:
+        runtime, _ = split_variant(variant)
+        for arm in cfg.pruning.arms:
+            reason = runtime.refuses(arm)
+            if reason:
+                out[(arm.label, variant)] = str(
+                    NotExpressible(runtime.title or runtime.name, reason)
+                )
+    return out
 
 
 def get_runtime(name: str) -> Runtime:

@@ -318,6 +318,18 @@ def check_conversion(model: nn.Module, tokenizer, ct2_dir: str | Path) -> float:
     return worst
 
 
+def _shape_facts(model: nn.Module) -> dict:
+    """What the benchmark reports about a model, recorded for the converted one."""
+    cfg = model.config
+    seen = {id(p): p.numel() for p in model.parameters()}
+    return {
+        "params": int(sum(seen.values())),
+        "model_type": getattr(cfg, "model_type", None),
+        "encoder_layers": getattr(cfg, "num_layers", getattr(cfg, "encoder_layers", None)),
+        "decoder_layers": getattr(cfg, "num_decoder_layers", getattr(cfg, "decoder_layers", None)),
+    }
+
+
 def _token_ids(model: nn.Module) -> dict:
     gen = getattr(model, "generation_config", None)
     return {k: getattr(gen, k, None) for k in _TOKEN_IDS}
@@ -400,6 +412,7 @@ def convert_model(
                 "check_tolerance": tolerance,
                 "padded": padded is not model,
                 "token_ids": _token_ids(model),
+                **_shape_facts(model),
                 "ctranslate2_version": _ct2().__version__,
                 "convert_seconds": round(time.perf_counter() - started, 3),
             },
@@ -417,14 +430,12 @@ def decode_options(eval_cfg, fixed_new_tokens: int | None = None) -> dict:
     """``translate_batch`` keywords for the shared decoding protocol
     (:func:`nash_core.evaluate.generation_config_for`): greedy / beam search, new-token bounds
     (EOS counts, as in ``generate``), length penalty, no-repeat n-gram."""
-    return dict(
-        beam_size=eval_cfg.num_beams,
-        max_decoding_length=fixed_new_tokens or eval_cfg.max_new_tokens,
-        min_decoding_length=fixed_new_tokens or eval_cfg.min_new_tokens,
-        length_penalty=eval_cfg.length_penalty,
-        no_repeat_ngram_size=eval_cfg.no_repeat_ngram_size,
-        return_end_token=True,
-        max_input_length=0,  # the tokenizer truncates, as on the PyTorch path
+    return _options(
+        eval_cfg.num_beams,
+        fixed_new_tokens or eval_cfg.max_new_tokens,
+        fixed_new_tokens or eval_cfg.min_new_tokens,
+        eval_cfg.length_penalty,
+        eval_cfg.no_repeat_ngram_size,
     )
 
 
@@ -451,6 +462,7 @@ class CT2Generator:
         self.meta = read_json(self.dir / META_FILE)
         self.compute_type = compute_type or self.meta["quantization"]
         self.tokenizer = AutoTokenizer.from_pretrained(str(self.dir / TOKENIZER_DIR))
+        self.intra_threads, self.inter_threads = intra_threads, inter_threads
         self.translator = _ct2().Translator(
             str(self.dir),
             device=device,
@@ -501,15 +513,176 @@ class CT2Generator:
         return list(self.translator.score_batch([tok(src)], [tok(tgt)])[0].log_probs)
 
 
+# --------------------------------------------------------------------------- as a "model"
+class CT2Model:
+    """A converted directory behind the slice of the transformers model interface that
+    evaluation, benchmarks and the served pyfunc use: ``generate(input_ids, attention_mask,
+    generation_config=...)`` returning ``[start] + new ids`` rows padded with the pad id (EOS
+    counted by ``generated_lengths`` as for PyTorch), ``generation_config`` (token ids),
+    ``get_encoder()`` and :meth:`facts`. So one code path measures both runtimes.
+
+    ``get_encoder()`` times the encoder plus ONE decoding step (CTranslate2's translator has no
+    encoder-only call); threads default to the setting measured at conversion time
+    (``nash_runtime.json["threads"]``), else 1.
+    """
+
+    def __init__(
+        self,
+        ct2_dir: str | Path,
+        device: str | torch.device = "cpu",
+        intra_threads: int | None = None,
+        inter_threads: int | None = None,
+    ):
+        import psutil
+        from transformers import GenerationConfig
+
+        meta = read_json(Path(ct2_dir) / META_FILE) if is_ct2_dir(ct2_dir) else {}
+        threads = meta.get("threads") or {}
+        self.device = torch.device(device)
+        rss = psutil.Process().memory_info().rss
+        self.gen = CT2Generator(
+            ct2_dir,
+            device=self.device.type,
+            intra_threads=intra_threads or threads.get("intra_threads", 1),
+            inter_threads=inter_threads or threads.get("inter_threads", 1),
+        )
+        self.load_rss_mb = (psutil.Process().memory_info().rss - rss) / 2**20
+        self.tokenizer, self.meta, self.dir = self.gen.tokenizer, self.gen.meta, Path(ct2_dir)
+        ids = {k: v for k, v in self.meta["token_ids"].items() if v is not None}
+        self.generation_config = GenerationConfig(**ids)
+        self.config = _Facts(vocab_size=len(self.tokenizer), model_type="ctranslate2")
+
+    def eval(self):
+        return self
+
+    def parameters(self):
+        return iter([torch.empty(0, device=self.device)])
+
+    def generate(self, input_ids, attention_mask=None, generation_config=None, **_):
+        g = generation_config or self.generation_config
+        mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+        tok = self.tokenizer.convert_ids_to_tokens
+        sources = [tok(row[m.bool()].tolist()) for row, m in zip(input_ids.cpu(), mask.cpu())]
+        options = _options(
+            g.num_beams,
+            g.max_new_tokens,
+            g.min_new_tokens,
+            g.length_penalty,
+            g.no_repeat_ngram_size,
+        )
+        hyps = [
+            self.tokenizer.convert_tokens_to_ids(h)
+            for h in self.gen.translate_tokens(sources, options)
+        ]
+        pad = g.pad_token_id if g.pad_token_id is not None else 0
+        out = torch.full((len(hyps), 1 + max([len(h) for h in hyps] + [0])), pad)
+        out[:, 0] = g.decoder_start_token_id if g.decoder_start_token_id is not None else pad
+        for i, h in enumerate(hyps):
+            out[i, 1 : 1 + len(h)] = torch.tensor(h, dtype=torch.long)
+        return out
+
+    def get_encoder(self):
+        def encode(input_ids, attention_mask=None, **_):
+            one = GenerationConfigLike(self.generation_config, max_new_tokens=1)
+            return self.generate(input_ids, attention_mask, one)
+
+        return encode
+
+    def facts(self) -> dict:
+        disk = sum(f.stat().st_size for f in self.dir.rglob("*") if f.is_file()) / 2**20
+        weights = (self.dir / "model.bin").stat().st_size / 2**20
+        return {
+            "params": self.meta.get("params"),
+            "weights_mb": weights,
+            "disk_mb": disk,
+            "load_rss_mb": self.load_rss_mb,
+            "dtype": self.gen.compute_type,
+            "attn_implementation": "ctranslate2",
+            "model_type": self.meta.get("model_type", "ctranslate2"),
+            "encoder_layers": self.meta.get("encoder_layers"),
+            "decoder_layers": self.meta.get("decoder_layers"),
+            "runtime": "ctranslate2",
+            "intra_threads": self.gen.intra_threads,
+            "inter_threads": self.gen.inter_threads,
+        }
+
+
+class _Facts(dict):
+    __getattr__ = dict.get
+
+
+def GenerationConfigLike(base, **update):  # noqa: N802  (reads like the class it copies)
+    import copy as _copy
+
+    g = _copy.deepcopy(base)
+    for k, v in update.items():
+        setattr(g, k, v)
+    g.min_new_tokens = min(g.min_new_tokens or 0, g.max_new_tokens)
+    return g
+
+
+def _options(num_beams, max_new, min_new, length_penalty, no_repeat) -> dict:
+    return dict(
+        beam_size=num_beams or 1,
+        max_decoding_length=max_new,
+        min_decoding_length=min_new or 0,
+        length_penalty=1.0 if length_penalty is None else length_penalty,
+        no_repeat_ngram_size=no_repeat or 0,
+        return_end_token=True,
+        max_input_length=0,  # the tokenizer truncates, as on the PyTorch path
+    )
+
+
+def choose_threads(
+    ct2_dir: str | Path,
+    texts: Sequence[str],
+    eval_cfg,
+    batch_sizes: Sequence[int] = (1, 8),
+    max_source_length: int | None = None,
+    rounds: int = 3,
+) -> dict:
+    """Time ``texts`` at each batch size with one thread and with every core (intra-op), keep
+    the faster (sum of medians over the batch sizes) and record it in ``nash_runtime.json``
+    ``["threads"]``, which :class:`CT2Model` (benchmarks, the served model) then uses.
+
+    On this project's 2-core machines one thread per model was up to 20x faster than two (the
+    wheel's OpenMP threads spin and fight): measure, never assume.
+    """
+    import os
+
+    cores = os.cpu_count() or 1
+    gen_cfg = eval_cfg.model_copy(update={"batch_size": max(batch_sizes)})
+    timings: dict[str, dict[str, float]] = {}
+    for intra in sorted({1, cores}):
+        model = CT2Model(ct2_dir, intra_threads=intra, inter_threads=1)
+        per_bs = {}
+        for bs in batch_sizes:
+            batch = list(texts[:bs]) or [""]
+            model.gen.generate(batch, gen_cfg, max_source_length)  # warm-up
+            times = []
+            for _ in range(rounds):
+                t0 = time.perf_counter()
+                model.gen.generate(batch, gen_cfg, max_source_length)
+                times.append(time.perf_counter() - t0)
+            per_bs[str(bs)] = 1000.0 * sorted(times)[len(times) // 2]
+        timings[str(intra)] = per_bs
+        del model
+    best = min(timings, key=lambda k: sum(timings[k].values()))
+    threads = {"intra_threads": int(best), "inter_threads": 1, "median_ms": timings}
+    meta_file = Path(ct2_dir) / META_FILE
+    atomic_write_json(meta_file, {**read_json(meta_file), "threads": threads})
+    return threads
+
+
 # --------------------------------------------------------------------------- registry entry
-#: precision name (as in the sweep's variants) -> (weight quantisation, compute type)
+#: precision name (a sweep variant is ``ct2-<precision>``) -> CTranslate2 weight and compute type
 PRECISIONS = {
-    "fp32": ("float32", "float32"),
-    "int8": ("int8", "int8_float32"),
-    "int8-bf16": ("int8", "int8_bfloat16"),
-    "bf16": ("bfloat16", "bfloat16"),
-    "fp16": ("float16", "float16"),
-    "int8-fp16": ("int8", "int8_float16"),
+    "fp32": "float32",
+    "int8": "int8",
+    "int8-bf16": "int8_bfloat16",
+    "bf16": "bfloat16",
+    "fp16": "float16",
+    "int8-fp16": "int8_float16",
 }
 
 
@@ -522,17 +695,28 @@ def supported_compute_types(device: str) -> set[str]:
 
 @register_runtime("ctranslate2")
 class CTranslate2Runtime(Runtime):
+    title = RUNTIME
+    prefix = "ct2-"
+    self_contained = True
+
+    def refuses(self, arm) -> str | None:
+        if arm.uses_hidden_mask:
+            return (
+                f"arm '{arm.label}' prunes the hidden dimension (CoFi's hidden mask), which "
+                "CTranslate2's norms cannot express"
+            )
+        return None
+
     def prepare(self, model_dir: str | Path, out_dir: str | Path, precision: str = "int8") -> Path:
-        return convert(model_dir, out_dir, PRECISIONS[precision][0])
+        return convert(model_dir, out_dir, PRECISIONS[precision])
 
     def generator(self, prepared_dir: str | Path, device: str = "cpu", **options):
-        precision = options.pop("precision", None)
-        compute = PRECISIONS[precision][1] if precision else None
-        return CT2Generator(prepared_dir, device=device, compute_type=compute, **options)
+        return CT2Generator(prepared_dir, device=device, **options)
 
     def compute_types(self, device: str) -> list[str]:
         have = supported_compute_types(device)
-        return [p for p, (_, compute) in PRECISIONS.items() if compute in have]
+        # "int8" on CPU runs as int8_float32 (what get_supported_compute_types names it)
+        return [p for p, ct in PRECISIONS.items() if ct in have]
 
 
 def describe(ct2_dir: str | Path) -> str:

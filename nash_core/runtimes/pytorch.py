@@ -45,6 +45,8 @@ class PyTorchGenerator:
 
 @register_runtime("pytorch")
 class PyTorchRuntime(Runtime):
+    title = "PyTorch"
+
     def prepare(self, model_dir: str | Path, out_dir: str | Path, precision: str = "fp32") -> Path:
         if precision == "fp32":
             return Path(model_dir)
