@@ -176,6 +176,20 @@ def model_weights(client: MlflowClient, run: Run) -> tuple[str, str | None]:
     return weights, (flavor.get("config") or {}).get("quantize")
 
 
+def _rechoose_threads(dirs: list[Path], inputs: dict, cfg) -> None:
+    from nash_core.runtimes.ct2 import choose_threads, is_ct2_dir
+
+    for d in dirs:
+        if is_ct2_dir(d):
+            choose_threads(
+                d,
+                inputs["texts"],
+                cfg.evaluation,
+                cfg.benchmark.batch_sizes,
+                inputs.get("max_source_length"),
+            )
+
+
 def check_model_artifacts(client: MlflowClient, runs: list[Run]) -> None:
     """Every run has its logged model and weights (before anything is downloaded or timed)."""
     for r in runs:
@@ -288,6 +302,7 @@ def rebenchmark_sweep(
         tmp = Path(tmp)
         dirs = [fetch_model(client, r, tmp / f"m{i}") for i, r in enumerate(sweep.candidates)]
         names = [label(r) for r in sweep.candidates]
+        _rechoose_threads(dirs, inputs, cfg)  # a converted model's threads, for THIS machine
         result = benchmark_models(
             dirs,
             bench_cfg,

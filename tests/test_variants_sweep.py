@@ -146,3 +146,12 @@ def test_sweep_with_ctranslate2_variants_serves_a_ct2_champion(tmp_path):
     assert type(inner).__name__ == "CT2Model"
     out = served.predict(pd.DataFrame({"source": ["Anna: Dinner on monday at 7 pm?\nBen: Sure."]}))
     assert len(out) == 1 and isinstance(out[0], str)
+
+    # `nash benchmark --sweep` (as on another machine) re-times the converted models too
+    res = nash(
+        ["benchmark", "--sweep", sweep.info.run_id, "--workdir", work, "--hardware-name", "box-c"],
+        clean_env(tmp_path),
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    for r in client.search_runs(exps, "tags.`nash.kind` = 'candidate'"):
+        assert r.data.metrics["hw/box-c/latency_p50_ms_bs1"] > 0, r.data.tags["nash.label"]
