@@ -74,7 +74,8 @@ def make_task_runner(cfg: NashConfig):
     ``sequential``: the same with one worker;
     ``dask``: prefect-dask on the scheduler at ``experiment.dask_address``, else on a local
     cluster of ``experiment.dask_workers`` single-threaded worker processes;
-    ``ray``: prefect-ray on a local Ray instance, or the cluster ``RAY_ADDRESS`` names.
+    ``ray``: prefect-ray on the cluster ``RAY_ADDRESS`` names, else on a local Ray instance of
+    ``experiment.ray_cpus`` CPUs (one arm per CPU), a small object store, no dashboard.
     Tasks get only small picklable arguments (paths, configs) and write through MlflowClient
     with explicit run ids, so a worker process -- on this machine or another -- needs only the
     same workdir path (shared storage) and a tracking URI every worker reaches.
@@ -96,7 +97,17 @@ def make_task_runner(cfg: NashConfig):
                 "dashboard_address": None,
             }
         )
-    return _optional_runner("prefect_ray", "RayTaskRunner", "ray")()
+    runner = _optional_runner("prefect_ray", "RayTaskRunner", "ray")
+    if os.environ.get("RAY_ADDRESS"):  # a cluster's resources are its own
+        return runner(address=os.environ["RAY_ADDRESS"])
+    return runner(  # "local": a new instance even when `ray start` left one running here
+        address="local",
+        init_kwargs={
+            "num_cpus": exp.ray_cpus,
+            "object_store_memory": exp.ray_object_store_mb * 2**20,
+            "include_dashboard": False,
+        },
+    )
 
 
 def _optional_runner(module: str, name: str, extra: str):

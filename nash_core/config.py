@@ -44,6 +44,12 @@ class ExperimentConfig(_Section):
         None, description="Existing Dask scheduler; default a local cluster."
     )
     dask_workers: int = Field(2, ge=1)
+    ray_cpus: int = Field(
+        2, ge=1, description="CPUs a local Ray instance offers (arms running at once)."
+    )
+    ray_object_store_mb: int = Field(
+        256, ge=80, description="Object store of a local Ray instance, MiB (it holds only paths)."
+    )
     train_processes: int = Field(
         1,
         ge=1,
