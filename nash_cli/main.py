@@ -118,6 +118,11 @@ def cmd_run(args) -> int:
         if champ:
             print(f"champion: {champ}")
         _print_promotion(result)
+        if "computed" in result:
+            print(
+                f"steps: {len(result['computed'])} computed, {len(result['reused'])} reused "
+                f"from the cache ({Path(workdir) / 'runs'})"
+            )
         if result.get("tracking_uri"):
             print(
                 f"results: MLflow store {result['tracking_uri']} (open it with `nash ui"

@@ -33,3 +33,7 @@ class TrainingError(NashError):
 
 class TrackingError(NashError):
     """The MLflow tracking store cannot be reached or used."""
+
+
+class DiskFullError(NashError):
+    """The disk filled up while a step was writing its result."""

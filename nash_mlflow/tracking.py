@@ -15,6 +15,8 @@ This module imports mlflow but not prefect, so ``nash ui`` and tests can use it 
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -74,9 +76,48 @@ def artifact_location(tracking_uri: str) -> str | None:
 
 
 def make_client(tracking_uri: str) -> MlflowClient:
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     if tracking_uri.startswith("sqlite:///"):
-        Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        open_sqlite_store(client, Path(tracking_uri.removeprefix("sqlite:///")))
+    return client
+
+
+_opened: set[Path] = set()
+_opened_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def store_lock(db: Path):
+    """Exclusive lock on ``<db>.lock`` beside a SQLite store, across processes; says so when
+    another process holds it (the caller waits)."""
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(db.name + ".lock"), "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.warning(
+                "another process is creating or upgrading the MLflow store %s: waiting for it", db
+            )
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def open_sqlite_store(client: MlflowClient, db: Path) -> None:
+    """Create or upgrade a SQLite store's tables once per process, one process at a time.
+
+    MLflow creates and migrates the schema when a process first opens the store; two sweeps
+    starting together on a new (or an older) store would both migrate, and the second dies in
+    Alembic (``table _alembic_tmp_experiments already exists``). Opening the tracking and
+    registry stores under :func:`store_lock` serialises that; later opens are plain reads.
+    """
+    db = db.resolve()
+    with _opened_lock:
+        if db in _opened:
+            return
+        with store_lock(db):
+            client._tracking_client.store  # noqa: B018 - opening it creates/migrates the tables
+            client._get_registry_client().store  # noqa: B018
+        _opened.add(db)
 
 
 _exp_lock = threading.Lock()

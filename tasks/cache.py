@@ -14,6 +14,12 @@ result is a pickle of a path that may no longer exist. Here the cache is the fil
   directory without the marker is unfinished, and re-running the step re-enters it, so the
   training loop's own checkpoints there let it resume instead of restarting;
 - a per-directory file lock makes two sweeps on one workdir compute a step once;
+- the done-marker records what the result holds (:func:`manifest`: every file's size, a
+  sampled hash and a full SHA-256); a hit is checked against it before it is used
+  (:func:`damage`: sizes and sampled hashes by default, full hashes with
+  ``NASH_VERIFY_CACHE=full``), and a result that no longer matches is moved aside to
+  ``<workdir>/damaged/`` (kept for inspection, never deleted), reported in one line and
+  recomputed in place;
 - once a stop was requested (SIGINT/SIGTERM, :func:`nash_core.runtime.stop_requested`) no new
   step starts: finished results are still returned, anything else raises KeyboardInterrupt.
 """
@@ -21,9 +27,13 @@ result is a pickle of a path that may no longer exist. Here the cache is the fil
 from __future__ import annotations
 
 import ast
+import errno
 import fcntl
 import hashlib
 import json
+import logging
+import os
+import shutil
 import time
 from collections.abc import Callable
 from functools import cache
@@ -33,10 +43,19 @@ from typing import Any
 from pydantic import BaseModel
 
 import nash_core
+from nash_core.errors import DiskFullError
 from nash_core.io import atomic_write_json, read_json
 from nash_core.runtime import stop_requested
 
+log = logging.getLogger(__name__)
+
 DONE = "_done.json"
+#: Files hashed whole on every reuse; larger ones by :data:`SAMPLES` blocks of :data:`BLOCK`
+#: bytes spread over the file (first and last included), plus their size.
+WHOLE_BELOW = 4 << 20
+BLOCK, SAMPLES = 64 << 10, 16
+VERIFY_ENV = "NASH_VERIFY_CACHE"  # "full": re-hash whole files on reuse; "off": trust markers
+DAMAGED = "damaged"
 
 
 class StepResult(BaseModel):
@@ -130,6 +149,132 @@ def resumable_checkpoints(rdir: Path) -> dict[str, int]:
     }
 
 
+# --------------------------------------------------------------------------- verification
+def _result_files(rdir: Path) -> list[Path]:
+    """The files a result consists of: everything but the lock, the marker and hidden
+    work directories (a training step's live checkpoint, temporary directories)."""
+    return sorted(
+        p
+        for p in rdir.rglob("*")
+        if p.is_file()
+        and not any(part.startswith(".") for part in p.relative_to(rdir).parts)
+        and p.name != DONE
+    )
+
+
+def _sampled_hash(path: Path, size: int) -> str:
+    """SHA-256 of the whole file when small, else of :data:`SAMPLES` spread-out blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        if size <= WHOLE_BELOW:
+            return hashlib.file_digest(f, "sha256").hexdigest()
+        for i in range(SAMPLES):
+            f.seek((size - BLOCK) * i // (SAMPLES - 1))
+            h.update(f.read(BLOCK))
+    return h.hexdigest()
+
+
+def _full_hash(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def manifest(rdir: str | Path) -> dict[str, dict]:
+    """``{relative path: {size, sample, sha256}}`` of a result's files (see :func:`damage`)."""
+    rdir = Path(rdir)
+    out = {}
+    for p in _result_files(rdir):
+        size = p.stat().st_size
+        out[str(p.relative_to(rdir))] = {
+            "size": size,
+            "sample": _sampled_hash(p, size),
+            "sha256": _full_hash(p),
+        }
+    return out
+
+
+def damage(rdir: str | Path, files: dict[str, dict], mode: str = "sample") -> str | None:
+    """What no longer matches the recorded ``files`` (first problem, in words), or None.
+
+    ``mode`` "sample": sizes and sampled hashes (a truncated, deleted or edited small file is
+    always found; an edit inside a large file only where a sampled block covers it);
+    "full": whole-file SHA-256 of everything. Files added after the commit are ignored.
+    """
+    rdir = Path(rdir)
+    for rel, rec in files.items():
+        p = rdir / rel
+        if not p.is_file():
+            return f"{rel} is missing"
+        size = p.stat().st_size
+        if size != rec["size"]:
+            return f"{rel} has {size} bytes, {rec['size']} were committed"
+        if mode == "full":
+            if _full_hash(p) != rec["sha256"]:
+                return f"{rel} changed (SHA-256 differs)"
+        elif _sampled_hash(p, size) != rec["sample"]:
+            return f"{rel} changed (content hash differs)"
+    return None
+
+
+def quarantine(rdir: Path, reason: str) -> Path:
+    """Move a result's contents (not its lock, which a waiting sweep may hold open) to
+    ``<workdir>/damaged/<name>.<time>/`` and say so in one line; the directory is reused."""
+    dest = rdir.parent.parent / DAMAGED / f"{rdir.name}.{time.strftime('%Y%m%dT%H%M%S')}"
+    n = 0
+    while dest.exists():
+        n += 1
+        dest = dest.with_name(f"{dest.name.split('~')[0]}~{n}")
+    dest.mkdir(parents=True)
+    for entry in rdir.iterdir():
+        if entry.name != ".lock":
+            shutil.move(str(entry), dest / entry.name)
+    kind = rdir.name.split("-")[0]
+    log.warning(
+        "cached %s result %s is damaged (%s): moved to %s, recomputing",
+        kind,
+        rdir,
+        reason,
+        dest,
+    )
+    return dest
+
+
+def _verified(rdir: Path, done: dict) -> bool:
+    """Whether a committed result still holds what its marker recorded (quarantined if not).
+
+    A marker written before manifests were recorded has nothing to check against: trusted.
+    """
+    mode = os.environ.get(VERIFY_ENV, "sample")
+    files = done.get("files")
+    if files is None or mode == "off":
+        return True
+    reason = damage(rdir, files, mode)
+    if reason is None:
+        return True
+    quarantine(rdir, reason)
+    return False
+
+
+def _disk_full(kind: str, rdir: Path, exc: OSError) -> DiskFullError:
+    """One line: which step, what it had written when the disk filled, what is free."""
+    written = sum(p.stat().st_size for p in rdir.rglob("*") if p.is_file())
+    free = shutil.disk_usage(rdir).free
+    return DiskFullError(
+        f"disk full while step {kind} wrote {rdir} ({exc.filename or 'a file'}): it had written "
+        f"{written / 1e6:.1f} MB and needed more, {free / 1e6:.1f} MB free on that disk. Free "
+        "space and run the same command again: the step resumes from its last checkpoint"
+    )
+
+
+def _compute(kind: str, rdir: Path, compute: Callable[[Path], dict[str, Any]]) -> dict:
+    try:
+        return compute(rdir)
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise _disk_full(kind, rdir, exc) from exc
+        raise
+
+
 def run_cached(
     workdir: str | Path, kind: str, key: str, compute: Callable[[Path], dict[str, Any]]
 ) -> StepResult:
@@ -143,8 +288,8 @@ def run_cached(
     with open(rdir / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         marker = rdir / DONE
-        if marker.is_file():
-            done = read_json(marker)
+        done = read_json(marker) if marker.is_file() else None
+        if done is not None and _verified(rdir, done):
             return StepResult(
                 kind=kind,
                 key=key,
@@ -157,17 +302,23 @@ def run_cached(
             raise KeyboardInterrupt(f"{stop_requested()} received: not starting {kind}-{key}")
         resumed = resumable_checkpoints(rdir)
         start = time.perf_counter()
-        meta = compute(rdir)
+        meta = _compute(kind, rdir, compute)
         seconds = round(time.perf_counter() - start, 3)
-        atomic_write_json(
-            marker,
-            {
-                "kind": kind,
-                "key": key,
-                "meta": meta,
-                "seconds": seconds,
-                "resumed_from": resumed,
-                "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            },
-        )
+        try:
+            atomic_write_json(
+                marker,
+                {
+                    "kind": kind,
+                    "key": key,
+                    "meta": meta,
+                    "seconds": seconds,
+                    "resumed_from": resumed,
+                    "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                    "files": manifest(rdir),
+                },
+            )
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                raise _disk_full(kind, rdir, exc) from exc
+            raise
     return StepResult(kind=kind, key=key, path=str(rdir), meta=meta, cached=False, seconds=seconds)
