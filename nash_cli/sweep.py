@@ -9,6 +9,7 @@ The flow itself is in :mod:`flows.sweep_flow`.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -54,5 +55,27 @@ def run_sweep(config_path: str, overrides: list[str], workdir: str) -> dict:
 
     # SIGINT/SIGTERM: training in Prefect's worker threads checkpoints at its next step and
     # stops, no new step starts, the runs are closed FAILED; KeyboardInterrupt reaches the CLI.
-    with stop_on_signals():
+    with stop_on_signals(), tracking_failures_in_one_line(cfg, workdir):
         return run_configured(str(config_path), list(overrides), str(Path(workdir).resolve()))
+
+
+@contextlib.contextmanager
+def tracking_failures_in_one_line(cfg, workdir: str):
+    """A tracking store that stopped answering mid-sweep (after MLflow's own bounded retries
+    and the tasks' transient retries) ends the sweep with one line, not a traceback: the
+    finished steps are cached, so the same command completes the sweep once it is back."""
+    from mlflow.exceptions import MlflowException
+
+    from nash_core.errors import TrackingError
+    from nash_mlflow.tracking import resolve_tracking_uri
+
+    try:
+        yield
+    except MlflowException as exc:
+        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        raise TrackingError(
+            f"the MLflow tracking store {resolve_tracking_uri(cfg, workdir)} failed during the "
+            f"sweep ({first}). Finished steps are cached: run the same command again once it "
+            "answers, and the sweep continues where it stopped (the stopped sweep's runs are "
+            "marked FAILED then)"
+        ) from exc

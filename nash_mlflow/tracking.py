@@ -76,13 +76,14 @@ def artifact_location(tracking_uri: str) -> str | None:
 
 
 def make_client(tracking_uri: str) -> MlflowClient:
-    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    """A client for tracking and registry at ``tracking_uri``; a SQLite store is created or
+    upgraded by one process at a time (:func:`open_sqlite_store`)."""
     if tracking_uri.startswith("sqlite:///"):
-        open_sqlite_store(client, Path(tracking_uri.removeprefix("sqlite:///")))
-    return client
+        open_sqlite_store(tracking_uri)
+    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
 
-_opened: set[Path] = set()
+_opened: set[str] = set()
 _opened_lock = threading.Lock()
 
 
@@ -102,22 +103,22 @@ def store_lock(db: Path):
         yield
 
 
-def open_sqlite_store(client: MlflowClient, db: Path) -> None:
+def open_sqlite_store(tracking_uri: str) -> None:
     """Create or upgrade a SQLite store's tables once per process, one process at a time.
 
     MLflow creates and migrates the schema when a process first opens the store; two sweeps
     starting together on a new (or an older) store would both migrate, and the second dies in
     Alembic (``table _alembic_tmp_experiments already exists``). Opening the tracking and
-    registry stores under :func:`store_lock` serialises that; later opens are plain reads.
+    registry stores under :func:`store_lock` serialises that; MLflow keeps the opened stores
+    for the process, so later clients only read.
     """
-    db = db.resolve()
     with _opened_lock:
-        if db in _opened:
+        if tracking_uri in _opened:
             return
-        with store_lock(db):
-            client._tracking_client.store  # noqa: B018 - opening it creates/migrates the tables
-            client._get_registry_client().store  # noqa: B018
-        _opened.add(db)
+        with store_lock(Path(tracking_uri.removeprefix("sqlite:///"))):
+            client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+            client._get_registry_client().store  # noqa: B018 - opening it creates the tables
+        _opened.add(tracking_uri)
 
 
 _exp_lock = threading.Lock()

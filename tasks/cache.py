@@ -255,22 +255,51 @@ def _verified(rdir: Path, done: dict) -> bool:
     return False
 
 
-def _disk_full(kind: str, rdir: Path, exc: OSError) -> DiskFullError:
-    """One line: which step, what it had written when the disk filled, what is free."""
-    written = sum(p.stat().st_size for p in rdir.rglob("*") if p.is_file())
+def _size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def _disk_full(kind: str, rdir: Path, exc: BaseException) -> DiskFullError:
+    """One line: which step, about how much it needed, what is free.
+
+    What it needed is estimated by the step's last training checkpoint (the next one is the same
+    size); a step without one needed at least what it had written.
+    """
+    ckpts = [_size(c) for c in rdir.rglob("checkpoint") if c.is_dir()]
+    needed = max(ckpts) if ckpts else _size(rdir)
     free = shutil.disk_usage(rdir).free
     return DiskFullError(
-        f"disk full while step {kind} wrote {rdir} ({exc.filename or 'a file'}): it had written "
-        f"{written / 1e6:.1f} MB and needed more, {free / 1e6:.1f} MB free on that disk. Free "
-        "space and run the same command again: the step resumes from its last checkpoint"
+        f"disk full in step {kind} ({rdir}): it needed about {needed / 1e6:.1f} MB more, "
+        f"{free / 1e6:.1f} MB are free there. Free space and run the same command again: "
+        f"finished steps are kept and training resumes from its last checkpoint"
     )
+
+
+#: How a full disk shows when no OSError reaches us: safetensors (Rust) and torch.save
+#: (PyTorch's zip writer reports the short write as a position mismatch).
+_DISK_FULL_TEXT = ("No space left on device", "os error 28", "inline_container.cc", "write failed")
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what caused it) is a write that failed for lack of space."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if getattr(exc, "errno", None) == errno.ENOSPC:
+            return True
+        if any(t in str(exc) for t in _DISK_FULL_TEXT):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def _compute(kind: str, rdir: Path, compute: Callable[[Path], dict[str, Any]]) -> dict:
     try:
         return compute(rdir)
-    except OSError as exc:
-        if exc.errno == errno.ENOSPC:
+    except DiskFullError:
+        raise
+    except Exception as exc:
+        if is_disk_full(exc):
             raise _disk_full(kind, rdir, exc) from exc
         raise
 
@@ -318,7 +347,7 @@ def run_cached(
                 },
             )
         except OSError as exc:
-            if exc.errno == errno.ENOSPC:
+            if is_disk_full(exc):
                 raise _disk_full(kind, rdir, exc) from exc
             raise
     return StepResult(kind=kind, key=key, path=str(rdir), meta=meta, cached=False, seconds=seconds)

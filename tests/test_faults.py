@@ -1,7 +1,8 @@
 """Faults a scheduled pipeline meets (issue 27): a damaged cached result, a full disk, two
-sweeps at once, a tracking server that restarts. Fast checks of the parts first; the sweeps
-(`nash run` subprocesses, real Prefect, real MLflow stores, real training) below share one
-smoke-sweep workdir."""
+sweeps at once, a tracking server that restarts. Fast checks of the parts first; then real
+sweeps (`nash run` subprocesses, real MLflow stores, real training) on the test session's one
+Prefect server (as reliability_tiny explains: a temporary server per sweep costs minutes on a
+busy 2-core machine); the damaged-cache and concurrency tests share one lone smoke sweep."""
 
 from __future__ import annotations
 
@@ -11,11 +12,17 @@ import json
 import logging
 import os
 import re
+import signal
+import socket
 import subprocess
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
+from reliability_tiny import CRASH, stage_checkpoints, wait_for
+from reliability_tiny import env as session_env
 from safetensors.torch import save_file
 from sweep_tiny import BIN, REPO, TINY, clean_env, with_overrides
 
@@ -106,8 +113,8 @@ def test_disk_full_in_a_step_is_one_line_and_leaves_no_marker(tmp_path):
     with pytest.raises(DiskFullError) as info:
         run_cached(tmp_path, "stage", key, compute)
     msg = str(info.value)
-    assert "\n" not in msg and "step stage" in msg and "MB free" in msg
-    assert "model.safetensors" in msg and "0.0 MB" in msg
+    assert "\n" not in msg and "step stage" in msg and "MB are free" in msg
+    assert "needed about 0.0 MB" in msg
     assert not (tmp_path / "runs" / f"stage-{key}" / DONE).exists()
 
 
@@ -183,7 +190,7 @@ def sweep_results(workdir: Path) -> list[dict]:
 def lone(tmp_path_factory):
     """One smoke sweep run alone on a new workdir and store: (workdir, env, output)."""
     root = tmp_path_factory.mktemp("lone")
-    env = clean_env(root)
+    env = session_env(root)
     [out] = run_all(root / "work", env)
     return root / "work", env, out
 
@@ -230,3 +237,189 @@ def test_damaged_cached_results_in_a_sweep_are_recomputed(lone):
     assert steps(out)[0] == 3, out[-3000:]  # only the damaged steps were recomputed
     after = sweep_results(work)
     assert len(after) == 2 and all(r == before[0] for r in after), "candidates changed"
+
+
+@pytest.mark.slow
+def test_concurrent_sweeps_on_a_new_then_an_existing_store(lone, tmp_path):
+    """Two `nash run` started together on one new workdir and store, then again on it (now
+    existing): all finish with the lone sweep's candidates, every step computed once."""
+    lone_work, _, lone_out = lone
+    work, env = tmp_path / "work", session_env(tmp_path)
+    outs = run_all(work, env, n=2)
+    computed = [steps(out)[0] for out in outs]
+    n_steps = steps(lone_out)[0]
+    assert sum(computed) == n_steps, computed  # each step computed by one of them
+    names = sorted(p.parent.name for p in (work / "runs").glob("*/_done.json"))
+    assert names == sorted(p.parent.name for p in (lone_work / "runs").glob("*/_done.json"))
+    [expected] = sweep_results(lone_work)[:1]
+    assert sweep_results(work) == [expected, expected]
+
+    outs = run_all(work, env, n=2)  # the store exists now; every step is a hit
+    assert [steps(out) for out in outs] == [(0, sum(steps(lone_out)))] * 2
+    assert sweep_results(work) == [expected] * 4
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 96 MB tmpfs the test mounts (root only), unmounted afterwards."""
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    res = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=96m", "tmpfs", str(mnt)],
+        capture_output=True,
+        text=True,
+    )
+    if res.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {(res.stderr or res.stdout).strip()}")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def _fill(disk: Path) -> Path:
+    """Write a file until the disk is full; the file (delete it to free the space)."""
+    filler = disk / "filler"
+    with open(filler, "wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * (1 << 20))
+                f.flush()
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC
+    return filler
+
+
+@pytest.mark.slow
+def test_disk_full_during_training_fails_in_one_line_then_resumes(small_disk, tmp_path):
+    work = small_disk / "work"
+    env = {**session_env(tmp_path), "NASH_SKIP_DISK_CHECK": "1"}  # not the pre-run estimate
+    extra = [*CRASH, f"experiment.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}"]
+
+    def start_crash(log: Path) -> subprocess.Popen:
+        cmd = [BIN / "nash", "run", "configs/smoke.yaml", "--workdir", work, *with_overrides(extra)]
+        with log.open("w") as out:
+            proc = subprocess.Popen(
+                list(map(str, cmd)), cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT
+            )
+        proc.log = log
+        return proc
+
+    proc = start_crash(tmp_path / "full.log")
+    [stage] = wait_for(lambda: stage_checkpoints(work), proc, poll=0.05)
+    filler = _fill(small_disk)
+    rc = proc.wait(600)
+    out = proc.log.read_text()
+    assert rc == 2, out[-4000:]
+    [line] = {line for line in out.splitlines() if line.startswith("nash: error: disk full")}
+    assert "in step stage" in line and "needed about" in line and "MB are free" in line, line
+    assert not (work / "runs" / stage / DONE).exists()  # no half-written result committed
+    assert not list((work / "runs").rglob(".*.tmp-*")), "a half-written file was left"
+    kept = stage_checkpoints(work)[stage]
+    assert kept >= 5
+
+    filler.unlink()
+    proc = start_crash(tmp_path / "again.log")
+    assert proc.wait(600) == 0, proc.log.read_text()[-4000:]
+    done = json.loads((work / "runs" / stage / DONE).read_text())
+    assert list(done["resumed_from"].values()) == [kept], done["resumed_from"]
+
+
+def _mlflow_server(root: Path, port: int) -> subprocess.Popen:
+    """`mlflow server` on 127.0.0.1:port over ``root``'s SQLite store and artifact root."""
+    log = root / f"server-{len(list(root.glob('server-*.log')))}.log"
+    cmd = [BIN / "mlflow", "server", "--backend-store-uri", f"sqlite:///{root / 'server.db'}"]
+    cmd += ["--artifacts-destination", root / "artifacts", "--host", "127.0.0.1"]
+    cmd += ["--port", port, "--workers", "1"]
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            list(map(str, cmd)),
+            env=clean_env(root),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=3) as r:
+                if r.status == 200:
+                    return proc
+        except OSError:
+            pass
+        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-2000:]
+        time.sleep(0.5)
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    """The server and its workers die at once (a crash, a host restart)."""
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(30)
+
+
+@pytest.mark.slow
+def test_tracking_server_restarts_during_a_sweep(tmp_path):
+    """A short outage is retried through; a long one fails the sweep in one line; the same
+    command after the server is back completes it without duplicate runs."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    uri = f"http://127.0.0.1:{port}"
+    # MLflow retries each request (here 3 times, 1-2-4 s apart: default 7, about 4 minutes)
+    env = {
+        **session_env(tmp_path),
+        "MLFLOW_TRACKING_URI": uri,
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
+        "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    }
+    work = tmp_path / "work"
+
+    def start_crash(log: Path) -> subprocess.Popen:
+        cmd = [BIN / "nash", "run", "configs/smoke.yaml", "--workdir", work, *with_overrides(CRASH)]
+        with log.open("w") as out:
+            proc = subprocess.Popen(
+                list(map(str, cmd)), cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT
+            )
+        proc.log = log
+        return proc
+
+    server = _mlflow_server(tmp_path, port)
+    proc = start_crash(tmp_path / "first.log")
+    try:
+        # 1. the server dies while the first stage trains and is back 2 s later: retried through
+        first = next(iter(wait_for(lambda: stage_checkpoints(work), proc, poll=0.05)))
+        _kill(server)
+        time.sleep(2)
+        server = _mlflow_server(tmp_path, port)
+        # 2. it dies again while the second stage trains and stays away: one line, exit 2
+        wait_for(lambda: {k for k in stage_checkpoints(work) if k != first}, proc, poll=0.05)
+        _kill(server)
+        rc = proc.wait(600)
+        out = proc.log.read_text()
+        assert rc == 2, out[-4000:]
+        [line] = [x for x in out.splitlines() if x.startswith("nash: error:")]
+        assert f"tracking store {uri} failed during the sweep" in line, line
+        assert "run the same command again" in line
+        # 3. back again: the same command completes the sweep
+        server = _mlflow_server(tmp_path, port)
+        again = start_crash(tmp_path / "again.log")
+        assert again.wait(600) == 0, again.log.read_text()[-4000:]
+    finally:
+        if server.poll() is None:
+            _kill(server)
+        if proc.poll() is None:
+            proc.kill()
+    client = MlflowClient(uri)
+    server = _mlflow_server(tmp_path, port)
+    try:
+        exp = client.get_experiment_by_name("nash/demo/demo-dialogues")
+        runs = client.search_runs([exp.experiment_id])
+    finally:
+        _kill(server)
+    assert [r for r in runs if r.info.status == "RUNNING"] == []
+    sweeps = [r for r in runs if r.data.tags.get("nash.kind") == "sweep"]
+    assert sorted(r.info.status for r in sweeps) == ["FAILED", "FINISHED"]
+    done = next(r for r in sweeps if r.info.status == "FINISHED").info.run_id
+    labels = [r.data.tags["nash.label"] for r in runs if r.data.tags.get(PARENT) == done]
+    assert sorted(labels) == sorted(set(labels)) == ["nash-k1@0.2", "nash-k1@0.3", "teacher"]
+
+
+PARENT = "mlflow.parentRunId"
