@@ -5,9 +5,10 @@ Writes one result directory as the sweep's fine-tune step leaves it for t5-base:
 ~892 MB) with a config.json and tokenizer files, then times, on warm and on cold page cache
 (the file's pages dropped with ``posix_fadvise(DONTNEED)``):
 
-- commit: :func:`tasks.cache.manifest` (sizes, sampled hashes, whole-file SHA-256), once per
-  computed step;
-- reuse: :func:`tasks.cache.damage` in the default mode (sizes + sampled hashes), on every hit;
+- commit: :func:`nash_core.integrity.manifest` (sizes, sampled hashes, whole-file SHA-256),
+  once per computed step;
+- reuse: :func:`nash_core.integrity.damage` in the default mode (sizes + sampled hashes), on
+  every hit;
 - reuse with ``NASH_VERIFY_CACHE=full`` (whole-file SHA-256 again).
 
     .venv/bin/python benchmarks/cache_verify.py --dir /tmp/cacheverify [--mb 892] [--json out.json]
@@ -26,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tasks.cache import damage, manifest  # noqa: E402
+from nash_core.integrity import damage, manifest  # noqa: E402
 
 T5_BASE_PARAMS = 222_903_552
 

@@ -44,16 +44,13 @@ from pydantic import BaseModel
 
 import nash_core
 from nash_core.errors import DiskFullError
+from nash_core.integrity import damage, manifest
 from nash_core.io import atomic_write_json, read_json
 from nash_core.runtime import stop_requested
 
 log = logging.getLogger(__name__)
 
 DONE = "_done.json"
-#: Files hashed whole on every reuse; larger ones by :data:`SAMPLES` blocks of :data:`BLOCK`
-#: bytes spread over the file (first and last included), plus their size.
-WHOLE_BELOW = 4 << 20
-BLOCK, SAMPLES = 64 << 10, 16
 VERIFY_ENV = "NASH_VERIFY_CACHE"  # "full": re-hash whole files on reuse; "off": trust markers
 DAMAGED = "damaged"
 
@@ -160,60 +157,6 @@ def _result_files(rdir: Path) -> list[Path]:
         and not any(part.startswith(".") for part in p.relative_to(rdir).parts)
         and p.name != DONE
     )
-
-
-def _sampled_hash(path: Path, size: int) -> str:
-    """SHA-256 of the whole file when small, else of :data:`SAMPLES` spread-out blocks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        if size <= WHOLE_BELOW:
-            return hashlib.file_digest(f, "sha256").hexdigest()
-        for i in range(SAMPLES):
-            f.seek((size - BLOCK) * i // (SAMPLES - 1))
-            h.update(f.read(BLOCK))
-    return h.hexdigest()
-
-
-def _full_hash(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
-def manifest(rdir: str | Path) -> dict[str, dict]:
-    """``{relative path: {size, sample, sha256}}`` of a result's files (see :func:`damage`)."""
-    rdir = Path(rdir)
-    out = {}
-    for p in _result_files(rdir):
-        size = p.stat().st_size
-        out[str(p.relative_to(rdir))] = {
-            "size": size,
-            "sample": _sampled_hash(p, size),
-            "sha256": _full_hash(p),
-        }
-    return out
-
-
-def damage(rdir: str | Path, files: dict[str, dict], mode: str = "sample") -> str | None:
-    """What no longer matches the recorded ``files`` (first problem, in words), or None.
-
-    ``mode`` "sample": sizes and sampled hashes (a truncated, deleted or edited small file is
-    always found; an edit inside a large file only where a sampled block covers it);
-    "full": whole-file SHA-256 of everything. Files added after the commit are ignored.
-    """
-    rdir = Path(rdir)
-    for rel, rec in files.items():
-        p = rdir / rel
-        if not p.is_file():
-            return f"{rel} is missing"
-        size = p.stat().st_size
-        if size != rec["size"]:
-            return f"{rel} has {size} bytes, {rec['size']} were committed"
-        if mode == "full":
-            if _full_hash(p) != rec["sha256"]:
-                return f"{rel} changed (SHA-256 differs)"
-        elif _sampled_hash(p, size) != rec["sample"]:
-            return f"{rel} changed (content hash differs)"
-    return None
 
 
 def quarantine(rdir: Path, reason: str) -> Path:
@@ -343,7 +286,7 @@ def run_cached(
                     "seconds": seconds,
                     "resumed_from": resumed,
                     "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                    "files": manifest(rdir),
+                    "files": manifest(rdir, _result_files(rdir)),
                 },
             )
         except OSError as exc:
