@@ -184,9 +184,10 @@ def cmd_watch(args) -> int:
     cfg = _load(args)
     preflight(cfg)
     workdir = _workdir(args)
-    from nash_cli.sweep import prepare_environment
+    from nash_cli.sweep import prepare_environment, prepare_temporary_prefect_db
 
     prepare_environment(workdir)
+    prepare_temporary_prefect_db()
     from flows.watch import describe, watch_flow
 
     result = watch_flow(str(args.config), list(args.set or []), str(workdir))

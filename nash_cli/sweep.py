@@ -36,6 +36,46 @@ def prepare_environment(workdir: str | Path) -> None:
         os.environ["PREFECT_HOME"] = str(home)
 
 
+def prepare_temporary_prefect_db() -> None:
+    """Create or upgrade the temporary Prefect server's database, one process at a time.
+
+    Without ``PREFECT_API_URL`` every sweep starts its own temporary server on the database in
+    ``PREFECT_HOME`` (the workdir's, by default), and each server migrates it when it starts:
+    two sweeps starting together on a new workdir broke one of them (``table artifact has no
+    column named task_run_state_id``). Migrating here under a file lock beside the database
+    leaves the servers nothing to migrate. A sweep that waits says so. Done once per
+    ``PREFECT_HOME`` and Prefect version (a marker file records it): importing Prefect's
+    server costs seconds.
+    """
+    if os.environ.get("PREFECT_API_URL"):
+        return
+    import asyncio
+    import fcntl
+    import logging
+
+    import prefect
+    from prefect.settings import PREFECT_HOME
+
+    home = Path(PREFECT_HOME.value())
+    ready = home / f".nash-db-ready-{prefect.__version__}"
+    if ready.exists():
+        return
+    home.mkdir(parents=True, exist_ok=True)
+    with open(home / ".nash-db.lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            logging.getLogger(__name__).warning(
+                "another sweep is preparing the Prefect database in %s: waiting for it", home
+            )
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        if not ready.exists():
+            from prefect.server.database import provide_database_interface
+
+            asyncio.run(provide_database_interface().create_db())
+            ready.touch()
+
+
 def run_sweep(config_path: str, overrides: list[str], workdir: str) -> dict:
     """Validate the config, run the sweep flow with the configured task runner, return a summary.
 
@@ -50,6 +90,7 @@ def run_sweep(config_path: str, overrides: list[str], workdir: str) -> dict:
     from tasks.preflight import preflight
 
     preflight(cfg, workdir)  # bad data / model / store / disk: fails here, before Prefect starts
+    prepare_temporary_prefect_db()
     from flows.sweep_flow import run_configured
     from nash_core.runtime import stop_on_signals
 
