@@ -66,7 +66,7 @@ def damage(rdir: str | Path, files: dict[str, dict], mode: str = "sample") -> st
             return f"{rel} is missing"
         size = p.stat().st_size
         if size != rec["size"]:
-            return f"{rel} has {size} bytes, {rec['size']} were committed"
+            return f"{rel} has {size} bytes, {rec['size']} were recorded"
         if mode == "full":
             if _full_hash(p) != rec["sha256"]:
                 return f"{rel} changed (SHA-256 differs)"
