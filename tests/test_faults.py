@@ -195,12 +195,41 @@ def lone(tmp_path_factory):
     return root / "work", env, out
 
 
+#: Keys of recorded timings (wall-clock seconds differ between two computations of a step).
+CLOCK = re.compile(r"elapsed|seconds|_s$|time|per_s|_ms|latency")
+
+
+def _untimed(obj):
+    if isinstance(obj, dict):
+        return {k: _untimed(v) for k, v in obj.items() if not CLOCK.search(str(k))}
+    if isinstance(obj, list):
+        return [_untimed(v) for v in obj]
+    return obj
+
+
+def _equal(a, b) -> bool:
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_equal(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(_equal(x, y) for x, y in zip(a, b))
+    return a == b
+
+
 def _same_file(a: Path, b: Path) -> bool:
-    """Same bytes; for safetensors the same tensors (which of two tied names a file keeps, e.g.
-    T5's shared embedding, may differ from process to process)."""
+    """Same content, apart from recorded timings: safetensors by their tensors (which of two
+    tied names a file keeps, e.g. T5's shared embedding, varies by process), torch files by
+    their tensors, JSON without timing keys, anything else byte for byte."""
     if a.suffix == ".safetensors":
-        ta, tb = load_file(a), load_file(b)
-        return ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta)
+        return _equal(load_file(a), load_file(b))
+    if a.suffix == ".pt":
+        return _equal(torch.load(a, weights_only=True), torch.load(b, weights_only=True))
+    if a.suffix == ".json":
+        return _untimed(json.loads(a.read_text())) == _untimed(json.loads(b.read_text()))
+    if a.suffix == ".jsonl":
+        lines = [[_untimed(json.loads(x)) for x in f.read_text().splitlines()] for f in (a, b)]
+        return lines[0] == lines[1]
     return a.read_bytes() == b.read_bytes()
 
 
