@@ -159,7 +159,7 @@ def _result_files(rdir: Path) -> list[Path]:
     )
 
 
-def quarantine(rdir: Path, reason: str) -> Path:
+def quarantine(rdir: Path, kind: str, reason: str) -> Path:
     """Move a result's contents (not its lock, which a waiting sweep may hold open) to
     ``<workdir>/damaged/<name>.<time>/`` and say so in one line; the directory is reused."""
     dest = rdir.parent.parent / DAMAGED / f"{rdir.name}.{time.strftime('%Y%m%dT%H%M%S')}"
@@ -171,7 +171,6 @@ def quarantine(rdir: Path, reason: str) -> Path:
     for entry in rdir.iterdir():
         if entry.name != ".lock":
             shutil.move(str(entry), dest / entry.name)
-    kind = rdir.name.split("-")[0]
     log.warning(
         "cached %s result %s is damaged (%s): moved to %s, recomputing",
         kind,
@@ -182,7 +181,7 @@ def quarantine(rdir: Path, reason: str) -> Path:
     return dest
 
 
-def _verified(rdir: Path, done: dict) -> bool:
+def _verified(rdir: Path, kind: str, done: dict) -> bool:
     """Whether a committed result still holds what its marker recorded (quarantined if not).
 
     A marker written before manifests were recorded has nothing to check against: trusted.
@@ -194,8 +193,20 @@ def _verified(rdir: Path, done: dict) -> bool:
     reason = damage(rdir, files, mode)
     if reason is None:
         return True
-    quarantine(rdir, reason)
+    quarantine(rdir, kind, reason)
     return False
+
+
+def _read_marker(rdir: Path, kind: str) -> dict | None:
+    """The done-marker, or None: no marker (unfinished), or an unreadable one (quarantined)."""
+    marker = rdir / DONE
+    if not marker.is_file():
+        return None
+    try:
+        return read_json(marker)
+    except (ValueError, OSError) as exc:
+        quarantine(rdir, kind, f"its done-marker is unreadable: {exc}")
+        return None
 
 
 def _size(path: Path) -> int:
@@ -260,8 +271,8 @@ def run_cached(
     with open(rdir / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         marker = rdir / DONE
-        done = read_json(marker) if marker.is_file() else None
-        if done is not None and _verified(rdir, done):
+        done = _read_marker(rdir, kind)
+        if done is not None and _verified(rdir, kind, done):
             return StepResult(
                 kind=kind,
                 key=key,
