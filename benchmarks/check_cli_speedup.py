@@ -3,7 +3,7 @@
 Builds a random t5-small-shaped teacher (6 + 6 layers) and a student that keeps 2 decoder
 layers (the pruning engine's ``keep_decoder_layers``: layer_idx renumbered, config updated),
 saves both with a tokenizer, then:
-1. runs ``nash_core.benchmark.cli_main`` on them (fixed 64 new tokens, batch 1, interleaved);
+1. runs ``nash benchmark`` on them (fixed 64 new tokens, batch 1, interleaved);
 2. times the same two dirs with plain transformers and ``time.perf_counter`` -- no nash_core
    timing code, models loaded with AutoModelForSeq2SeqLM, blocks ordered A B B A to cancel
    linear drift;
@@ -31,8 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from structural_speedup import build_full  # noqa: E402
 
+from nash_cli.main import main as nash_main  # noqa: E402
 from nash_core.base_model import build_demo_tokenizer  # noqa: E402
-from nash_core.benchmark import cli_main  # noqa: E402
 from nash_core.layer_selection import keep_decoder_layers, select_layers  # noqa: E402
 
 RESULT_FIELDS = (
@@ -136,8 +136,9 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         teacher, student = save_pair(Path(tmp))
         out = Path(args.json) if args.json else Path(tmp) / "bench.json"
-        rc = cli_main(
+        rc = nash_main(
             [
+                "benchmark",
                 str(teacher),
                 str(student),
                 "--batch-sizes",

@@ -10,6 +10,7 @@
     nash benchmark --sweep RUN_ID [--hardware-name NAME] [--price-per-hour P] [--tracking-uri URI]
     nash select --sweep RUN_ID --hardware NAME
     nash promote VERSION | nash rollback | nash serve     (nash_cli/rollout.py)
+    (nash benchmark: nash_cli/benchmark.py)
 
 Exit codes: 0 success, 2 bad input (config, data, model; every problem is listed, nothing is
 trained or tracked), 1 an unexpected failure (traceback), 130 interrupted.
@@ -217,12 +218,6 @@ def cmd_report(args) -> int:
     return 0
 
 
-def cmd_benchmark(args) -> int:
-    from nash_core.benchmark import cli_main
-
-    return cli_main(args.rest)
-
-
 def cmd_ui(args) -> int:
     import shutil
     import subprocess
@@ -309,14 +304,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.set_defaults(func=cmd_run)
 
-    b = sub.add_parser(
-        "benchmark",
-        add_help=False,
-        help="time generate() of model dirs (first = baseline); "
-        "`nash benchmark --help` for options",
-    )
-    b.add_argument("rest", nargs=argparse.REMAINDER)
-    b.set_defaults(func=cmd_benchmark)
+    from nash_cli.benchmark import add_benchmark_command
+
+    add_benchmark_command(sub)
 
     d = sub.add_parser(
         "deploy",
@@ -400,15 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    parser = build_parser()
-    from nash_cli.rollout import sweep_benchmark_parser, wants_sweep_benchmark
-
-    if argv[:1] == ["benchmark"] and wants_sweep_benchmark(argv[1:]):
-        args = sweep_benchmark_parser().parse_args(argv[1:])
-    elif argv[:1] == ["benchmark"]:  # its own parser (nash_core.benchmark), options first included
-        args = argparse.Namespace(func=cmd_benchmark, rest=argv[1:])
-    else:
-        args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     from nash_core.errors import NashError
 
     try:

@@ -6,9 +6,10 @@
     nash rollback [--model NAME] [--reason TEXT]
     nash serve [--model NAME] [--alias champion] [--port 5001]
 
-The work is in nash_mlflow/rollout.py (MLflow only: no Prefect server starts). The store is
-``--tracking-uri``, else ``MLFLOW_TRACKING_URI``, else the workdir's SQLite file; a store that
-does not exist is an error (exit 2), never created empty.
+``nash benchmark --sweep`` is in nash_cli/benchmark.py. The work is in nash_mlflow/registry.py
+(MLflow only: no Prefect server starts). The store is ``--tracking-uri``, else
+``MLFLOW_TRACKING_URI``, else the workdir's SQLite file; a store that does not exist is an
+error (exit 2), never created empty.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import sys
 from pathlib import Path
 
 
-def _store(args) -> str:
+def tracking_store(args) -> str:
     from nash_core.errors import TrackingError
     from nash_mlflow.tracking import default_tracking_uri
 
@@ -36,87 +37,19 @@ def _store(args) -> str:
     return uri
 
 
-def _store_args(p: argparse.ArgumentParser) -> None:
+def store_args(p: argparse.ArgumentParser, when: str = "") -> None:
     p.add_argument(
         "--tracking-uri",
-        help="MLflow store (default MLFLOW_TRACKING_URI, else the workdir's mlflow.db)",
+        help=f"{when}MLflow store (default MLFLOW_TRACKING_URI, else the workdir's mlflow.db)",
     )
-    p.add_argument("--workdir", help="default $NASH_HOME or ./.nash (its mlflow.db)")
-
-
-# --------------------------------------------------------------------------- benchmark --sweep
-def wants_sweep_benchmark(rest: list[str]) -> bool:
-    return any(a == "--sweep" or a.startswith("--sweep=") for a in rest)
-
-
-def sweep_benchmark_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="nash benchmark",
-        description="Re-benchmark a finished sweep on this machine: fetch its teacher's and "
-        "candidates' models from MLflow, time them with the sweep's protocol on the "
-        "inputs it timed (interleaved, teacher first), and log the figures to the "
-        "same runs as hw/<NAME>/<metric> (the sweep's own figures stay), with a "
-        "trade-off table, Pareto plot and hardware fingerprint on the sweep run "
-        "under hardware/<NAME>/.",
-    )
-    p.add_argument("--sweep", required=True, metavar="RUN_ID", help="the sweep (parent) run id")
-    p.add_argument(
-        "--hardware-name",
-        help="name of this machine in metric keys and aliases "
-        "(letters, digits, '_', '-'; default from the "
-        "hardware fingerprint)",
-    )
-    p.add_argument(
-        "--price-per-hour",
-        type=float,
-        default=None,
-        help="this hardware's price (USD/h) for cost per 1k requests / 1M tokens "
-        "(default: the sweep's benchmark.price_per_hour)",
-    )
-    p.add_argument(
-        "--device",
-        choices=["auto", "cpu", "cuda"],
-        default=None,
-        help="default: the sweep's experiment.device",
-    )
-    p.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        help="torch threads (default: the sweep's experiment.torch_threads, else torch's)",
-    )
-    _store_args(p)
-    p.set_defaults(func=cmd_benchmark_sweep)
-    return p
-
-
-def cmd_benchmark_sweep(args) -> int:
-    from nash_mlflow.rollout import rebenchmark_sweep
-
-    out = rebenchmark_sweep(
-        _store(args),
-        args.sweep,
-        hardware_name=args.hardware_name,
-        price_per_hour=args.price_per_hour,
-        device=args.device,
-        threads=args.threads,
-    )
-    from nash_core.benchmark import format_table
-
-    print(format_table(out["result"]))
-    print(
-        f"hardware '{out['hardware_name']}': figures logged to {len(out['metrics'])} candidate "
-        f"runs as hw/{out['hardware_name']}/...; table and Pareto plot on sweep run "
-        f"{args.sweep} under hardware/{out['hardware_name']}/"
-    )
-    return 0
+    p.add_argument("--workdir", help=f"{when}default $NASH_HOME or ./.nash (its mlflow.db)")
 
 
 # ------------------------------------------------------------------- select, promote, rollback
 def cmd_select(args) -> int:
-    from nash_mlflow.rollout import select_for_hardware
+    from nash_mlflow.registry import select_for_hardware
 
-    out = select_for_hardware(_store(args), args.sweep, args.hardware)
+    out = select_for_hardware(tracking_store(args), args.sweep, args.hardware)
     print(
         f"{out['model']}@{out['alias']} -> version {out['version']} ({out['label']}"
         f"{'' if out['moved'] else ', unchanged'}): {out['reason']}"
@@ -125,9 +58,11 @@ def cmd_select(args) -> int:
 
 
 def cmd_promote(args) -> int:
-    from nash_mlflow.rollout import promote
+    from nash_mlflow.registry import promote
 
-    out = promote(_store(args), args.version, model=args.model, alias=args.alias, why=args.reason)
+    out = promote(
+        tracking_store(args), args.version, model=args.model, alias=args.alias, why=args.reason
+    )
     if out["moved"]:
         print(f"{out['model']}@{out['alias']}: version {out['from'] or '-'} -> {out['to']}")
     else:
@@ -136,9 +71,9 @@ def cmd_promote(args) -> int:
 
 
 def cmd_rollback(args) -> int:
-    from nash_mlflow.rollout import rollback
+    from nash_mlflow.registry import rollback
 
-    out = rollback(_store(args), model=args.model, alias=args.alias, why=args.reason)
+    out = rollback(tracking_store(args), model=args.model, alias=args.alias, why=args.reason)
     print(f"{out['model']}@{out['alias']}: version {out['from']} -> {out['to']} (rolled back)")
     return 0
 
@@ -150,15 +85,16 @@ def cmd_serve(args) -> int:
     MLflow's server starts ``uvicorn`` found on PATH; run as ``.venv/bin/mlflow`` without an
     activated venv it is not there (exit 127). This puts the interpreter's own ``bin`` first on
     PATH and replaces this process with the server (Ctrl-C / SIGTERM stop it)."""
-    from nash_mlflow.rollout import RolloutError, alias_version, model_weights, resolve_model
+    from nash_mlflow.registry import alias_version, model_weights, resolve_model
+    from nash_mlflow.sweeps import SweepError
     from nash_mlflow.tracking import make_client
 
-    uri = _store(args)
+    uri = tracking_store(args)
     client = make_client(uri)
     model = resolve_model(client, args.model, uri)
     version = alias_version(client, model, args.alias)
     if version is None:
-        raise RolloutError(
+        raise SweepError(
             f"{model} has no alias {args.alias!r}: run a sweep, `nash promote "
             f"VERSION` or `nash select --hardware NAME` first"
         )
@@ -166,7 +102,7 @@ def cmd_serve(args) -> int:
     bindir = Path(sys.executable).parent
     mlflow_bin = bindir / "mlflow"
     if not mlflow_bin.is_file():
-        raise RolloutError(
+        raise SweepError(
             f"no mlflow executable next to {sys.executable}: install nash-pipeline "
             "into this environment (make install)"
         )
@@ -219,14 +155,14 @@ def add_rollout_commands(sub) -> None:
         metavar="NAME",
         help="a hardware name the sweep was re-benchmarked under",
     )
-    _store_args(s)
+    store_args(s)
     s.set_defaults(func=cmd_select)
 
     def model_args(p):
         p.add_argument("--model", help="registered model (default: the store's only one)")
         p.add_argument("--alias", default="champion", help="default %(default)s")
         p.add_argument("--reason", help="why (recorded with the move)")
-        _store_args(p)
+        store_args(p)
 
     pr = sub.add_parser(
         "promote",
@@ -250,5 +186,5 @@ def add_rollout_commands(sub) -> None:
     sv.add_argument("--alias", default="champion", help="default %(default)s; e.g. champion-<hw>")
     sv.add_argument("--host", default="127.0.0.1")
     sv.add_argument("--port", type=int, default=5001)
-    _store_args(sv)
+    store_args(sv)
     sv.set_defaults(func=cmd_serve)

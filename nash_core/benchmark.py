@@ -18,12 +18,10 @@ known exactly instead of asserting on wall-clock time.
 
 from __future__ import annotations
 
-import argparse
 import functools
 import os
 import platform
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -34,14 +32,12 @@ from typing import Any
 import numpy as np
 import psutil
 import torch
-from pydantic import ValidationError
 from tqdm.auto import tqdm
 
 from nash_core.config import BenchmarkConfig, EvaluationConfig
-from nash_core.errors import DataError, ModelError, NashError
+from nash_core.errors import DataError, ModelError
 from nash_core.evaluate import generated_lengths, generation_config_for, run_generate
 from nash_core.intervals import Interval, median_interval, paired_speedup, speed_ranking
-from nash_core.io import atomic_write_json
 from nash_core.progress import progress_disabled
 
 Clock = Callable[[], float]
@@ -743,116 +739,3 @@ def format_table(result: dict) -> str:
         f"| torch {hw['torch_version']} | transformers {hw['transformers_version']}"
     )
     return "\n".join(lines)
-
-
-# --------------------------------------------------------------------------- CLI
-def _int_list(text: str) -> list[int]:
-    try:
-        vals = [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated integers, got {text!r}"
-        ) from None
-    if not vals or min(vals) < 1:
-        raise argparse.ArgumentTypeError(f"expected integers >= 1, got {text!r}")
-    return vals
-
-
-def build_parser() -> argparse.ArgumentParser:
-    d_b, d_e = BenchmarkConfig(), EvaluationConfig()
-    p = argparse.ArgumentParser(
-        prog="nash benchmark",
-        description="Time generate() of seq2seq model dirs (the first is the baseline) in one "
-        "process, interleaved; print a table and write the full results as JSON.",
-        epilog="To re-benchmark a finished sweep from MLflow on this machine: nash benchmark "
-        "--sweep RUN_ID (nash benchmark --sweep RUN_ID --help).",
-    )
-    p.add_argument("model_dirs", nargs="+", metavar="MODEL_DIR")
-    p.add_argument("--batch-sizes", type=_int_list, default=d_b.batch_sizes, help="e.g. 1,8")
-    p.add_argument(
-        "--new-tokens",
-        type=int,
-        default=d_b.fixed_new_tokens,
-        help="new tokens of the fixed-length mode (default %(default)s)",
-    )
-    p.add_argument(
-        "--max-new-tokens",
-        type=int,
-        default=d_e.max_new_tokens,
-        help="cap of the natural mode (default %(default)s)",
-    )
-    p.add_argument("--num-beams", type=int, default=d_e.num_beams)
-    p.add_argument("--modes", default="natural,fixed", help="natural, fixed or both")
-    p.add_argument("--repeats", type=int, default=d_b.repeats)
-    p.add_argument("--warmup", type=int, default=d_b.warmup)
-    p.add_argument("--num-inputs", type=int, default=d_b.num_inputs)
-    p.add_argument(
-        "--source-length",
-        type=int,
-        default=64,
-        help="tokens per random input row when --splits is not given",
-    )
-    p.add_argument("--splits", metavar="DIR", help="prepared splits dir: use real test sources")
-    p.add_argument("--source-prefix", default="", help="prepended to each test source")
-    p.add_argument("--max-source-length", type=int, default=None)
-    p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda if seen")
-    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=d_b.dtype)
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
-    p.add_argument("--price-per-hour", type=float, default=d_b.price_per_hour)
-    p.add_argument("--hardware-name", default=None)
-    p.add_argument("--json", metavar="FILE", help="write the full results here")
-    return p
-
-
-def cli_main(argv: Sequence[str] | None = None) -> int:
-    """``nash benchmark``: 0 on success, 2 on bad input (message, no traceback)."""
-    args = build_parser().parse_args(argv)
-    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    try:
-        bad = [m for m in modes if m not in MODES]
-        if bad or not modes:
-            raise NashError(f"--modes: unknown mode(s) {bad or modes}; use natural, fixed or both")
-        try:
-            bench_cfg = BenchmarkConfig(
-                batch_sizes=args.batch_sizes,
-                num_inputs=args.num_inputs,
-                warmup=args.warmup,
-                repeats=args.repeats,
-                fixed_new_tokens=args.new_tokens,
-                dtype=args.dtype,
-                price_per_hour=args.price_per_hour,
-                hardware_name=args.hardware_name,
-            )
-            eval_cfg = EvaluationConfig(
-                max_new_tokens=args.max_new_tokens, num_beams=args.num_beams
-            )
-        except ValidationError as exc:
-            raise NashError(f"bad option value: {exc}") from None
-        if args.threads:
-            torch.set_num_threads(args.threads)
-        texts = None
-        if args.splits:
-            from nash_core.data import read_split
-
-            texts = [
-                args.source_prefix + r["source"]
-                for r in read_split(args.splits, "test", limit=args.num_inputs)
-            ]
-        result = benchmark_models(
-            args.model_dirs,
-            bench_cfg,
-            eval_cfg,
-            texts=texts,
-            source_length=args.source_length,
-            max_source_length=args.max_source_length,
-            device=args.device,
-            modes=modes,
-        )
-    except NashError as exc:
-        print(f"nash benchmark: error: {exc}", file=sys.stderr)
-        return 2
-    print(format_table(result))
-    if args.json:
-        atomic_write_json(args.json, result)
-        print(f"full results: {args.json}")
-    return 0

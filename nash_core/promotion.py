@@ -1,7 +1,7 @@
 """Rolling a model out in steps: hardware-qualified figures, the promotion gate, alias history.
 
-Pure pandas (no MLflow, no Prefect): ``nash_mlflow/rollout.py`` reads runs and registered-model tags
-and hands them here.
+Pure pandas (no MLflow, no Prefect): ``nash_mlflow/registry.py`` reads runs and
+registered-model tags and hands them here.
 
 - **Hardware names** qualify a re-benchmark's metrics (``hw/<name>/latency_p50_ms_bs1``) and name
   the alias of a per-hardware champion (``champion-<name>``); :func:`default_hardware_name`
@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 import pandas as pd
 
 from nash_core.config import SelectionConfig
+from nash_core.metrics import SPEED_METRICS
 from nash_core.selection import (
     TEACHER,
     choose_champion,
@@ -37,25 +38,6 @@ from nash_core.selection import (
 
 HW_PREFIX = "hw"
 MOVE_TAG = "nash.move."
-#: Metrics of a candidate run that a re-benchmark replaces in a hardware's table (everything the
-#: benchmark logs per batch size, and the headline copies of them).
-SPEED_METRICS = (
-    "latency_p50_ms",
-    "latency_p90_ms",
-    "latency_mean_ms",
-    "latency_min_ms",
-    "encoder_ms",
-    "decoder_ms",
-    "ms_per_token",
-    "tokens_per_s",
-    "sequences_per_s",
-    "speedup",
-    "peak_mem_mb",
-    "cost_per_1k_requests",
-    "cost_per_1m_tokens",
-    "bench_rounds",
-    "bench_extra_rounds",
-)
 
 
 # --------------------------------------------------------------------------- hardware names

@@ -1,11 +1,13 @@
 """Sweep report pictures and tables: trade-off table, Pareto plot, per-layer mask heatmap.
 
 Pure pandas + matplotlib (Agg backend, no display needed); the flow logs the files to MLflow.
+:func:`write_decision` is the one place a candidate table becomes a decision and its files.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import get_args
 
@@ -15,8 +17,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from nash_core.config import Variant  # noqa: E402
+from nash_core.config import SelectionConfig, Variant  # noqa: E402
 from nash_core.io import atomic_write_text  # noqa: E402
+from nash_core.selection import (  # noqa: E402
+    Decision,
+    choose_champion,
+    latency_column,
+    pareto_frontier,
+)
 
 #: Columns of the trade-off table, in order; missing ones are left out.
 TABLE_COLUMNS = [
@@ -351,3 +359,44 @@ def mask_heatmap(
         heading += f" | hidden {hidden['kept']}/{hidden['full']}"
     fig.suptitle(heading, fontsize=9)
     return _save(fig, path)
+
+
+# --------------------------------------------------------------------------- the decision
+QUALITY = "rougeL"
+
+
+@dataclass(frozen=True)
+class DecisionFiles:
+    """What :func:`write_decision` chose and wrote."""
+
+    decision: Decision
+    tradeoff: pd.DataFrame  # the trade-off table (fastest first, pareto / champion flags)
+    files: list[Path]  # tradeoff.csv, tradeoff.md, pareto.png, decision.txt
+
+
+def write_decision(
+    table: pd.DataFrame, selection: SelectionConfig, out_dir: str | Path, title: str
+) -> DecisionFiles:
+    """Apply the selection policy to a candidate table and write the decision artifacts into
+    ``out_dir``: the trade-off table (CSV + Markdown), the Pareto plot and ``decision.txt``.
+
+    The sweep's own champion (tasks/champion.py), a re-benchmark's hardware report and
+    ``nash select --hardware`` all decide and write through here; the caller logs the files.
+    """
+    out_dir = Path(out_dir)
+    latency = latency_column(selection)
+    decision = choose_champion(table, selection)
+    frontier = pareto_frontier(table, QUALITY, latency)
+    trade = tradeoff_table(table, latency, frontier, decision.label)
+    csv, md = write_tradeoff(trade, out_dir)
+    plot = pareto_plot(
+        table,
+        QUALITY,
+        latency,
+        frontier,
+        decision.label,
+        out_dir / "pareto.png",
+        title=f"{title}: {QUALITY} vs {latency}",
+    )
+    text = atomic_write_text(out_dir / "decision.txt", decision.as_text())
+    return DecisionFiles(decision, trade, [csv, md, plot, text])

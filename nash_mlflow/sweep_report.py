@@ -2,7 +2,8 @@
 
 ``load_report`` rebuilds :class:`nash_core.sweep_report.SweepReport` from what the sweep logged
 (candidate runs' metrics, the sweep run's decision tags and config params), so ``nash report``
-works on any store a sweep wrote to, local or a server. ``publish`` is the sweep's last step:
+works on any store a sweep wrote to, local or a server (the sweep and its candidate rows are
+read by :mod:`nash_mlflow.sweeps`). ``publish`` is the sweep's last step:
 it records the hardware and base-model fingerprints on the sweep run, writes the saved views
 (``nash_mlflow/views.py``), makes the run's description the Markdown report and logs the champion's
 key numbers as metrics of the sweep run, so the experiment's table compares sweeps.
@@ -22,7 +23,6 @@ from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from nash_core.errors import NashError
 from nash_core.io import atomic_write_text
 from nash_core.selection import pareto_frontier
 from nash_core.sweep_report import (
@@ -34,6 +34,7 @@ from nash_core.sweep_report import (
     to_markdown,
 )
 from nash_mlflow import tracking, views
+from nash_mlflow.sweeps import SweepError, candidate_frame, find_sweep
 
 DESCRIPTION = "mlflow.note.content"
 PARETO = "pareto.png"
@@ -42,74 +43,6 @@ HARDWARE_TAG, HARDWARE_JSON_TAG, BASE_TAG = (
     "nash.hardware_json",
     "nash.base_fingerprint",
 )
-
-
-class UnknownSweep(NashError):
-    """The run id names no sweep in the store, or the store holds no sweep."""
-
-
-# --------------------------------------------------------------------------- finding a sweep
-def find_sweep(client: MlflowClient, tracking_uri: str, run_id: str | None = None) -> Run:
-    """The sweep run ``run_id`` (a candidate's id leads to its sweep), else the latest sweep."""
-    if run_id:
-        try:
-            run = client.get_run(run_id)
-        except MlflowException:
-            raise UnknownSweep(
-                f"no run '{run_id}' in the MLflow store {tracking_uri}: pass the "
-                "run id `nash run` printed (or --tracking-uri / --workdir of the "
-                "store it used)"
-            ) from None
-        kind = run.data.tags.get(tracking.KIND)
-        if kind == "candidate" and run.data.tags.get(tracking.PARENT_TAG):
-            return find_sweep(client, tracking_uri, run.data.tags[tracking.PARENT_TAG])
-        if kind != "sweep":
-            raise UnknownSweep(
-                f"run '{run_id}' in {tracking_uri} is not a NASH sweep run "
-                f"(tag {tracking.KIND} is {kind!r}); pass a sweep's run id"
-            )
-        return run
-    try:
-        exps = [e.experiment_id for e in client.search_experiments()]
-        runs = (
-            client.search_runs(
-                exps,
-                f"tags.`{tracking.KIND}` = 'sweep'",
-                order_by=["attributes.start_time DESC"],
-                max_results=1,
-            )
-            if exps
-            else []
-        )
-    except MlflowException as exc:
-        raise UnknownSweep(f"cannot read the MLflow store {tracking_uri}: {exc}") from None
-    if not runs:
-        raise UnknownSweep(
-            f"no NASH sweep in the MLflow store {tracking_uri}: run `nash run "
-            "CONFIG` first, or pass --workdir / --tracking-uri of another store"
-        )
-    return runs[0]
-
-
-# --------------------------------------------------------------------------- reading it back
-def candidate_frame(client: MlflowClient, experiment_id: str, sweep_run_id: str) -> pd.DataFrame:
-    """One row per candidate run of the sweep: label, method, decoder_layers, every metric."""
-    runs = client.search_runs(
-        [experiment_id],
-        f"tags.mlflow.parentRunId = '{sweep_run_id}' and tags.`{tracking.KIND}` = 'candidate'",
-        max_results=1000,
-    )
-    rows = [
-        {
-            "run_id": r.info.run_id,
-            "label": r.data.tags.get(tracking.LABEL, r.info.run_name),
-            "method": r.data.tags.get(tracking.METHOD, ""),
-            "decoder_layers": pd.to_numeric(r.data.params.get("decoder_layers"), errors="coerce"),
-            **r.data.metrics,
-        }
-        for r in runs
-    ]
-    return pd.DataFrame(rows)
 
 
 def _artifact_text(client: MlflowClient, run_id: str, path: str) -> str | None:
@@ -137,7 +70,7 @@ def load_report(client: MlflowClient, tracking_uri: str, run: Run) -> SweepRepor
     latency = f"{params.get('selection.latency_metric', 'latency_p50_ms')}_bs{batch}"
     table = candidate_frame(client, run.info.experiment_id, run.info.run_id)
     if table.empty:
-        raise UnknownSweep(
+        raise SweepError(
             f"sweep run '{run.info.run_id}' in {tracking_uri} has no candidate "
             "runs (was it interrupted before opening them?)"
         )
@@ -286,7 +219,7 @@ def report_main(
 
     uri = tracking_uri or tracking.default_tracking_uri(workdir)
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
-        raise UnknownSweep(
+        raise SweepError(
             f"no MLflow store at {uri.removeprefix('sqlite:///')}: run `nash run "
             "CONFIG` first, or pass --workdir / --tracking-uri"
         )

@@ -201,7 +201,7 @@ def serve(tracking_uri: str, log: Path) -> tuple[subprocess.Popen, str]:
 def take(tracking_uri: str, run_id: str | None, out: Path) -> list[Path]:
     from mlflow.tracking import MlflowClient
 
-    from nash_mlflow.sweep_report import find_sweep
+    from nash_mlflow.sweeps import find_sweep
     from nash_mlflow.views import run_page_url, sweep_links
 
     chromium = find_chromium()

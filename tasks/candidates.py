@@ -10,24 +10,13 @@ from prefect.cache_policies import NO_CACHE
 
 from nash_core.io import atomic_write_json, read_json
 from nash_core.magnitude import zero_stats
+from nash_core.metrics import with_headline
 from nash_mlflow import tracking
 from nash_mlflow.registry import log_candidate_model
 from tasks.cache import StepResult
 from tasks.context import CandidateSpec, SweepContext
 from tasks.retry import transient_retries
 
-#: Benchmark metrics also logged without the ``_bs<N>`` suffix, at ``selection.batch_size``.
-HEADLINE = (
-    "latency_p50_ms",
-    "latency_p90_ms",
-    "speedup",
-    "tokens_per_s",
-    "peak_mem_mb",
-    "cost_per_1k_requests",
-    "ms_per_token",
-    "encoder_ms",
-    "decoder_ms",
-)
 #: The teacher compared with itself: what retention and the delta CI are by definition.
 TEACHER_SELF = {
     "rougeL_retention": 1.0,
@@ -52,9 +41,7 @@ def candidate_metrics(
     metrics = {**evaluation.meta["metrics"], **flat_metrics(bench_model)}
     if spec.is_teacher:
         metrics.update(TEACHER_SELF)
-    for name in HEADLINE:
-        if f"{name}_bs{selection_batch}" in metrics:
-            metrics[name] = metrics[f"{name}_bs{selection_batch}"]
+    metrics = with_headline(metrics, selection_batch)
     metrics["encoder_sparsity"] = float(nash.get("encoder_sparsity", 0.0))
     # served size: in-memory weights in the variant's precision; the source's files on disk
     metrics["weights_mb"] = float(bench_model["weights_mb"])

@@ -1,6 +1,6 @@
 """Prefect tasks after the measurements: choose the champion, write the sweep report, register.
 
-The candidate table is read back from MLflow (``mlflow.search_runs``), not from task results:
+The candidate table is read back from MLflow (:mod:`nash_mlflow.sweeps`), not from task results:
 the selection sees exactly what a user sees in the UI.
 """
 
@@ -8,45 +8,24 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import mlflow
 import pandas as pd
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from nash_core.io import atomic_write_text
-from nash_core.report import pareto_plot, to_markdown, tradeoff_table, write_tradeoff
-from nash_core.selection import Decision, choose_champion, latency_column, pareto_frontier
+from nash_core.report import QUALITY, to_markdown, write_decision
+from nash_core.selection import latency_column
 from nash_mlflow import tracking
 from nash_mlflow.registry import register_champion
+from nash_mlflow.sweeps import candidate_frame
 from tasks.context import SweepContext
 from tasks.retry import transient_retries
 
-QUALITY = "rougeL"
-_COLUMNS = {
-    "run_id": "run_id",
-    f"tags.{tracking.LABEL}": "label",
-    f"tags.{tracking.METHOD}": "method",
-    "tags.nash.result_key": "result_key",
-    "params.decoder_layers": "decoder_layers",
-    "params.target_sparsity": "target_sparsity",
-    "params.stage": "stage",
-}
-
 
 def candidate_table(ctx: SweepContext) -> pd.DataFrame:
-    """One row per candidate run of this sweep; metric columns without their ``metrics.``."""
-    mlflow.set_tracking_uri(ctx.tracking_uri)
-    runs = mlflow.search_runs(
-        experiment_ids=[ctx.experiment_id],
-        filter_string=(
-            f"tags.mlflow.parentRunId = '{ctx.sweep_run_id}' "
-            f"and tags.`{tracking.KIND}` = 'candidate'"
-        ),
-    )
-    metrics = {c: c.removeprefix("metrics.") for c in runs.columns if c.startswith("metrics.")}
-    table = runs[[*(c for c in _COLUMNS if c in runs.columns), *metrics]]
-    return table.rename(columns={**_COLUMNS, **metrics})
+    """One row per candidate run of this sweep (:func:`nash_mlflow.sweeps.candidate_frame`)."""
+    client = tracking.make_client(ctx.tracking_uri)
+    return candidate_frame(client, ctx.experiment_id, ctx.sweep_run_id)
 
 
 @task(name="select-champion", cache_policy=NO_CACHE, **transient_retries())
@@ -56,23 +35,10 @@ def select_champion(ctx: SweepContext) -> dict:
     client = tracking.make_client(ctx.tracking_uri)
     table = candidate_table(ctx)
     latency = latency_column(cfg.selection)
-    decision: Decision = choose_champion(table, cfg.selection)
-    frontier = pareto_frontier(table, QUALITY, latency)
-
     out = Path(ctx.workdir) / "sweeps" / ctx.sweep_run_id
-    trade = tradeoff_table(table, latency, frontier, decision.label)
-    csv, md = write_tradeoff(trade, out)
-    plot = pareto_plot(
-        table,
-        QUALITY,
-        latency,
-        frontier,
-        decision.label,
-        out / "pareto.png",
-        title=f"{cfg.experiment.name}: {QUALITY} vs {latency}",
-    )
-    text = atomic_write_text(out / "decision.txt", decision.as_text())
-    tracking.log_files(client, ctx.sweep_run_id, [csv, md, plot, text])
+    written = write_decision(table, cfg.selection, out, cfg.experiment.name)
+    decision, trade = written.decision, written.tradeoff
+    tracking.log_files(client, ctx.sweep_run_id, written.files)
     tracking.set_tags(
         client,
         ctx.sweep_run_id,
@@ -101,8 +67,8 @@ def select_champion(ctx: SweepContext) -> dict:
             for k in (QUALITY, "rougeL_retention", latency, "speedup")
             if pd.notna(champ.get(k))
         },
-        "tradeoff_csv": str(csv),
-        "pareto_png": str(plot),
+        "tradeoff_csv": str(written.files[0]),
+        "pareto_png": str(written.files[2]),
     }
 
 

@@ -124,7 +124,7 @@ def log_benchmark_inputs(ctx: SweepContext, texts: list[str]) -> None:
     ``nash benchmark --sweep`` times the same inputs on another machine without the data."""
     from nash_core.io import atomic_write_json
     from nash_mlflow import tracking
-    from nash_mlflow.rollout import INPUTS_ARTIFACT
+    from nash_mlflow.rebenchmark import INPUTS_ARTIFACT
 
     path = atomic_write_json(
         Path(ctx.workdir) / "sweeps" / ctx.sweep_run_id / INPUTS_ARTIFACT,

@@ -26,7 +26,7 @@ from nash_core.errors import NashError
 from nash_core.io import atomic_write_json, atomic_write_text
 from nash_core.promotion import GateResult, promotion_gate
 from nash_mlflow import tracking
-from nash_mlflow.rollout import alias_version, fetch_model, move_alias
+from nash_mlflow.registry import alias_version, fetch_model, move_alias
 from tasks.cache import StepResult
 from tasks.context import GPU_TAG, SweepContext
 

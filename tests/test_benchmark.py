@@ -9,6 +9,7 @@ import pytest
 import torch
 from measure_tiny import FakeClock, FakeModel, save_tiny_t5, write_splits
 
+from nash_cli.main import main as nash_main
 from nash_core import benchmark as B
 from nash_core.config import BenchmarkConfig, EvaluationConfig
 from nash_core.evaluate import generation_config_for, run_generate
@@ -279,8 +280,9 @@ def test_cli_on_two_tiny_models_writes_full_json(tmp_path, capsys):
     teacher = save_tiny_t5(tmp_path / "teacher", dec=3)
     student = save_tiny_t5(tmp_path / "student", dec=1)
     out = tmp_path / "bench.json"
-    rc = B.cli_main(
+    rc = nash_main(
         [
+            "benchmark",
             str(teacher),
             str(student),
             "--batch-sizes",
@@ -336,8 +338,9 @@ def test_cli_on_two_tiny_models_writes_full_json(tmp_path, capsys):
 def test_cli_with_real_text_inputs(tmp_path, capsys):
     model = save_tiny_t5(tmp_path / "m")
     splits = write_splits(tmp_path / "splits")
-    rc = B.cli_main(
+    rc = nash_main(
         [
+            "benchmark",
             str(model),
             "--splits",
             str(splits),
@@ -362,12 +365,12 @@ def test_cli_with_real_text_inputs(tmp_path, capsys):
 
 
 def test_cli_bad_input_exits_2_with_message(tmp_path, capsys):
-    assert B.cli_main([str(tmp_path / "missing")]) == 2
+    assert nash_main(["benchmark", str(tmp_path / "missing")]) == 2
     assert "model dir not found" in capsys.readouterr().err
     model = save_tiny_t5(tmp_path / "m")
-    assert B.cli_main([str(model), "--modes", "fast"]) == 2
+    assert nash_main(["benchmark", str(model), "--modes", "fast"]) == 2
     assert "--modes" in capsys.readouterr().err
-    assert B.cli_main([str(model), "--repeats", "0"]) == 2
+    assert nash_main(["benchmark", str(model), "--repeats", "0"]) == 2
     assert "repeats" in capsys.readouterr().err
 
 

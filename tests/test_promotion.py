@@ -1,5 +1,5 @@
 """The promotion gate, the alias history and hardware-qualified tables (nash_core.promotion),
-and the hardware names MLflow accepts (nash_mlflow.rollout.check_hardware_name)."""
+and the hardware names MLflow accepts (nash_mlflow.registry.check_hardware_name)."""
 
 import json
 
@@ -18,7 +18,8 @@ from nash_core.promotion import (
     promotion_gate,
     rollback_target,
 )
-from nash_mlflow.rollout import RolloutError, check_hardware_name
+from nash_mlflow.registry import check_hardware_name
+from nash_mlflow.sweeps import SweepError
 
 SEL = SelectionConfig(min_retention=0.95, min_retention_low=0.9)
 CHAMP = {"label": "m v1", "rougeL": 0.80, "latency_ms": 100.0}
@@ -154,5 +155,5 @@ def test_default_hardware_names_are_valid_mlflow_names():
 
 @pytest.mark.parametrize("bad", ["a100 (80GB)", "box/b", "", "gpu@home"])
 def test_hardware_names_mlflow_rejects_are_refused(bad):
-    with pytest.raises(RolloutError, match="hardware name"):
+    with pytest.raises(SweepError, match="hardware name"):
         check_hardware_name(bad)

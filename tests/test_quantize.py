@@ -10,8 +10,8 @@ import torch
 from measure_tiny import ROWS, save_tiny_t5, write_splits
 from torch.ao.nn.quantized.dynamic import Linear as DynamicQuantizedLinear
 
+from nash_cli.main import main as nash_main
 from nash_core import quantize as Q
-from nash_core.benchmark import cli_main
 from nash_core.config import EvaluationConfig
 from nash_core.errors import ModelError
 from nash_core.evaluate import evaluate_model
@@ -50,8 +50,9 @@ def test_quantized_dir_is_evaluated_and_benchmarked_like_the_others(tmp_path):
     assert m["num_examples"] == len(ROWS)
     out = tmp_path / "b.json"
     assert (
-        cli_main(
+        nash_main(
             [
+                "benchmark",
                 str(src),
                 str(qdir),
                 "--device",
