@@ -32,7 +32,7 @@ import torch
 from nash_core.base_model import prepare_base
 from nash_core.config import ArmConfig, check_decoder_layers, load_config
 from nash_core.data import prepare_splits
-from nash_core.prune import finetune, materialize_stage, run_stage
+from nash_core.prune import finetune_export, materialize_stage, run_stage
 from nash_core.runtime import set_threads
 from nash_core.teacher import quick_check, train_teacher
 
@@ -111,7 +111,7 @@ def run_variant(args, name: str, overrides: list[str], arm_dict: dict, prepared:
     export = materialize_stage(previous, out / "export")
     timings["materialize_s"] = round(time.perf_counter() - t, 1)
     t = time.perf_counter()
-    final = finetune(
+    final = finetune_export(
         export,
         prepared["teacher"],
         cfg.finetune,

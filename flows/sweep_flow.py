@@ -163,8 +163,12 @@ def api_for_workers(cfg: NashConfig) -> Iterator[None]:
 
 
 @flow(name="nash-sweep", log_prints=True)
-def sweep_flow(config_path: str, overrides: list[str], workdir: str) -> dict:
-    cfg = load_config(config_path, overrides)
+def sweep_flow(
+    config_path: str, overrides: list[str], workdir: str, cfg: NashConfig | None = None
+) -> dict:
+    """The pipeline. ``cfg``: the config already loaded from ``config_path`` + ``overrides``
+    (``nash run`` parses the YAML once); None (a scheduled run) loads it here."""
+    cfg = cfg or load_config(config_path, overrides)
     set_threads(cfg.experiment.torch_threads)
     for (arm, variant), reason in refused_variants(cfg).items():
         print(f"{variant} of arm '{arm}': {reason}; its candidates stay PyTorch-only")
@@ -261,16 +265,19 @@ def sweep_flow(config_path: str, overrides: list[str], workdir: str) -> dict:
     }
 
 
-def run_configured(config_path: str, overrides: list[str], workdir: str) -> dict:
+def run_configured(
+    config_path: str, overrides: list[str], workdir: str, cfg: NashConfig | None = None
+) -> dict:
     """:func:`sweep_flow` on the task runner the config names (:func:`make_task_runner`).
 
     ``nash run``, ``nash watch`` and scheduled runs all start the sweep through here: the flow
     as decorated would run its tasks on the default thread pool whatever the config says.
+    ``cfg``: the already loaded config (else it is loaded from the path and overrides).
     """
-    cfg = load_config(config_path, overrides)
+    cfg = cfg or load_config(config_path, overrides)
     with api_for_workers(cfg):
         return sweep_flow.with_options(task_runner=make_task_runner(cfg))(
-            config_path, overrides, workdir
+            config_path, overrides, workdir, cfg
         )
 
 

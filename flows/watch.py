@@ -67,13 +67,15 @@ def champion_fingerprint(
 
 
 @flow(name="nash-watch", log_prints=True)
-def watch_flow(config_path: str, overrides: list[str], workdir: str) -> dict:
+def watch_flow(
+    config_path: str, overrides: list[str], workdir: str, cfg: NashConfig | None = None
+) -> dict:
     """Run the sweep only if the base model's fingerprint differs from the champion's.
 
     Returns ``{"changed", "previous", "fingerprint", "sweep"}`` (``sweep``: the sweep's summary,
     None when unchanged); :func:`describe` turns it into the line ``nash watch`` prints.
     """
-    cfg = load_config(config_path, overrides)
+    cfg = cfg or load_config(config_path, overrides)  # None: a scheduled run loads it here
     new = base_fingerprint(cfg, workdir)
     old = champion_fingerprint(cfg, workdir)
     # a challenger the promotion gate kept out (or awaiting `nash promote`) was trained on it
@@ -87,7 +89,7 @@ def watch_flow(config_path: str, overrides: list[str], workdir: str) -> dict:
     }
     get_run_logger().info(describe(result))
     if result["changed"]:
-        result["sweep"] = run_configured(config_path, overrides, workdir)
+        result["sweep"] = run_configured(config_path, overrides, workdir, cfg)
     return result
 
 

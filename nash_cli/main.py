@@ -42,7 +42,7 @@ def _load(args) -> NashConfig:  # noqa: F821
     return load_config(args.config, args.set)
 
 
-def preflight(cfg) -> None:
+def check_inputs(cfg) -> None:
     """Cheap checks that need more than the schema: files exist, a local base model's depth.
 
     Raises ConfigError listing every problem; runs before any expensive work.
@@ -74,6 +74,7 @@ def _base_model_problems(cfg) -> list[str]:
     """A local base model without config.json, or with fewer decoder layers than an arm keeps."""
     import json
 
+    from nash_core.base_model import num_decoder_layers
     from nash_core.config import decoder_layer_problems
 
     base = Path(cfg.model.base)
@@ -83,11 +84,10 @@ def _base_model_problems(cfg) -> list[str]:
     if not cfg_file.is_file():
         return [f"model.base: {base} has no config.json (expected a save_pretrained dir)"]
     try:
-        mc = json.loads(cfg_file.read_text())
-    except ValueError as exc:
-        return [f"{exc}"]
-    n = mc.get("num_decoder_layers") or mc.get("decoder_layers") or mc.get("num_layers")
-    return decoder_layer_problems(cfg.pruning.arms, int(n)) if n else []
+        depth = num_decoder_layers(json.loads(cfg_file.read_text()))
+    except (ValueError, TypeError) as exc:
+        return [f"model.base: {cfg_file} gives no decoder depth ({type(exc).__name__}: {exc})"]
+    return decoder_layer_problems(cfg.pruning.arms, depth)
 
 
 def _looks_local(ref: str) -> bool:
@@ -98,7 +98,7 @@ def _looks_local(ref: str) -> bool:
 # --------------------------------------------------------------------------- subcommands
 def cmd_validate(args) -> int:
     cfg = _load(args)
-    preflight(cfg)
+    check_inputs(cfg)
     arms = ", ".join(a.label for a in cfg.pruning.arms)
     print(
         f"{args.config}: OK  (experiment '{cfg.experiment.name}', base {cfg.model.base}, "
@@ -109,11 +109,11 @@ def cmd_validate(args) -> int:
 
 def cmd_run(args) -> int:
     cfg = _load(args)  # validate before anything is created or imported
-    preflight(cfg)
+    check_inputs(cfg)
     workdir = _workdir(args)
     from nash_cli.sweep import run_sweep
 
-    result = run_sweep(str(args.config), list(args.set or []), str(workdir))
+    result = run_sweep(str(args.config), list(args.set or []), str(workdir), cfg)
     if isinstance(result, dict):
         champ = result.get("champion")
         if champ:
@@ -156,7 +156,7 @@ def _workdir(args) -> Path:
 
 def cmd_deploy(args) -> int:
     cfg = _load(args)
-    preflight(cfg)
+    check_inputs(cfg)
     workdir = _workdir(args)
     from nash_cli.sweep import prepare_environment
 
@@ -183,7 +183,7 @@ def cmd_deploy(args) -> int:
 
 def cmd_watch(args) -> int:
     cfg = _load(args)
-    preflight(cfg)
+    check_inputs(cfg)
     workdir = _workdir(args)
     from nash_cli.sweep import prepare_environment, prepare_temporary_prefect_db
 
@@ -191,7 +191,7 @@ def cmd_watch(args) -> int:
     prepare_temporary_prefect_db()
     from flows.watch import describe, watch_flow
 
-    result = watch_flow(str(args.config), list(args.set or []), str(workdir))
+    result = watch_flow(str(args.config), list(args.set or []), str(workdir), cfg)
     print(describe(result))
     if result["sweep"]:
         print(f"champion: {result['sweep']['champion']}")

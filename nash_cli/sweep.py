@@ -76,15 +76,17 @@ def prepare_temporary_prefect_db() -> None:
             ready.touch()
 
 
-def run_sweep(config_path: str, overrides: list[str], workdir: str) -> dict:
+def run_sweep(config_path: str, overrides: list[str], workdir: str, cfg=None) -> dict:
     """Validate the config, run the sweep flow with the configured task runner, return a summary.
 
+    ``cfg``: the config already loaded from ``config_path`` and ``overrides`` (``nash run``
+    loads it once and hands it down to the flow); None loads it here.
     The summary holds the MLflow ids (``sweep_run_id``, ``experiment_id``, ``tracking_uri``),
     the champion, the registered version and which steps were computed vs reused from cache.
     """
     from nash_core.config import load_config
 
-    cfg = load_config(config_path, overrides)  # a bad config fails before anything starts
+    cfg = cfg or load_config(config_path, overrides)  # a bad config fails before anything starts
     Path(workdir).mkdir(parents=True, exist_ok=True)
     prepare_environment(workdir)
     from tasks.preflight import preflight
@@ -97,7 +99,7 @@ def run_sweep(config_path: str, overrides: list[str], workdir: str) -> dict:
     # SIGINT/SIGTERM: training in Prefect's worker threads checkpoints at its next step and
     # stops, no new step starts, the runs are closed FAILED; KeyboardInterrupt reaches the CLI.
     with stop_on_signals(), tracking_failures_in_one_line(cfg, workdir):
-        return run_configured(str(config_path), list(overrides), str(Path(workdir).resolve()))
+        return run_configured(str(config_path), list(overrides), str(Path(workdir).resolve()), cfg)
 
 
 @contextlib.contextmanager

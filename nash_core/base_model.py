@@ -234,10 +234,12 @@ def _check_local_dir(path: Path) -> None:
 
 
 def num_decoder_layers(config) -> int:
-    """Decoder depth from a T5/mT5 or BART config."""
-    if config.model_type == "bart":
-        return int(config.decoder_layers)
-    return int(getattr(config, "num_decoder_layers", None) or config.num_layers)
+    """Decoder depth from a T5/mT5 or BART config (a ``PretrainedConfig`` or the dict of its
+    ``config.json``): the one place that knows which key holds it."""
+    get = config.get if isinstance(config, dict) else lambda k: getattr(config, k, None)
+    if get("model_type") == "bart":
+        return int(get("decoder_layers"))
+    return int(get("num_decoder_layers") or get("num_layers"))
 
 
 def _read_config(model_cfg: ModelConfig, path: str):

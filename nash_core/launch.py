@@ -68,10 +68,10 @@ def _stage(cfg: NashConfig, args: StageArgs, callback: Callback, device) -> Path
 
 
 def _finetune(cfg: NashConfig, args: FinetuneArgs, callback: Callback, device) -> Path:
-    from nash_core.prune import finetune
+    from nash_core.prune import finetune_export
 
     ft = cfg.finetune if args.arm_index is None else cfg.finetune_config(args.arm_index)
-    return finetune(
+    return finetune_export(
         args.export_dir,
         args.teacher_dir,
         ft,

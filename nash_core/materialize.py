@@ -42,7 +42,7 @@ from nash_core.masks import HIDDEN, MaskSet
 from nash_core.sparsity import STACKS
 
 
-def materialize(model: nn.Module, masks: MaskSet | None) -> nn.Module:
+def materialize_masks(model: nn.Module, masks: MaskSet | None) -> nn.Module:
     """Fold and slice ``masks`` into ``model`` (in place; hooks are removed) and return it.
 
     Records the per-layer shapes in ``model.config.nash = {"family", "shapes"}``.

@@ -9,7 +9,7 @@ and resume them:
   ramps the target from the previous one. Output: the unmaterialised student (HF directory),
   ``nash_masks.pt`` (:data:`sparsity.MASKS_FILE`) and ``stage_meta.json``.
 - :func:`materialize_stage` folds and slices the masks into a smaller model and exports it.
-- :func:`finetune` trains the exported model a little more (task loss + optional KD).
+- :func:`finetune_export` trains the exported model a little more (task loss + optional KD).
 
 Methods: ``nash`` (k decoder layers; encoder heads + FFN units; target on encoder sparsity),
 ``cofi`` (full decoder depth; heads, FFN units and whole sub-layers in both stacks, and by
@@ -37,7 +37,7 @@ from nash_core.io import atomic_dir, atomic_write_json, read_json
 from nash_core.layer_selection import keep_decoder_layers, select_layers
 from nash_core.loading import load_seq2seq
 from nash_core.masks import MaskSet, plan_groups
-from nash_core.materialize import materialize
+from nash_core.materialize import materialize_masks
 from nash_core.runtime import seed_everything
 from nash_core.sparsity import (
     Constraint,
@@ -263,7 +263,7 @@ def materialize_stage(stage_dir: str | Path, out_dir: str | Path) -> Path:
     params_before = count_parameters(model)
     masks, _ = load_masks(stage_dir)
     if masks is not None:
-        materialize(model, masks)
+        materialize_masks(model, masks)
     after = {"encoder": count_prunable(model, ("encoder",)), "total": count_prunable(model)}
     nash_meta = {
         "method": meta["method"],
@@ -280,7 +280,7 @@ def materialize_stage(stage_dir: str | Path, out_dir: str | Path) -> Path:
     return save_exported(model, tokenizer, out_dir, nash_meta)
 
 
-def finetune(
+def finetune_export(
     export_dir: str | Path,
     teacher_dir: str | Path,
     finetune_cfg: FinetuneConfig,

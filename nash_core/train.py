@@ -365,9 +365,10 @@ class LoopState:
         return cls(**obj, window=window)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class _Loop:
-    """The fixed parts of one :func:`train_seq2seq` call and its small steps, in call order."""
+    """The fixed parts of one :func:`train_seq2seq` call and its small steps, in call order.
+    Built by keyword only (named state, not a row of positionals)."""
 
     model: Any
     tokenizer: Any
@@ -645,23 +646,23 @@ def train_seq2seq(
             state = LoopState()
             torch.manual_seed(seed)  # same dropout / mask noise for every fresh run
         loop = _Loop(
-            model,
-            tokenizer,
-            train_ds,
-            val_ds,
-            cfg,
-            out_dir,
-            hooks,
-            callback,
-            device,
-            eval_fn,
-            collate or Seq2SeqCollator(tokenizer),
-            optimizer,
-            model_params,
-            ckpt,
-            total_steps(cfg, len(train_ds)),
-            seed,
-            state,
+            model=model,
+            tokenizer=tokenizer,
+            train_ds=train_ds,
+            val_ds=val_ds,
+            cfg=cfg,
+            out_dir=out_dir,
+            hooks=hooks,
+            callback=callback,
+            device=device,
+            eval_fn=eval_fn,
+            collate=collate or Seq2SeqCollator(tokenizer),
+            optimizer=optimizer,
+            model_params=model_params,
+            ckpt=ckpt,
+            steps=total_steps(cfg, len(train_ds)),
+            seed=seed,
+            state=state,
         )
         with stop_on_signals():  # process-wide: works when Prefect trains in a worker thread
             loop.run()

@@ -11,7 +11,7 @@ from nash_core.export import load_exported, save_exported
 from nash_core.layer_selection import keep_decoder_layers
 from nash_core.loading import load_seq2seq
 from nash_core.masks import MaskSet, plan_groups
-from nash_core.materialize import materialize
+from nash_core.materialize import materialize_masks
 
 GEN = dict(max_new_tokens=8, min_new_tokens=8, do_sample=False, suppress_tokens=[0, 1])
 FRESH = """
@@ -44,7 +44,7 @@ def _pruned(make, hidden=False):
         plan_groups(model, stacks=("encoder", "decoder"), sublayers=True, cross=True, hidden=hidden)
     ).attach(model)
     pt.randomize_masks(masks, seed=4)
-    return materialize(model.eval(), masks)
+    return materialize_masks(model.eval(), masks)
 
 
 def test_fresh_process_generates_like_load_exported(tmp_path):

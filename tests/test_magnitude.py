@@ -137,7 +137,7 @@ def test_magnitude_arm_exact_sparsity_zeros_kept_and_reloaded_fresh(setup, scope
     assert nash["unstructured"]["weight_zero_fraction"] == pytest.approx(0.5, abs=0.005)
     before = [w.clone() == 0 for w in _weights(load_seq2seq(export)[0])]
 
-    final = prune.finetune(
+    final = prune.finetune_export(
         export, root / "teacher", FT, root / f"f-{tag}", splits_dir=splits, data_cfg=DATA
     )
     tuned, _ = load_seq2seq(final)

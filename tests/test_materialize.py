@@ -6,7 +6,7 @@ import torch
 
 from nash_core.layer_selection import keep_decoder_layers
 from nash_core.masks import HIDDEN, LOG_ALPHA_MIN, MaskSet, plan_groups
-from nash_core.materialize import materialize
+from nash_core.materialize import materialize_masks
 
 GEN = dict(max_new_tokens=8, min_new_tokens=8, do_sample=False, suppress_tokens=[0, 1])
 MODELS = {
@@ -46,7 +46,7 @@ def test_logits_equal_masked_model(name, mode):
     with torch.no_grad():
         masked = model(**b).logits
     before = sum(p.numel() for p in model.parameters())
-    materialize(model, masks)
+    materialize_masks(model, masks)
     with torch.no_grad():
         pruned = model(**b).logits
     assert (masked - pruned).abs().max().item() <= 1e-5
@@ -87,7 +87,7 @@ def test_hidden_mask_t5_norm_rescale_is_exact_with_large_eps(gated, untie):
     b = pt.batch()
     with torch.no_grad():
         masked = model(**b).logits
-    materialize(model, masks)
+    materialize_masks(model, masks)
     with torch.no_grad():
         pruned = model(**b).logits
     assert (masked - pruned).abs().max().item() <= 1e-5
@@ -110,7 +110,7 @@ def test_cached_generation_after_materialise(make, hidden):
     b = pt.batch()
     ids = dict(input_ids=b["input_ids"], attention_mask=b["attention_mask"])
     reference = model.generate(**ids, use_cache=False, **GEN)
-    materialize(model, masks)
+    materialize_masks(model, masks)
     shapes = model.config.nash["shapes"]
     assert shapes["decoder"][1]["self"] is None
     assert torch.equal(model.generate(**ids, use_cache=True, **GEN), reference)
@@ -120,7 +120,7 @@ def test_cached_generation_after_materialise(make, hidden):
 def test_shapes_record_original_head_indices():
     model, masks = _masked(MODELS["t5-sdpa"], cofi=False)
     det = masks.deterministic()["encoder_self_heads"]
-    materialize(model, masks)
+    materialize_masks(model, masks)
     shapes = model.config.nash["shapes"]
     assert shapes["family"] == "t5"
     for layer, row in zip(shapes["encoder"], det):

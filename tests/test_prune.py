@@ -122,7 +122,7 @@ def test_staged_nash_materialise_finetune(setup):
     ft_cfg = FinetuneConfig(
         train=TrainConfig(max_steps=2, batch_size=8, eval_every=2, eval_examples=8)
     )
-    final = prune.finetune(
+    final = prune.finetune_export(
         export, root / "teacher", ft_cfg, root / "nash-f2", splits_dir=splits, data_cfg=DATA
     )
     model, _ = load_seq2seq(final)
@@ -157,7 +157,7 @@ def test_cofi_and_sft_arms(setup):
         train=TrainConfig(max_steps=2, batch_size=8, eval_every=2, eval_examples=8),
         distill=DistillConfig(kd_weight=0.5, layer_weight=0.01),
     )
-    final = prune.finetune(
+    final = prune.finetune_export(
         export, root / "teacher", ft_cfg, root / "cofi-f1", splits_dir=setup[1], data_cfg=DATA
     )
     assert json.loads((final / "config.json").read_text())["nash"]["shapes"] == nash["shapes"]

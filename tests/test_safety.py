@@ -179,14 +179,17 @@ def test_exports_carry_only_our_modeling_file(tmp_path):
     from nash_core.export import save_exported
     from nash_core.layer_selection import keep_decoder_layers
     from nash_core.masks import MaskSet, plan_groups
-    from nash_core.materialize import materialize
+    from nash_core.materialize import materialize_masks
 
     model = pt.t5()
     keep_decoder_layers(model, [0, 2])
     masks = MaskSet(plan_groups(model, stacks=("encoder",))).attach(model)
     pt.randomize_masks(masks)
     out = save_exported(
-        materialize(model.eval(), masks), pt.tokenizer(), tmp_path / "export", {"method": "nash"}
+        materialize_masks(model.eval(), masks),
+        pt.tokenizer(),
+        tmp_path / "export",
+        {"method": "nash"},
     )
     code = sorted(p.name for p in Path(out).rglob("*") if p.suffix in (".py", ".pyc", ".so"))
     assert code == ["modeling_nash.py"]

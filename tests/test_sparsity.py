@@ -9,7 +9,7 @@ import torch
 
 from nash_core.config import TrainConfig
 from nash_core.masks import HIDDEN, MaskSet, plan_groups
-from nash_core.materialize import materialize
+from nash_core.materialize import materialize_masks
 from nash_core.sparsity import (
     Constraint,
     Lagrangian,
@@ -44,7 +44,7 @@ def test_deterministic_size_equals_materialised_count(name, hidden):
         s: float(sizes.size(hard, s)) for s in [("encoder",), ("decoder",), ("encoder", "decoder")]
     }
     total = float(sizes.total(hard))
-    materialize(model, masks)
+    materialize_masks(model, masks)
     for stacks, size in expected.items():
         assert count_prunable(model, stacks) == size
     # embeddings, LM head, norms (T5's go with a dropped sub-layer), positions: all of it, exactly

@@ -17,7 +17,7 @@ from nash_core.export import load_exported, save_exported
 from nash_core.launch import run_step
 from nash_core.layer_selection import keep_decoder_layers
 from nash_core.masks import MaskSet, plan_groups
-from nash_core.materialize import materialize
+from nash_core.materialize import materialize_masks
 from nash_core.prune import materialize_stage
 from nash_core.standin import (
     force_stage_sparsity,
@@ -141,7 +141,7 @@ def test_mt5_export_loads_and_generates_in_a_fresh_process(tmp_path):
     tok, texts = pt.tokenizer(), ["a b c d", "c d e"]
     expected = generate_tokens(model, tok, texts)
     out = save_exported(
-        materialize(model, masks), tok, tmp_path / "mt5", {"method": "nash", "target": 0.3}
+        materialize_masks(model, masks), tok, tmp_path / "mt5", {"method": "nash", "target": 0.3}
     )
     assert json.loads((out / "config.json").read_text())["model_type"] == "mt5"
     ours, _ = load_exported(out)

@@ -275,3 +275,23 @@ def test_eval_fn_freeze_embeddings_and_time_limit(setup, tmp_path):
 
     with pytest.raises(TrainingError, match="must include 'score'"):
         run(setup, tmp_path / "bad", eval_fn=lambda m: {"rouge": 1.0}, max_steps=8)
+
+
+def test_task_weight_scales_the_loss_the_loop_trains_on(setup, tmp_path):
+    """The distillation config's task_weight reaches the loss through the loop itself
+    (``_Loop.micro_batch_loss``), not only the hook's own report of it."""
+    from nash_core.config import DistillConfig
+    from nash_core.distill import DistillHook
+
+    def first_loss(out, hooks):
+        model, _ = fresh(setup)
+        hooks = [h(model) for h in hooks]
+        _, result = run(setup, out, model, max_steps=1, log_every=1, eval_every=100, hooks=hooks)
+        return next(h["train_loss"] for h in result.history if "train_loss" in h), result
+
+    weighted = DistillConfig(task_weight=0.25, kd_weight=0.0, layer_weight=0.0)
+    plain, _ = first_loss(tmp_path / "plain", [])
+    scaled, result = first_loss(tmp_path / "w", [lambda m: DistillHook(None, m, weighted)])
+    assert scaled == pytest.approx(0.25 * plain, rel=1e-5)
+    task = next(h["task_loss"] for h in result.history if "task_loss" in h)
+    assert task == pytest.approx(plain, rel=1e-5)  # the hook reports the unweighted task loss
