@@ -46,8 +46,8 @@ def save_exported(model: nn.Module, tokenizer, out_dir: str | Path, nash_meta: d
     """Write ``model`` + ``tokenizer`` to ``out_dir`` atomically; returns ``out_dir``.
 
     ``nash_meta`` (method, target, teacher, ...) is merged into config.json["nash"]. A model
-    restructured by :func:`nash_core.materialize.materialize` also gets ``modeling_nash.py`` and
-    an ``auto_map`` entry; an unpruned-shape model is a plain HF directory plus the metadata.
+    restructured by :func:`nash_core.materialize.materialize_masks` also gets ``modeling_nash.py``
+    and an ``auto_map`` entry; an unpruned-shape model is a plain HF directory plus the metadata.
     """
     out_dir = Path(out_dir)
     shapes = getattr(model.config, "nash", {}).get("shapes")

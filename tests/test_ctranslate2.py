@@ -12,7 +12,7 @@ from nash_core.evaluate import _generate_batches, generate
 from nash_core.export import load_exported, save_exported
 from nash_core.layer_selection import keep_decoder_layers
 from nash_core.masks import MaskSet, plan_groups
-from nash_core.materialize import materialize
+from nash_core.materialize import materialize_masks
 from nash_core.runtimes import NotExpressible, get_runtime, runtime_names
 from nash_core.runtimes import ct2 as ct2_runtime
 from nash_core.runtimes.ct2 import CT2Generator, convert, convert_model, torch_log_probs
@@ -67,7 +67,7 @@ def _pruned_trained(make, shift: float):
         plan_groups(model, stacks=("encoder", "decoder"), sublayers=True, cross=True)
     ).attach(model)
     pt.randomize_masks(masks, seed=4, shift=shift)
-    return materialize(model.eval(), masks), tok
+    return materialize_masks(model.eval(), masks), tok
 
 
 @pytest.fixture(scope="module", params=list(FAMILIES))
@@ -155,14 +155,14 @@ def test_heads_packed_to_the_front_fail_the_check(tmp_path, monkeypatch):
 def materialize_heads_only(model):
     masks = MaskSet(plan_groups(model, stacks=("encoder",), sublayers=False)).attach(model)
     pt.randomize_masks(masks, seed=4, shift=1.5)
-    return materialize(model.eval(), masks)
+    return materialize_masks(model.eval(), masks)
 
 
 def test_cofi_hidden_dimension_is_not_expressible(tmp_path):
     model = pt.bart()
     masks = MaskSet(plan_groups(model, stacks=("encoder",), hidden=True)).attach(model)
     pt.randomize_masks(masks, seed=4)
-    model = materialize(model.eval(), masks)
+    model = materialize_masks(model.eval(), masks)
     export = save_exported(model, pt.tokenizer(), tmp_path / "export", {"method": "cofi"})
     with pytest.raises(NotExpressible, match=r"^not expressible in CTranslate2: CoFi pruned"):
         convert(export, tmp_path / "out")
