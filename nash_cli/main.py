@@ -1,5 +1,7 @@
 """The ``nash`` command line.
 
+    nash init --model DIR_OR_HUB_ID --data FILES [--source-column X --target-column Y]
+              [--time-budget 2h] [--output configs/mine.yaml]       (nash_cli/init.py)
     nash validate CONFIG [--set key.path=value ...]
     nash run CONFIG [--set ...] [--workdir DIR]
     nash benchmark MODEL_DIR [MODEL_DIR ...] [--batch-sizes 1,8] [--new-tokens N] [--json FILE]
@@ -382,8 +384,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rp.set_defaults(func=cmd_report)
 
+    from nash_cli.init import add_init_command
     from nash_cli.rollout import add_rollout_commands
 
+    add_init_command(sub)
     add_rollout_commands(sub)
     return p
 

@@ -233,6 +233,11 @@ def _check_local_dir(path: Path) -> None:
         )
 
 
+def check_local_model_dir(path: str | Path) -> None:
+    """A local model directory has config.json, whole safetensors weights and a tokenizer."""
+    _check_local_dir(Path(path))
+
+
 def num_decoder_layers(config) -> int:
     """Decoder depth from a T5/mT5 or BART config (a ``PretrainedConfig`` or the dict of its
     ``config.json``): the one place that knows which key holds it."""

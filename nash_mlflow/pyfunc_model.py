@@ -7,7 +7,11 @@ a pruned export (custom per-layer shapes) loads wherever the pip requirements ar
 
 Input: a DataFrame with a string column named ``source`` (the logged signature, which MLflow
 enforces before ``predict`` runs, in process and behind ``mlflow models serve``: another column
-name is refused with an error naming ``source``); output: one summary per row.
+name is refused with an error naming ``source``); an empty or whitespace-only source is refused
+too (HTTP 400 naming the rows), rather than summarised into something made up. Output: one row
+per source, ``summary``, ``source_tokens`` (the source's length in tokens, prefix included) and
+``source_truncated`` (true when it was longer than the model's ``max_source_length`` and only
+its beginning was read).
 ``model_config`` carries the decoding settings and the training-time source prefix, and
 ``quantize: int8`` for an int8 variant (re-quantised at load, CPU only: nothing is pickled),
 ``quantize: bf16`` / ``fp16`` for a precision variant (cast at load; fp16 on CUDA only).
@@ -19,7 +23,33 @@ from __future__ import annotations
 
 import mlflow
 import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.pyfunc import PythonModel
+
+
+def _sources(model_input) -> list[str]:
+    """The ``source`` texts, or an MlflowException (HTTP 400) naming what is wrong."""
+    if not isinstance(model_input, pd.DataFrame) or "source" not in model_input.columns:
+        got = (
+            list(model_input.columns)
+            if isinstance(model_input, pd.DataFrame)
+            else type(model_input).__name__
+        )
+        raise MlflowException(
+            f"expected a DataFrame with a 'source' column of texts to summarise (got {got})",
+            error_code=INVALID_PARAMETER_VALUE,
+        )
+    texts = list(model_input["source"])
+    bad = [i for i, t in enumerate(texts) if not isinstance(t, str) or not t.strip()]
+    if bad:
+        rows = ", ".join(map(str, bad[:10])) + (" ..." if len(bad) > 10 else "")
+        raise MlflowException(
+            f"'source' is empty, whitespace-only or not text in row(s) {rows}: send the text "
+            "to summarise in every row",
+            error_code=INVALID_PARAMETER_VALUE,
+        )
+    return texts
 
 
 class Seq2SeqSummarizer(PythonModel):
@@ -62,24 +92,23 @@ class Seq2SeqSummarizer(PythonModel):
     def predict(self, context, model_input: pd.DataFrame, params=None):
         from nash_core.evaluate import generate
 
-        if not isinstance(model_input, pd.DataFrame) or "source" not in model_input.columns:
-            got = (
-                list(model_input.columns)
-                if isinstance(model_input, pd.DataFrame)
-                else type(model_input).__name__
-            )
-            raise ValueError(
-                f"expected a DataFrame with a 'source' column of texts to summarise (got {got})"
-            )
-        texts = model_input["source"]
-        sources = [self.prefix + str(t) for t in texts]
-        return generate(
+        sources = [self.prefix + t for t in _sources(model_input)]
+        tokens = [len(ids) for ids in self.tokenizer(sources)["input_ids"]]
+        limit = self.max_source_length
+        summaries = generate(
             self.model,
             self.tokenizer,
             sources,
             self.eval_cfg,
             self.device,
-            max_source_length=self.max_source_length,
+            max_source_length=limit,
+        )
+        return pd.DataFrame(
+            {
+                "summary": summaries,
+                "source_tokens": tokens,
+                "source_truncated": [limit is not None and n > limit for n in tokens],
+            }
         )
 
 

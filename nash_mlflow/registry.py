@@ -84,7 +84,10 @@ def log_candidate_model(
     client: MlflowClient, run_id: str, model_dir: str | Path, model_config: dict[str, Any]
 ) -> str:
     """Log ``model_dir`` as a pyfunc summariser under the run's ``model/``; return its URI."""
-    signature = infer_signature(pd.DataFrame({"source": ["a dialogue"]}), ["a summary"])
+    signature = infer_signature(
+        pd.DataFrame({"source": ["a dialogue"]}),
+        pd.DataFrame({"summary": ["a summary"], "source_tokens": [3], "source_truncated": [False]}),
+    )
     with tempfile.TemporaryDirectory(prefix="nash-pyfunc-") as tmp, warnings.catch_warnings():
         # MLflow nags for an input example; the explicit signature covers it, and an example
         # would load and run the model at logging time. (Its type-hint nag is answered by the

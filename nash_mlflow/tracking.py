@@ -144,7 +144,9 @@ def ensure_experiment(client: MlflowClient, name: str, tracking_uri: str) -> str
 def run_url(tracking_uri: str, experiment_id: str, run_id: str) -> str:
     """A browser link to a run; for a local store, the address ``nash ui`` serves."""
     base = tracking_uri if tracking_uri.startswith("http") else "http://127.0.0.1:5000"
-    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+    from nash_mlflow.views import run_page_url
+
+    return run_page_url(base.rstrip("/"), experiment_id, run_id)
 
 
 # --------------------------------------------------------------------------- provenance

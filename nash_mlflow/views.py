@@ -288,7 +288,8 @@ def plain_url(base: str, experiment_id: str, sweep_run_id: str) -> str:
 
 
 def run_page_url(base: str, experiment_id: str, run_id: str) -> str:
-    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
+    """A run's page, in the model-training layout like every other printed link."""
+    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}?workflowType=machine_learning"
 
 
 def sweep_links(

@@ -248,7 +248,7 @@ def take(tracking_uri: str, run_id: str | None, out: Path) -> list[Path]:
                 )
                 shots.append(browser.screenshot(out / "mlflow-tradeoff-charts.png"))
                 browser.open(
-                    run_page_url(base, exp, sid) + "?workflowType=machine_learning",
+                    run_page_url(base, exp, sid),
                     "document.body.innerText.includes('Decision.')",
                 )
                 browser.js(

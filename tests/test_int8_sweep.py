@@ -64,4 +64,4 @@ def test_int8_variants_are_candidates_like_the_others(tmp_path):
     assert "torch.nn.modules.linear.Linear" not in kinds, kinds  # every Linear is int8 now
     assert any("quantized" in k and k.endswith(".Linear") for k in kinds), kinds
     out = served.predict(pd.DataFrame({"source": ["Anna: Dinner on monday at 7 pm?\nBen: Sure."]}))
-    assert len(out) == 1 and isinstance(out[0], str)
+    assert len(out) == 1 and isinstance(out["summary"][0], str)

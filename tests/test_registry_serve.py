@@ -1,11 +1,13 @@
 """A candidate as a pyfunc model: logged, registered under an alias, loaded and served over HTTP."""
 
+import contextlib
 import json
 import os
 import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -88,8 +90,18 @@ def test_register_alias_load_and_serve(store, tmp_path):
     mlflow.set_tracking_uri(uri)
     model = mlflow.pyfunc.load_model("models:/nash-test@champion")
     out = model.predict(pd.DataFrame({"source": TEXTS}))
-    assert len(out) == 2 and all(isinstance(s, str) for s in out)
+    assert list(out.columns) == ["summary", "source_tokens", "source_truncated"]
+    assert len(out) == 2 and all(isinstance(s, str) for s in out["summary"])
 
+    with serving(uri, "models:/nash-test@champion") as port:
+        status, answer = post(port, {"dataframe_records": [{"source": TEXTS[0]}]})
+    assert status == 200, answer
+    assert answer["predictions"] == out.to_dict(orient="records")[:1]  # same as in-process
+
+
+@contextlib.contextmanager
+def serving(uri: str, model_uri: str):
+    """`mlflow models serve` of ``model_uri`` on a free port, healthy; stopped afterwards."""
     port = free_port()
     venv_bin = Path(sys.executable).parent  # the server execs `uvicorn` from PATH
     env = {
@@ -98,19 +110,8 @@ def test_register_alias_load_and_serve(store, tmp_path):
         "PATH": f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}",
     }
     server = subprocess.Popen(
-        [
-            str(venv_bin / "mlflow"),
-            "models",
-            "serve",
-            "-m",
-            "models:/nash-test@champion",
-            "--env-manager",
-            "local",
-            "-p",
-            str(port),
-            "-h",
-            "127.0.0.1",
-        ],
+        [str(venv_bin / "mlflow"), "models", "serve", "-m", model_uri, "--env-manager", "local"]
+        + ["-p", str(port), "-h", "127.0.0.1"],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -125,15 +126,7 @@ def test_register_alias_load_and_serve(store, tmp_path):
             except OSError:
                 assert time.monotonic() < deadline, "model server not healthy after 90 s"
                 time.sleep(0.5)
-        body = json.dumps({"dataframe_records": [{"source": TEXTS[0]}]}).encode()
-        req = urllib.request.Request(
-            f"http://127.0.0.1:{port}/invocations",
-            data=body,
-            headers={"Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            answer = json.loads(resp.read())
-        assert answer["predictions"] == out[:1]  # same summary as in-process
+        yield port
     finally:
         server.terminate()
         try:
@@ -141,3 +134,53 @@ def test_register_alias_load_and_serve(store, tmp_path):
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait()
+
+
+def post(port: int, payload) -> tuple[int, dict]:
+    """POST ``payload`` as JSON to /invocations: (HTTP status, the decoded JSON answer)."""
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}/invocations",
+        data=json.dumps(payload).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_served_model_refuses_bad_sources_and_says_when_it_truncated(store, tmp_path):
+    """Behind a real `mlflow models serve`: empty, whitespace-only, non-text sources and a wrong
+    column are a 400 naming the problem; a source longer than max_source_length is summarised
+    from its beginning and the answer says so."""
+    cfg, uri, client, exp = store
+    run = tracking.create_run(client, exp, "cand", {})
+    config = serving_config(cfg) | {"max_source_length": 12}
+    log_candidate_model(client, run, tiny_model(tmp_path / "m", 0), config)
+    long_text = " ".join([TEXTS[0]] * 4)
+    with serving(uri, f"runs:/{run}/model") as port:
+        status, answer = post(
+            port, {"dataframe_records": [{"source": TEXTS[1]}, {"source": long_text}]}
+        )
+        assert status == 200, answer
+        short, long = answer["predictions"]
+        assert isinstance(short["summary"], str) and isinstance(long["summary"], str)
+        assert short["source_truncated"] is False and short["source_tokens"] <= 12
+        assert long["source_truncated"] is True and long["source_tokens"] > 12
+
+        bad = {
+            "empty": [{"source": TEXTS[0]}, {"source": ""}],
+            "whitespace": [{"source": " \n\t "}],
+            "wrong column": [{"text": TEXTS[0]}],
+            "number": [{"source": 42}],
+            "null": [{"source": None}],
+        }
+        for what, records in bad.items():
+            status, answer = post(port, {"dataframe_records": records})
+            assert status == 400, (what, status, answer)
+            message = answer.get("message", "")
+            assert "source" in message, (what, message)
+            if what in ("empty", "whitespace", "null"):
+                assert "empty, whitespace-only or not text" in message, (what, message)
+        assert "row(s) 1" in post(port, {"dataframe_records": bad["empty"]})[1]["message"]

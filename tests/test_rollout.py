@@ -304,7 +304,8 @@ def test_challenger_gate_rollback_and_serving(store, capsys):
             except OSError:
                 assert time.monotonic() < deadline, "model server not healthy after 120 s"
                 time.sleep(0.5)
-        assert _post(port, [{"source": texts[0]}])["predictions"] == list(expected)
+        answer = _post(port, [{"source": texts[0]}])["predictions"]
+        assert answer == expected.to_dict(orient="records")
         with pytest.raises(urllib.error.HTTPError) as bad:  # the signature names the column
             _post(port, [{"text": texts[0]}])
         assert bad.value.code == 400 and "source" in bad.value.read().decode()

@@ -173,6 +173,11 @@ def test_view_links_carry_no_search_facet():
         assert query["workflowType"] == ["machine_learning"]
         assert links[name].startswith("http://127.0.0.1:5001/#/experiments/7/runs?")
     assert "compareRunsMode=CHART" in links["trade-off charts"]
+    for name, link in links.items():  # every printed link opens the model-training layout
+        assert urllib.parse.parse_qs(link.split("?", 1)[1])["workflowType"] == [
+            "machine_learning"
+        ], name
+    assert links["sweep report"].startswith("http://127.0.0.1:5001/#/experiments/7/runs/r1?")
     fallback = urllib.parse.parse_qs(plain_url("http://h:1", "7", "r1").split("?", 1)[1])
     assert fallback["searchFilter"] == ["tags.`mlflow.parentRunId` = 'r1'"]
     assert fallback["orderByKey"] == ["metrics.`rougeL`"]

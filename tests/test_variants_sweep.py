@@ -79,7 +79,7 @@ def test_sweep_with_magnitude_arms_and_precision_variants(tmp_path):
     inner = served.unwrap_python_model().model
     assert next(inner.parameters()).dtype == torch.bfloat16
     out = served.predict(pd.DataFrame({"source": ["Anna: Dinner on monday at 7 pm?\nBen: Sure."]}))
-    assert len(out) == 1 and isinstance(out[0], str)
+    assert len(out) == 1 and isinstance(out["summary"][0], str)
 
     # docs/structure-precision.md's table is made from such a store by this script
     table = subprocess.run(
