@@ -18,7 +18,13 @@ from nash_cli.main import main
 from nash_core.base_model import build_demo_tokenizer
 from nash_core.config import load_config
 from nash_core.errors import DataError
-from nash_core.init_config import choose_columns, parse_duration, propose_arms, read_data
+from nash_core.init_config import (
+    choose_columns,
+    model_family,
+    parse_duration,
+    propose_arms,
+    read_data,
+)
 from nash_core.standin import build_standin_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -330,3 +336,10 @@ def test_written_numbers_come_from_the_data(capsys, tmp_path, models):
     assert s.pruning.stage.train.max_steps == 20  # 32 rows: 2 steps per epoch, at least 20
     assert lg.pruning.stage.train.max_steps == 40  # 640 rows / batch 16: one epoch
     assert pd.read_csv(long).shape[0] == 800
+
+
+def test_family_from_config_json():
+    assert model_family({"model_type": "mt5", "feed_forward_proj": "gated-gelu"}, "m") == "mt5"
+    assert model_family({"model_type": "t5", "feed_forward_proj": "gated-gelu"}, "m") == "t5-v1.1"
+    assert model_family({"model_type": "t5", "feed_forward_proj": "relu"}, "m") == "t5"
+    assert model_family({"model_type": "bart", "is_encoder_decoder": True}, "m") == "bart"
