@@ -545,9 +545,7 @@ def _data_section(plan: Plan) -> list[str]:
     d, fam = plan.data, FAMILIES[plan.model.family]
     lines = ["data:"]
     if d.kind == "hub":
-        lines += ["  kind: hub", f"  name: {json.dumps(d.name)}"]
-        if not d.cut:
-            lines.append(f"  splits: {_flow(d.splits)}")
+        lines += ["  kind: hub", f"  name: {json.dumps(d.name)}", f"  splits: {_flow(d.splits)}"]
     else:
         lines += ["  kind: local", f"  files: {_flow(d.files)}"]
     if d.cut:

@@ -240,6 +240,7 @@ def _no_weights(root: Path) -> Path:
         (_no_config, "is not a seq2seq model directory: it has no config.json"),
         (_no_weights, "has no safetensors weights"),
         (lambda root: root / "missing", "does not exist"),
+        (lambda root: "no-such-org/no-such-model", "is neither a local directory nor a hub model"),
     ],
 )
 def test_bad_model_exits_2_and_writes_nothing(capsys, tmp_path, data, make, message):
@@ -283,6 +284,11 @@ BAD_DATA = {
         lambda t: _rows(t, "d.csv", samsum_rows(30)).rename(t / "d.xlsx"),
         [],
         "'{path}' has an unsupported extension",
+    ),
+    "unknown hub dataset": (
+        lambda t: "no-such-org/no-such-dataset",
+        [],
+        "'no-such-org/no-such-dataset' is neither a local file nor a hub dataset",
     ),
     "too few rows": (lambda t: _rows(t, "d.csv", samsum_rows(5)), [], "5 rows; at least 20"),
 }
