@@ -42,9 +42,11 @@ HEADLINE = (
 
 
 def with_headline(flat: dict[str, float], batch_size: int) -> dict[str, float]:
-    """``flat`` plus the :data:`HEADLINE` figures of ``batch_size`` under their plain names."""
+    """``flat`` plus the :data:`HEADLINE` figures of ``batch_size`` under their plain names,
+    with their intervals where logged (``speedup_bs1_low`` -> ``speedup_low``)."""
     out = dict(flat)
     for name in HEADLINE:
-        if f"{name}_bs{batch_size}" in flat:
-            out[name] = flat[f"{name}_bs{batch_size}"]
+        for end in ("", "_low", "_high"):
+            if f"{name}_bs{batch_size}{end}" in flat:
+                out[f"{name}{end}"] = flat[f"{name}_bs{batch_size}{end}"]
     return out

@@ -387,7 +387,7 @@ def write_decision(
     latency = latency_column(selection)
     decision = choose_champion(table, selection)
     frontier = pareto_frontier(table, QUALITY, latency)
-    trade = tradeoff_table(table, latency, frontier, decision.label)
+    trade = tradeoff_table(table, latency, frontier, decision.label, decision.tied)
     csv, md = write_tradeoff(trade, out_dir)
     plot = pareto_plot(
         table,

@@ -321,6 +321,10 @@ def test_saved_view_as_the_server_returns_it(swept):
         for column in state["selectedColumns"]:
             kind, name = re.fullmatch(r"(\w+)\.`(.+)`", column).groups()
             assert name in logged[kind], (column, run["info"]["run_name"])
+        # the speed intervals next to the point values, per batch size and at the headline
+        assert {"speedup_low", "speedup_high", "latency_p50_ms_low", "bench_rounds_bs1"} <= (
+            logged["metrics"]
+        ), run["info"]["run_name"]
         for chart in state["compareRunCharts"]:
             for axis in ("xaxis", "yaxis"):
                 if axis in chart:
