@@ -151,6 +151,7 @@ def shrink_encoder(model: torch.nn.Module, sparsity: float) -> float:
         }
         shapes["decoder"].append({**spec, "ffn": adapter.ffn(layer, "decoder", i).units})
     restructure(model, shapes)
+    model.config.nash = {"family": adapter.family, "shapes": shapes}  # as materialize records
     return 1.0 - kept / total
 
 

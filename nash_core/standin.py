@@ -191,15 +191,19 @@ def train_bart_tokenizer(texts: list[str], vocab_size: int = 4000):
 
 
 def standin_config(
-    shape: str, encoder_layers: int | None = None, decoder_layers: int | None = None
+    shape: str,
+    encoder_layers: int | None = None,
+    decoder_layers: int | None = None,
+    overrides: dict | None = None,
 ):
-    """The transformers config of ``shape``, optionally with fewer layers (tests)."""
+    """The transformers config of ``shape``, optionally with fewer layers (tests) and other
+    config values replaced (``overrides``: a dry run's narrow widths)."""
     from transformers import BartConfig, MT5Config, T5Config
 
     if shape not in SHAPES:
         raise ValueError(f"unknown stand-in shape {shape!r}; choose one of {sorted(SHAPES)}")
     family, kwargs = SHAPES[shape]
-    kwargs = dict(kwargs)
+    kwargs = dict(kwargs) | dict(overrides or {})
     if family == "bart":
         if encoder_layers:
             kwargs["encoder_layers"] = encoder_layers
@@ -246,11 +250,12 @@ def write_standin(
     num_dialogues: int = 4000,
     tokenizer_vocab: int = 4000,
     seed: int = 0,
+    overrides: dict | None = None,
 ) -> Path:
     """Write the stand-in base-model directory for ``shape`` to ``out_dir`` (atomically)."""
     from nash_core.io import atomic_dir
 
-    config = standin_config(shape, encoder_layers, decoder_layers)
+    config = standin_config(shape, encoder_layers, decoder_layers, overrides)
     family = SHAPES[shape][0]
     texts = _corpus_texts(num_dialogues, seed)
     if family == "bart":

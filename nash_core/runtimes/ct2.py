@@ -267,8 +267,12 @@ def _fill_special_tokens(config, model: nn.Module, tokenizer) -> None:
             setattr(config, f"{name}_token", tokenizer.convert_ids_to_tokens(token_id))
 
 
-def _check_pairs(model: nn.Module, n: int = 3, seed: int = 0) -> list[tuple[list[int], list[int]]]:
-    """Fixed (source ids, target ids) pairs of ordinary tokens, source ending in EOS."""
+def _check_pairs(
+    model: nn.Module, n: int = 3, seed: int = 0, vocab: int | None = None
+) -> list[tuple[list[int], list[int]]]:
+    """Fixed (source ids, target ids) pairs of ordinary tokens, source ending in EOS; ids below
+    ``vocab`` (the tokenizer's size: an embedding can be larger, t5-base's by 28 rows, and ids
+    without a token cannot be passed to CTranslate2)."""
     cfg = model.config
     eos = cfg.eos_token_id
     special = {
@@ -277,7 +281,7 @@ def _check_pairs(model: nn.Module, n: int = 3, seed: int = 0) -> list[tuple[list
         getattr(cfg, "bos_token_id", None),
         cfg.decoder_start_token_id,
     }
-    vocab = model.get_input_embeddings().num_embeddings
+    vocab = min(vocab or 1 << 62, model.get_input_embeddings().num_embeddings)
     pool = torch.tensor([i for i in range(vocab) if i not in special])
     g = torch.Generator().manual_seed(seed)
     pairs = []
@@ -302,7 +306,7 @@ def torch_log_probs(model: nn.Module, src: list[int], tgt: list[int]) -> list[fl
 def check_conversion(model: nn.Module, tokenizer, ct2_dir: str | Path) -> float:
     """Max |d log-prob| between ``model`` (PyTorch, float32) and the float32 CTranslate2
     model in ``ct2_dir`` on :func:`_check_pairs`."""
-    pairs = _check_pairs(model)
+    pairs = _check_pairs(model, vocab=len(tokenizer))
     tok = tokenizer.convert_ids_to_tokens
     try:
         translator = _ct2().Translator(str(ct2_dir), device="cpu", compute_type="float32")
