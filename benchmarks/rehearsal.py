@@ -86,7 +86,18 @@ def overrides_for(shape: str, base: Path, args) -> list[str]:
         ]
     for section in TRAIN_SECTIONS:
         out += [f"{section}.{k}={v}" for k, v in train.items()]
-    return out
+    if getattr(args, "one_nash_arm", False):
+        out.append(f"pruning.arms=[{first_nash_arm(shape)}]")
+    return out + list(getattr(args, "set", None) or [])
+
+
+def first_nash_arm(shape: str) -> str:
+    """The recipe's first NASH arm, as a flow-style YAML mapping for ``pruning.arms``."""
+    from nash_core.config import load_config
+
+    arms = load_config(REPO / RECIPES[shape]).pruning.arms
+    arm = next(a for a in arms if a.method == "nash")
+    return json.dumps(arm.model_dump(mode="json", exclude_defaults=True) | {"method": "nash"})
 
 
 class Sampler(threading.Thread):
@@ -327,6 +338,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workdir", help="default /tmp/rehearsal/<shape>-<device> (emptied first)")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     p.add_argument("--keep", action="store_true", help="keep the workdir afterwards")
+    p.add_argument("--one-nash-arm", action="store_true", help="only the recipe's first NASH arm")
+    p.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help="more overrides, applied last"
+    )
     args = p.parse_args(argv)
     if args.batch_size is None and args.device == "cpu":
         args.batch_size = 2
