@@ -30,10 +30,11 @@ from pathlib import Path
 import torch
 
 from nash_core.base_model import prepare_base
-from nash_core.config import ArmConfig, check_decoder_layers, load_config
+from nash_core.config import arm_config, check_decoder_layers, load_config
 from nash_core.data import prepare_splits
 from nash_core.prune import finetune_export, materialize_stage, run_stage
 from nash_core.runtime import set_threads
+from nash_core.steps import FinetuneJob, StageJob
 from nash_core.teacher import quick_check, train_teacher
 
 
@@ -53,7 +54,7 @@ def parse_variant(text: str) -> tuple[str, list[str], dict | None]:
 def run_variant(args, name: str, overrides: list[str], arm_dict: dict, prepared: dict) -> dict:
     cfg = load_config(args.config, args.set + overrides)
     finetune_seed = arm_dict.pop("_finetune_seed", cfg.experiment.seed)
-    arm = ArmConfig.model_validate(arm_dict)
+    arm = arm_config(arm_dict)
     out = Path(args.workdir) / "students" / name
     if out.exists() and not args.keep:
         shutil.rmtree(out)
@@ -84,7 +85,7 @@ def run_variant(args, name: str, overrides: list[str], arm_dict: dict, prepared:
 
         return cb
 
-    common = {"splits_dir": prepared["splits"], "data_cfg": cfg.data, "seed": cfg.experiment.seed}
+    common = {"splits_dir": prepared["splits"], "data": cfg.data, "seed": cfg.experiment.seed}
     timings, previous, prev_target = {}, None, 0.0
     t0 = time.perf_counter()
     for i, target in enumerate(arm.targets or [0.0]):
@@ -93,17 +94,17 @@ def run_variant(args, name: str, overrides: list[str], arm_dict: dict, prepared:
         if args.keep and done.is_file():  # a stage shared with another variant (same settings)
             previous, prev_target = out / f"stage{i + 1}", target
             continue
-        previous = run_stage(
-            prepared["teacher"],
-            previous,
-            arm,
-            cfg.pruning.stage,
-            prev_target,
-            target,
-            out / f"stage{i + 1}",
-            callback=record(f"stage{i + 1}"),
+        job = StageJob(
+            teacher_dir=prepared["teacher"],
+            init_dir=previous,
+            arm=arm,
+            stage=cfg.pruning.stage,
+            prev_target=prev_target,
+            target=target,
+            out_dir=out / f"stage{i + 1}",
             **common,
         )
+        previous = run_stage(job, callback=record(f"stage{i + 1}"))
         timings[f"stage{i + 1}_s"] = round(time.perf_counter() - t, 1)
         prev_target = target
     t = time.perf_counter()
@@ -111,14 +112,14 @@ def run_variant(args, name: str, overrides: list[str], arm_dict: dict, prepared:
     export = materialize_stage(previous, out / "export")
     timings["materialize_s"] = round(time.perf_counter() - t, 1)
     t = time.perf_counter()
-    final = finetune_export(
-        export,
-        prepared["teacher"],
-        cfg.finetune,
-        out / "final",
-        callback=record("finetune"),
+    job = FinetuneJob(
+        export_dir=export,
+        teacher_dir=prepared["teacher"],
+        finetune=cfg.finetune,
+        out_dir=out / "final",
         **{**common, "seed": finetune_seed},
     )
+    final = finetune_export(job, callback=record("finetune"))
     timings["finetune_s"] = round(time.perf_counter() - t, 1)
     train_s = time.perf_counter() - t0
     t = time.perf_counter()

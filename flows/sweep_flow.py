@@ -190,7 +190,7 @@ def sweep_flow(
         last_final = {}  # arm label -> its last candidate's final model (for arms.from_arm)
         for spec in candidates:
             arm = cfg.pruning.arms[spec.arm_index]
-            start = previous.get(spec.arm_index) or last_final.get(arm.from_arm)
+            start = previous.get(spec.arm_index) or last_final.get(arm.start_arm)
             stage = prune_stage.submit(ctx, spec, data, teacher, start)
             previous[spec.arm_index] = stage
             export = materialize.submit(ctx, spec, stage)

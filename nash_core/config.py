@@ -11,10 +11,18 @@ import copy
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from nash_core.errors import ConfigError  # raised here; importable from here as before
 
@@ -206,12 +214,134 @@ class TeacherConfig(_Section):
     train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=3, lr=3e-4))
 
 
-Method = Literal["nash", "cofi", "sft", "magnitude"]
 Stack = Literal["encoder", "decoder"]
 
 
+# --------------------------------------------------------------------------- arms
+# One config class per compression method, each with that method's options; an arm is their
+# union discriminated by ``method`` (nash_core/methods/ registers each method with its class).
+class _ArmBase(_Section):
+    """What every arm has: its sparsity targets, a name, per-arm step counts."""
+
+    targets: list[float] = Field(default_factory=list, description="Increasing sparsity targets.")
+    name: str | None = None
+    stage_steps: int | None = Field(
+        None,
+        ge=1,
+        description="This arm's optimizer steps per pruning stage (default "
+        "pruning.stage.train.max_steps): e.g. a shorter CoFi arm.",
+    )
+    finetune_steps: int | None = Field(
+        None,
+        ge=1,
+        description="This arm's final fine-tune steps (default finetune.train.max_steps).",
+    )
+
+    @field_validator("targets")
+    @classmethod
+    def _targets(cls, targets: list[float]) -> list[float]:
+        for i, t in enumerate(targets):
+            if not 0.0 <= t < 1.0:
+                raise ValueError(f"sparsity target {t} (item {i}) is outside [0, 1)")
+        if any(b <= a for a, b in zip(targets, targets[1:])):
+            raise ValueError(f"targets must be strictly increasing (got {targets})")
+        return targets
+
+    def _needs_targets(self) -> None:
+        if not self.targets:
+            raise ValueError(f"targets must list at least one sparsity target for '{self.method}'")
+
+    @property
+    def start_arm(self) -> str | None:
+        """The label of an earlier arm whose final model this arm starts from (None: the
+        teacher)."""
+        return None
+
+    @property
+    def label(self) -> str:
+        if self.name:
+            return self.name
+        if self.start_arm:
+            return f"{self.start_arm}+{self.method}"
+        k = f"-k{self.decoder_layers}" if self.decoder_layers is not None else ""
+        return f"{self.method}{k}"
+
+    def identity(self) -> dict:
+        """What of the arm shapes its student (part of its stages' cache keys): the method and
+        its options; not its name or targets (each stage keys its own), nor the arm it starts
+        from (that start's key is)."""
+        out = self.model_dump(
+            mode="json", exclude={"name", "targets", "stage_steps", "finetune_steps", "from_arm"}
+        )
+        return out if self.stage_steps is None else {**out, "stage_steps": self.stage_steps}
+
+
+class _LayerChoice(_Section):
+    """Which decoder layers a student keeps (nash, sft; magnitude optionally)."""
+
+    layer_selection: Literal["uniform", "low", "high", "custom"] = "uniform"
+    custom_layers: list[int] | None = None
+
+    def _check_layers(self) -> None:
+        if self.layer_selection == "custom":
+            if not self.custom_layers:
+                raise ValueError("custom_layers is required when layer_selection is 'custom'")
+            if self.decoder_layers is not None and len(self.custom_layers) != self.decoder_layers:
+                raise ValueError("custom_layers must list exactly decoder_layers indices")
+            if sorted(set(self.custom_layers)) != self.custom_layers or min(self.custom_layers) < 0:
+                raise ValueError("custom_layers must be distinct, increasing and >= 0")
+
+
+class NashArm(_ArmBase, _LayerChoice):
+    """NASH: k decoder layers kept, encoder heads and FFN units pruned to each target."""
+
+    method: Literal["nash"]
+    decoder_layers: int = Field(..., ge=1, description="k decoder layers kept.")
+
+    @model_validator(mode="after")
+    def _check(self):
+        self._check_layers()
+        self._needs_targets()
+        return self
+
+
+class SftArm(_ArmBase, _LayerChoice):
+    """SFT: k decoder layers kept, nothing masked (one distillation fine-tune)."""
+
+    method: Literal["sft"]
+    decoder_layers: int = Field(..., ge=1, description="k decoder layers kept.")
+
+    @model_validator(mode="after")
+    def _check(self):
+        self._check_layers()
+        if self.targets:
+            raise ValueError("sft prunes no encoder units: leave targets empty")
+        return self
+
+
+class CofiArm(_ArmBase):
+    """CoFi: full decoder depth; heads, FFN units and whole sub-layers of both stacks and the
+    hidden dimension masked to one model-wide target."""
+
+    method: Literal["cofi"]
+    hidden: bool = Field(
+        True,
+        description="CoFi's hidden-dimension mask (one gate per d_model dimension, shared by "
+        "the whole model).",
+    )
+
+    @property
+    def decoder_layers(self) -> None:
+        return None  # decided by the masks
+
+    @model_validator(mode="after")
+    def _check(self):
+        self._needs_targets()
+        return self
+
+
 class MagnitudeConfig(_Section):
-    """Unstructured magnitude pruning (``method: magnitude``; nash_core/magnitude.py)."""
+    """Unstructured magnitude pruning (``method: magnitude``; nash_core/methods/magnitude.py)."""
 
     scope: Literal["global", "per_layer"] = Field(
         "global",
@@ -239,100 +369,49 @@ class MagnitudeConfig(_Section):
         return stacks
 
 
-class ArmConfig(_Section):
-    method: Method
+class MagnitudeArm(_ArmBase, _LayerChoice):
+    """Unstructured magnitude pruning, on the teacher (optionally with k decoder layers) or on
+    top of an earlier arm's final model (``from_arm``)."""
+
+    method: Literal["magnitude"]
     decoder_layers: int | None = Field(
-        None, ge=1, description="k decoder layers kept (nash, sft); cofi prunes layers by masks."
+        None, ge=1, description="k decoder layers kept (default all; not with from_arm)."
     )
-    layer_selection: Literal["uniform", "low", "high", "custom"] = "uniform"
-    custom_layers: list[int] | None = None
-    targets: list[float] = Field(default_factory=list, description="Increasing sparsity targets.")
-    hidden: bool | None = Field(
-        None,
-        description="CoFi's hidden-dimension mask (one gate per d_model dimension, shared by "
-        "the whole model). Default: on for cofi; only cofi accepts it.",
-    )
-    name: str | None = None
-    stage_steps: int | None = Field(
-        None,
-        ge=1,
-        description="This arm's optimizer steps per pruning stage (default "
-        "pruning.stage.train.max_steps): e.g. a shorter CoFi arm.",
-    )
-    finetune_steps: int | None = Field(
-        None,
-        ge=1,
-        description="This arm's final fine-tune steps (default finetune.train.max_steps).",
-    )
-    magnitude: MagnitudeConfig | None = Field(
-        None, description="Options of method 'magnitude' (default: global, cubic, both stacks)."
+    magnitude: MagnitudeConfig = Field(
+        default_factory=MagnitudeConfig,
+        description="Options of method 'magnitude' (default: global, cubic, both stacks).",
     )
     from_arm: str | None = Field(
         None,
-        description="method 'magnitude' only: start from the final model of this earlier arm's "
-        "last target (its label, e.g. 'nash-k2'): unstructured pruning on top of NASH.",
+        description="Start from the final model of this earlier arm's last target (its label, "
+        "e.g. 'nash-k2'): unstructured pruning on top of NASH.",
     )
 
-    def _check_magnitude_options(self):
-        if self.method != "magnitude" and (self.magnitude is not None or self.from_arm):
-            raise ValueError(
-                f"magnitude and from_arm are options of method 'magnitude', not '{self.method}'"
-            )
-        if self.method == "magnitude" and self.from_arm and self.decoder_layers is not None:
+    @property
+    def start_arm(self) -> str | None:
+        return self.from_arm
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.from_arm and self.decoder_layers is not None:
             raise ValueError(
                 "decoder_layers: a magnitude arm with from_arm keeps the depth of the arm it "
                 "starts from; remove decoder_layers"
             )
-
-    @model_validator(mode="after")
-    def _check(self):
-        self._check_magnitude_options()
-        if self.method in ("nash", "sft") and self.decoder_layers is None:
-            raise ValueError(f"decoder_layers is required for method '{self.method}'")
-        if self.layer_selection == "custom":
-            if not self.custom_layers:
-                raise ValueError("custom_layers is required when layer_selection is 'custom'")
-            if self.decoder_layers is not None and len(self.custom_layers) != self.decoder_layers:
-                raise ValueError("custom_layers must list exactly decoder_layers indices")
-            if sorted(set(self.custom_layers)) != self.custom_layers or min(self.custom_layers) < 0:
-                raise ValueError("custom_layers must be distinct, increasing and >= 0")
-        if self.method in ("nash", "cofi", "magnitude") and not self.targets:
-            raise ValueError(f"targets must list at least one sparsity target for '{self.method}'")
-        if self.method == "sft" and self.targets:
-            raise ValueError("sft prunes no encoder units: leave targets empty")
-        if self.hidden and self.method != "cofi":
-            raise ValueError(
-                f"hidden (the hidden-dimension mask) is a cofi option; method "
-                f"'{self.method}' keeps the full width: remove hidden or set it to false"
-            )
+        self._check_layers()
+        self._needs_targets()
         return self
 
-    @property
-    def magnitude_options(self) -> MagnitudeConfig:
-        return self.magnitude or MagnitudeConfig()
 
-    @property
-    def uses_hidden_mask(self) -> bool:
-        return self.method == "cofi" if self.hidden is None else self.hidden
+#: The arm classes, one per registered method (nash_core/methods/ checks they match).
+ARM_CLASSES = (NashArm, SftArm, CofiArm, MagnitudeArm)
+ArmConfig = Annotated[NashArm | SftArm | CofiArm | MagnitudeArm, Field(discriminator="method")]
+_ARM = TypeAdapter(ArmConfig)
 
-    @field_validator("targets")
-    @classmethod
-    def _targets(cls, targets: list[float]) -> list[float]:
-        for i, t in enumerate(targets):
-            if not 0.0 <= t < 1.0:
-                raise ValueError(f"sparsity target {t} (item {i}) is outside [0, 1)")
-        if any(b <= a for a, b in zip(targets, targets[1:])):
-            raise ValueError(f"targets must be strictly increasing (got {targets})")
-        return targets
 
-    @property
-    def label(self) -> str:
-        if self.name:
-            return self.name
-        if self.from_arm:
-            return f"{self.from_arm}+{self.method}"
-        k = f"-k{self.decoder_layers}" if self.decoder_layers is not None else ""
-        return f"{self.method}{k}"
+def arm_config(raw: dict | BaseModel) -> NashArm | SftArm | CofiArm | MagnitudeArm:
+    """An arm from its mapping (``{"method": "nash", ...}``), validated like the YAML."""
+    return _ARM.validate_python(raw.model_dump() if isinstance(raw, BaseModel) else raw)
 
 
 class PruneStageConfig(_Section):
@@ -354,7 +433,9 @@ class PruneStageConfig(_Section):
 
 
 class PruningConfig(_Section):
-    arms: list[ArmConfig] = Field(..., description="Method x decoder layers to try.")
+    arms: list[ArmConfig] = Field(
+        ..., description="Arms to try: one config per arm, its class chosen by its method."
+    )
     stage: PruneStageConfig = Field(default_factory=PruneStageConfig)
 
     @model_validator(mode="after")
@@ -368,9 +449,9 @@ class PruningConfig(_Section):
         if dup:
             raise ValueError(f"arm labels must be unique; repeated: {dup} (set arms[i].name)")
         for i, arm in enumerate(self.arms):
-            if arm.from_arm and arm.from_arm not in labels[:i]:
+            if arm.start_arm and arm.start_arm not in labels[:i]:
                 raise ValueError(
-                    f"arms[{i}].from_arm '{arm.from_arm}' is not the label of an earlier arm "
+                    f"arms[{i}].from_arm '{arm.start_arm}' is not the label of an earlier arm "
                     f"(earlier arms: {labels[:i]})"
                 )
         return self
@@ -784,14 +865,48 @@ def apply_overrides(data: dict, overrides: list[str] | None) -> dict:
     return data
 
 
+_ARM_TAGS = {a.model_fields["method"].annotation.__args__[0]: a for a in ARM_CLASSES}
+
+
+def _arm_message(method: str, e: dict) -> str | None:
+    """Messages about an arm's keys that name its method (None: pydantic's own is clear)."""
+    key = e["loc"][-1]
+    if e["type"] == "extra_forbidden":
+        owners = [m for m, cls in _ARM_TAGS.items() if key in cls.model_fields]
+        if owners:
+            return f"an option of method {' / '.join(map(repr, owners))}, not of {method!r}"
+        options = sorted(set(_ARM_TAGS[method].model_fields) - {"method"})
+        return f"unknown key for method {method!r} (its options: {', '.join(options)})"
+    if e["type"] == "missing":
+        return f"required for method {method!r}"
+    return None
+
+
+def _arm_loc(loc: tuple) -> tuple[tuple, str | None]:
+    """``loc`` without the union's tag (``pruning.arms.0.nash.targets`` -> ``...0.targets``)
+    and the arm's method, when the error is inside an arm."""
+    for i in range(2, len(loc)):
+        if loc[i - 2] == "arms" and isinstance(loc[i - 1], int) and loc[i] in _ARM_TAGS:
+            return loc[:i] + loc[i + 1 :], loc[i]
+    return loc, None
+
+
 def _format_errors(err: ValidationError) -> list[str]:
     out = []
     for e in err.errors():
-        loc = ".".join(str(x) for x in e["loc"])
+        loc, method = _arm_loc(tuple(e["loc"]))
         msg = e["msg"].removeprefix("Value error, ")
-        if e["type"] == "extra_forbidden":
+        if method is not None and len(loc) > 3:
+            msg = _arm_message(method, e) or msg
+        elif e["type"] == "extra_forbidden":
             msg = "unknown key (check the spelling; see configs/demo.yaml for every key)"
-        out.append(f"{loc}: {msg}" if loc else msg)
+        elif e["type"] in ("union_tag_not_found", "union_tag_invalid"):
+            loc = (*loc, "method")
+            tag = (e.get("ctx") or {}).get("tag")
+            msg = f"unknown method {tag!r}" if tag is not None else "missing"
+            msg += f"; one of {', '.join(_ARM_TAGS)}"
+        text = ".".join(str(x) for x in loc)
+        out.append(f"{text}: {msg}" if text else msg)
     return out
 
 

@@ -31,7 +31,9 @@ from nash_core.io import atomic_write_json
 from nash_core.steps import (
     Callback,
     FinetuneArgs,
+    FinetuneJob,
     StageArgs,
+    StageJob,
     StepArgs,
     TeacherArgs,
     step_args,
@@ -51,37 +53,13 @@ def _teacher(cfg: NashConfig, args: TeacherArgs, callback: Callback, device) -> 
 def _stage(cfg: NashConfig, args: StageArgs, callback: Callback, device) -> Path:
     from nash_core.prune import run_stage
 
-    return run_stage(
-        args.teacher_dir,
-        args.init_dir,
-        cfg.pruning.arms[args.arm_index],
-        cfg.stage_config(args.arm_index),
-        args.prev_target,
-        args.target,
-        args.out_dir,
-        splits_dir=args.splits_dir,
-        data_cfg=cfg.data,
-        callback=callback,
-        seed=cfg.experiment.seed,
-        device=device,
-    )
+    return run_stage(StageJob.of(cfg, args), callback=callback, device=device)
 
 
 def _finetune(cfg: NashConfig, args: FinetuneArgs, callback: Callback, device) -> Path:
     from nash_core.prune import finetune_export
 
-    ft = cfg.finetune if args.arm_index is None else cfg.finetune_config(args.arm_index)
-    return finetune_export(
-        args.export_dir,
-        args.teacher_dir,
-        ft,
-        args.out_dir,
-        splits_dir=args.splits_dir,
-        data_cfg=cfg.data,
-        callback=callback,
-        seed=cfg.experiment.seed,
-        device=device,
-    )
+    return finetune_export(FinetuneJob.of(cfg, args), callback=callback, device=device)
 
 
 #: step name -> runner(cfg, args, callback, device); ``args`` is the step's model in

@@ -7,7 +7,8 @@ as the sub-layer survives. With CoFi's hidden-dimension mask every d_model-sized
 multiplied by the number of open dimensions. The same accounting applied to a materialised
 model (no masks) gives its real prunable parameter count, which must equal the deterministic
 masks' expected size; :meth:`SizeModel.total` also covers embeddings, LM head and norms and
-equals the materialised model's whole parameter count.
+equals the materialised model's whole parameter count. :func:`zero_stats` counts the exact
+zeros of a saved model's weights (weight-level sparsity, any method).
 """
 
 from __future__ import annotations
@@ -384,3 +385,35 @@ def load_pruning_state(stage_dir: str | Path) -> dict:
         for s in state["specs"]
     ]
     return state
+
+
+# --------------------------------------------------------------------------- weight zeros
+def zero_stats(model_dir: str | Path) -> dict[str, float]:
+    """Non-zero parameter count and zero fraction of a saved model's weights (safetensors).
+
+    ``params_nonzero``: non-zero entries over every tensor saved (a tied tensor once);
+    ``weight_zero_fraction``: exact zeros among the 2-D weights of the encoder and decoder
+    stacks (the linear projections; embeddings, norms and position tables excluded).
+    """
+    from safetensors import safe_open
+
+    files = sorted(Path(model_dir).glob("*.safetensors"))
+    nonzero, zeros, linear = 0, 0, 0
+    for f in files:
+        with safe_open(str(f), framework="pt") as fh:
+            for name in fh.keys():
+                t = fh.get_tensor(name)
+                nz = int(torch.count_nonzero(t))
+                nonzero += nz
+                low = name.lower()
+                if (
+                    t.dim() == 2
+                    and ("encoder." in low or "decoder." in low)
+                    and not any(x in low for x in ("embed", "relative_attention_bias", "norm"))
+                ):
+                    linear += t.numel()
+                    zeros += t.numel() - nz
+    return {
+        "params_nonzero": float(nonzero),
+        "weight_zero_fraction": zeros / linear if linear else 0.0,
+    }

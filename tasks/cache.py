@@ -66,18 +66,25 @@ class StepResult(BaseModel):
     seconds: float = 0.0
 
 
-def _imports(tree: ast.AST) -> set[str]:
-    """``nash_core`` modules a module imports anywhere (lazy, function-level imports too)."""
+#: Registry packages: their ``__init__`` imports every member to register it. A step hashes the
+#: registry's own text but not its members: a step names the member it runs in its ``code``
+#: (tasks/prune.py: the shared stage runner and the method's own module).
+REGISTRIES = ("nash_core.methods",)
+
+
+def _imports(tree: ast.AST, root: Path | None = None) -> set[str]:
+    """``nash_core`` modules a module imports anywhere (lazy, function-level imports too);
+    ``from nash_core.pkg import mod`` counts as an import of the module ``nash_core.pkg.mod``."""
     found = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             found |= {a.name for a in node.names if a.name.startswith("nash_core.")}
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            if node.module == "nash_core":
-                found |= {f"nash_core.{a.name}" for a in node.names}
-            elif node.module.startswith("nash_core."):
+            if node.module == "nash_core" or node.module.startswith("nash_core."):
                 found.add(node.module)
-    return found
+                subs = {f"{node.module}.{a.name}" for a in node.names}
+                found |= {m for m in subs if _module_file(m, root) is not None}
+    return found - {"nash_core"}
 
 
 def _strip_docstrings(tree: ast.AST) -> ast.AST:
@@ -94,8 +101,8 @@ def _strip_docstrings(tree: ast.AST) -> ast.AST:
     return tree
 
 
-def _module_file(name: str) -> Path | None:
-    root = Path(nash_core.__file__).parent
+def _module_file(name: str, root: Path | None = None) -> Path | None:
+    root = root or Path(nash_core.__file__).parent
     rel = Path(*name.split(".")[1:])
     for cand in (root / rel.with_suffix(".py"), root / rel / "__init__.py"):
         if cand.is_file():
@@ -103,27 +110,36 @@ def _module_file(name: str) -> Path | None:
     return None
 
 
-@cache
-def code_version(*modules: str) -> str:
+def code_version(*modules: str, root: str | Path | None = None) -> str:
     """Hash of the code that computes a step: ``modules`` and every ``nash_core`` module they
-    import, transitively, compared as syntax trees without docstrings.
+    import, transitively, compared as syntax trees without docstrings (the members of a
+    registry package, :data:`REGISTRIES`, only when a step names them).
 
     So a comment, docstring or formatting change recomputes nothing, a change to the maths
     recomputes exactly the steps that run it, and tasks/flows (orchestration, logging) never
-    invalidate results.
+    invalidate results. ``root``: another copy of the nash_core package (tests).
     """
+    return _code_version(modules, Path(root) if root else None)
+
+
+@cache
+def _code_version(modules: tuple[str, ...], root: Path | None) -> str:
     seen: dict[str, str] = {}
     todo = list(modules)
     while todo:
         name = todo.pop()
-        path = _module_file(name)
+        path = _module_file(name, root)
         if name in seen or path is None:
             continue
         tree = ast.parse(path.read_text(encoding="utf-8"))
-        todo += sorted(_imports(tree))
+        if name not in REGISTRIES:
+            todo += sorted(_imports(tree, root))
         seen[name] = ast.dump(_strip_docstrings(tree))
     blob = json.dumps(seen, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:12]
+
+
+code_version.cache_clear = _code_version.cache_clear  # type: ignore[attr-defined]
 
 
 def cache_key(kind: str, code: tuple[str, ...], **parts: Any) -> str:

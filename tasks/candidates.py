@@ -9,8 +9,8 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from nash_core.io import atomic_write_json, read_json
-from nash_core.magnitude import zero_stats
 from nash_core.metrics import with_headline
+from nash_core.sparsity import zero_stats
 from nash_mlflow import tracking
 from nash_mlflow.registry import log_candidate_model
 from tasks.cache import StepResult

@@ -158,18 +158,24 @@ def compare_with_sft(ctx: SweepContext, evaluations: dict[str, tuple]) -> dict[s
     ``rougeL_vs_sft_delta`` / ``_ci_low`` / ``_ci_high`` and tagged with the SFT label.
     """
     from nash_core.evaluate import compare_evaluations
+    from nash_core.methods import get_method
     from nash_mlflow import tracking
 
     cfg = ctx.cfg
+    trained = {
+        label: (spec, ev, get_method(spec.method))
+        for label, (spec, ev) in evaluations.items()
+        if not spec.quantized and not spec.is_teacher
+    }
     sft = {
         spec.decoder_layers: (spec, ev)
-        for spec, ev in evaluations.values()
-        if spec.method == "sft" and not spec.quantized
+        for spec, ev, method in trained.values()
+        if method.depth_baseline
     }
     client = tracking.make_client(ctx.tracking_uri)
     out = {}
-    for label, (spec, ev) in evaluations.items():
-        if spec.method != "nash" or spec.quantized or spec.decoder_layers not in sft:
+    for label, (spec, ev, method) in trained.items():
+        if not method.compare_with_depth_baseline or spec.decoder_layers not in sft:
             continue
         base_spec, base_ev = sft[spec.decoder_layers]
         cmp = compare_evaluations(

@@ -13,13 +13,14 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from nash_core.launch import run_step
+from nash_core.methods import get_method
 from nash_core.runtime import pick_device
 from nash_core.steps import FinetuneArgs, StageArgs
 from nash_mlflow import tracking
 from tasks.cache import StepResult, cache_key, run_cached
 from tasks.context import GPU_TAG, CandidateSpec, SweepContext
 
-PRUNE = ("nash_core.prune",)  # the code these steps run (tasks/cache.py: code_version)
+RUNNER = "nash_core.prune"  # the one stage runner, shared by every method
 #: Config sections every training step of an arm depends on (tokenisation, seed).
 _TRAINING = (
     "data.source_prefix",
@@ -29,15 +30,11 @@ _TRAINING = (
 )
 
 
-def _arm_identity(ctx: SweepContext, spec: CandidateSpec) -> dict:
-    """What of the arm shapes the student (its name does not)."""
-    arm = ctx.cfg.pruning.arms[spec.arm_index]
-    identity = arm.model_dump(
-        include={"method", "decoder_layers", "layer_selection", "custom_layers"}
-    )
-    if arm.method == "magnitude":  # its options shape the student; from_arm: the start's key
-        identity["magnitude"] = arm.magnitude_options.model_dump()
-    return identity if arm.stage_steps is None else {**identity, "stage_steps": arm.stage_steps}
+def step_code(method: str) -> tuple[str, str]:
+    """The code a stage / export / fine-tune of ``method`` runs (tasks/cache.py:
+    code_version): the shared runner and the method's own module -- so editing one method
+    recomputes only its own cached steps."""
+    return (RUNNER, get_method(method).module)
 
 
 def _curve(ctx: SweepContext, spec: CandidateSpec, phase: str, rdir: Path):
@@ -61,10 +58,10 @@ def prune_stage(
     target = spec.target or 0.0
     key = cache_key(
         "stage",
-        PRUNE,
+        step_code(arm.method),
         teacher=teacher.key,
         previous=previous.key if previous else None,
-        arm=_arm_identity(ctx, spec),
+        arm=arm.identity(),
         prev_target=prev_target,
         target=target,
         data=data.meta["fingerprint"],
@@ -100,7 +97,8 @@ def materialize(ctx: SweepContext, spec: CandidateSpec, stage: StepResult) -> St
     def compute(rdir: Path) -> dict:
         return {"model_dir": str(materialize_stage(stage.meta["model_dir"], rdir / "export"))}
 
-    return run_cached(ctx.workdir, "export", cache_key("export", PRUNE, stage=stage.key), compute)
+    code = step_code(ctx.cfg.pruning.arms[spec.arm_index].method)
+    return run_cached(ctx.workdir, "export", cache_key("export", code, stage=stage.key), compute)
 
 
 @task(name="finetune", cache_policy=NO_CACHE, task_run_name="finetune-{spec.label}", tags=[GPU_TAG])
@@ -115,10 +113,11 @@ def finetune(
     cfg = ctx.cfg
     if not cfg.finetune.enabled:
         return export
-    steps = cfg.pruning.arms[spec.arm_index].finetune_steps
+    arm = cfg.pruning.arms[spec.arm_index]
+    steps = arm.finetune_steps
     key = cache_key(
         "finetune",
-        PRUNE,
+        step_code(arm.method),
         export=export.key,
         teacher=teacher.key,
         data=data.meta["fingerprint"],

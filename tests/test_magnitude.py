@@ -1,4 +1,4 @@
-"""The unstructured arm (``method: magnitude``, nash_core/magnitude.py) on a tiny T5: exact
+"""The unstructured arm (``method: magnitude``, nash_core/methods/magnitude.py) on a tiny T5: exact
 sparsity, zeros kept through the fine-tune, a plain HF export that reloads in a fresh process
 with its zeros; magnitude on top of a NASH export; the schedule and the selection maths."""
 
@@ -10,19 +10,22 @@ import pytest
 import torch
 from transformers import T5Config, T5ForConditionalGeneration
 
-from nash_core import magnitude, prune
+from nash_core import prune
 from nash_core.base_model import build_demo_tokenizer
 from nash_core.config import (
-    ArmConfig,
     ConfigError,
     DataConfig,
     FinetuneConfig,
     PruneStageConfig,
     TrainConfig,
+    arm_config,
     validate_config,
 )
 from nash_core.data import prepare_splits, read_split
 from nash_core.loading import load_seq2seq
+from nash_core.methods import magnitude
+from nash_core.sparsity import zero_stats
+from nash_core.steps import FinetuneJob, StageJob
 
 DATA = DataConfig(
     kind="demo",
@@ -79,6 +82,22 @@ def setup(tmp_path_factory):
     return root, splits
 
 
+def _stage(setup, arm, init, prev, target, name, cfg=None):
+    root, splits = setup
+    job = StageJob(
+        teacher_dir=root / "teacher",
+        init_dir=init,
+        arm=arm,
+        stage=cfg or _stage_cfg(),
+        prev_target=prev,
+        target=target,
+        out_dir=root / name,
+        splits_dir=splits,
+        data=DATA,
+    )
+    return prune.run_stage(job)
+
+
 def _weights(model, stacks=("encoder", "decoder")):
     return [m.weight for _, m in magnitude.prunable_linears(model, stacks)]
 
@@ -104,23 +123,15 @@ def test_cubic_schedule_and_exact_selection():
 @pytest.mark.parametrize("scope,schedule", [("global", "cubic"), ("per_layer", "one_shot")])
 def test_magnitude_arm_exact_sparsity_zeros_kept_and_reloaded_fresh(setup, scope, schedule):
     root, splits = setup
-    arm = ArmConfig(
-        method="magnitude",
-        targets=[0.5],
-        magnitude={"scope": scope, "schedule": schedule, "stacks": ["encoder", "decoder"]},
+    arm = arm_config(
+        dict(
+            method="magnitude",
+            targets=[0.5],
+            magnitude={"scope": scope, "schedule": schedule, "stacks": ["encoder", "decoder"]},
+        )
     )
     tag = f"{scope}-{schedule}"
-    stage = prune.run_stage(
-        root / "teacher",
-        None,
-        arm,
-        _stage_cfg(),
-        0.0,
-        0.5,
-        root / f"s-{tag}",
-        splits_dir=splits,
-        data_cfg=DATA,
-    )
+    stage = _stage(setup, arm, None, 0.0, 0.5, f"s-{tag}")
     model, _ = load_seq2seq(stage)
     assert magnitude.zero_fraction(_weights(model)) == pytest.approx(0.5, abs=0.005)
     meta = json.loads((stage / "stage_meta.json").read_text())
@@ -138,14 +149,21 @@ def test_magnitude_arm_exact_sparsity_zeros_kept_and_reloaded_fresh(setup, scope
     before = [w.clone() == 0 for w in _weights(load_seq2seq(export)[0])]
 
     final = prune.finetune_export(
-        export, root / "teacher", FT, root / f"f-{tag}", splits_dir=splits, data_cfg=DATA
+        FinetuneJob(
+            export_dir=export,
+            teacher_dir=root / "teacher",
+            finetune=FT,
+            out_dir=root / f"f-{tag}",
+            splits_dir=splits,
+            data=DATA,
+        )
     )
     tuned, _ = load_seq2seq(final)
     after = _weights(tuned)
     for zero, w in zip(before, after):
         assert bool((w[zero] == 0).all())  # every pruned weight is still exactly zero
     assert magnitude.zero_fraction(after) == pytest.approx(0.5, abs=0.005)
-    stats = magnitude.zero_stats(final)
+    stats = zero_stats(final)
     assert stats["weight_zero_fraction"] == pytest.approx(0.5, abs=0.005)
     total = sum(p.numel() for p in tuned.parameters())
     assert stats["params_nonzero"] < total
@@ -167,38 +185,19 @@ def test_magnitude_arm_exact_sparsity_zeros_kept_and_reloaded_fresh(setup, scope
 
 def test_magnitude_on_top_of_a_nash_export(setup):
     root, splits = setup
-    nash_arm = ArmConfig(method="nash", decoder_layers=2, targets=[0.3])
-    s = prune.run_stage(
-        root / "teacher",
-        None,
-        nash_arm,
-        PruneStageConfig(
-            train=TrainConfig(max_steps=4, batch_size=8, eval_every=2, eval_examples=8),
-            mask_lr=0.3,
-            lagrangian_lr=0.3,
-            target_warmup_steps=2,
-            sparsity_epsilon=0.5,
-        ),
-        0.0,
-        0.3,
-        root / "nash-s",
-        splits_dir=splits,
-        data_cfg=DATA,
+    nash_arm = arm_config(dict(method="nash", decoder_layers=2, targets=[0.3]))
+    nash_stage = PruneStageConfig(
+        train=TrainConfig(max_steps=4, batch_size=8, eval_every=2, eval_examples=8),
+        mask_lr=0.3,
+        lagrangian_lr=0.3,
+        target_warmup_steps=2,
+        sparsity_epsilon=0.5,
     )
+    s = _stage(setup, nash_arm, None, 0.0, 0.3, "nash-s", nash_stage)
     nash_export = prune.materialize_stage(s, root / "nash-e")
     structured = json.loads((nash_export / "config.json").read_text())["nash"]
-    arm = ArmConfig(method="magnitude", from_arm="nash-k2", targets=[0.6])
-    stage = prune.run_stage(
-        root / "teacher",
-        nash_export,
-        arm,
-        _stage_cfg(),
-        0.0,
-        0.6,
-        root / "nm-s",
-        splits_dir=splits,
-        data_cfg=DATA,
-    )
+    arm = arm_config(dict(method="magnitude", from_arm="nash-k2", targets=[0.6]))
+    stage = _stage(setup, arm, nash_export, 0.0, 0.6, "nm-s")
     export = prune.materialize_stage(stage, root / "nm-e")
     nash = json.loads((export / "config.json").read_text())["nash"]
     assert nash["shapes"] == structured["shapes"]  # the narrow encoder is kept
@@ -230,7 +229,7 @@ def test_bad_magnitude_options_name_the_field():
             "from_arm": "nash-k9",
         },
         "targets must list at least one": {"method": "magnitude"},
-        "options of method 'magnitude', not 'sft'": {
+        "pruning.arms.0.magnitude: an option of method 'magnitude', not of 'sft'": {
             "method": "sft",
             "decoder_layers": 1,
             "magnitude": {},

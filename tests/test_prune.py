@@ -10,15 +10,16 @@ from transformers import T5Config, T5ForConditionalGeneration
 from nash_core import prune
 from nash_core.base_model import build_demo_tokenizer
 from nash_core.config import (
-    ArmConfig,
     DataConfig,
     DistillConfig,
     FinetuneConfig,
     PruneStageConfig,
     TrainConfig,
+    arm_config,
 )
 from nash_core.data import prepare_splits, read_split
 from nash_core.loading import load_seq2seq
+from nash_core.steps import FinetuneJob, StageJob
 
 DATA = DataConfig(
     kind="demo",
@@ -79,23 +80,36 @@ def setup(tmp_path_factory):
 
 def _run(setup, arm, init, prev, target, name, cfg=None, **kw):
     root, splits = setup
-    return prune.run_stage(
-        root / "teacher",
-        init,
-        arm,
-        cfg or _stage_cfg(),
-        prev,
-        target,
-        root / name,
+    job = StageJob(
+        teacher_dir=root / "teacher",
+        init_dir=init,
+        arm=arm,
+        stage=cfg or _stage_cfg(),
+        prev_target=prev,
+        target=target,
+        out_dir=root / name,
         splits_dir=splits,
-        data_cfg=DATA,
-        **kw,
+        data=DATA,
     )
+    return prune.run_stage(job, **kw)
+
+
+def _finetune(setup, export, ft_cfg, name):
+    root, splits = setup
+    job = FinetuneJob(
+        export_dir=export,
+        teacher_dir=root / "teacher",
+        finetune=ft_cfg,
+        out_dir=root / name,
+        splits_dir=splits,
+        data=DATA,
+    )
+    return prune.finetune_export(job)
 
 
 def test_staged_nash_materialise_finetune(setup):
     root, splits = setup
-    arm = ArmConfig(method="nash", decoder_layers=2, targets=[0.2, 0.4])
+    arm = arm_config(dict(method="nash", decoder_layers=2, targets=[0.2, 0.4]))
     s1 = _run(setup, arm, None, 0.0, 0.2, "nash-s1")
     meta1 = json.loads((s1 / "stage_meta.json").read_text())
     assert meta1["decoder_layers_kept"] == [0, 2] and meta1["target"] == 0.2 and meta1["on_target"]
@@ -122,9 +136,7 @@ def test_staged_nash_materialise_finetune(setup):
     ft_cfg = FinetuneConfig(
         train=TrainConfig(max_steps=2, batch_size=8, eval_every=2, eval_examples=8)
     )
-    final = prune.finetune_export(
-        export, root / "teacher", ft_cfg, root / "nash-f2", splits_dir=splits, data_cfg=DATA
-    )
+    final = _finetune(setup, export, ft_cfg, "nash-f2")
     model, _ = load_seq2seq(final)
     final_nash = json.loads((final / "config.json").read_text())["nash"]
     assert final_nash["shapes"] == nash["shapes"] and "finetune" in final_nash
@@ -133,7 +145,7 @@ def test_staged_nash_materialise_finetune(setup):
 
 def test_cofi_and_sft_arms(setup):
     root, _ = setup
-    cofi = ArmConfig(method="cofi", targets=[0.3])
+    cofi = arm_config(dict(method="cofi", targets=[0.3]))
     # hidden gates start soft (log_alpha 0.5: P(open) ~ 0.89) so a few dimensions are really pruned
     stage = _run(setup, cofi, None, 0.0, 0.3, "cofi-s1", cfg=_stage_cfg(hidden_mask_init=0.5))
     names = {
@@ -157,14 +169,12 @@ def test_cofi_and_sft_arms(setup):
         train=TrainConfig(max_steps=2, batch_size=8, eval_every=2, eval_examples=8),
         distill=DistillConfig(kd_weight=0.5, layer_weight=0.01),
     )
-    final = prune.finetune_export(
-        export, root / "teacher", ft_cfg, root / "cofi-f1", splits_dir=setup[1], data_cfg=DATA
-    )
+    final = _finetune(setup, export, ft_cfg, "cofi-f1")
     assert json.loads((final / "config.json").read_text())["nash"]["shapes"] == nash["shapes"]
 
     no_hidden = _run(
         setup,
-        ArmConfig(method="cofi", targets=[0.3], hidden=False, name="cofi-nohidden"),
+        arm_config(dict(method="cofi", targets=[0.3], hidden=False, name="cofi-nohidden")),
         None,
         0.0,
         0.3,
@@ -176,9 +186,9 @@ def test_cofi_and_sft_arms(setup):
         for s in torch.load(no_hidden / "nash_masks.pt", weights_only=True)["specs"]
     )
     with pytest.raises(ValueError, match="hidden"):
-        ArmConfig(method="nash", decoder_layers=2, targets=[0.3], hidden=True)
+        arm_config(dict(method="nash", decoder_layers=2, targets=[0.3], hidden=True))
 
-    sft = ArmConfig(method="sft", decoder_layers=1)
+    sft = arm_config(dict(method="sft", decoder_layers=1))
     stage = _run(setup, sft, None, 0.0, 0.0, "sft-s1")
     assert not (stage / "nash_masks.pt").exists()
     export = prune.materialize_stage(stage, root / "sft-e1")
@@ -188,7 +198,7 @@ def test_cofi_and_sft_arms(setup):
 
 def test_interrupted_stage_resumes_to_the_same_result(setup):
     root, _ = setup
-    arm = ArmConfig(method="nash", decoder_layers=2, layer_selection="high", targets=[0.3])
+    arm = arm_config(dict(method="nash", decoder_layers=2, layer_selection="high", targets=[0.3]))
     cfg = _stage_cfg(steps=10)
     whole = _run(setup, arm, None, 0.0, 0.3, "whole", cfg=cfg)
 
@@ -211,10 +221,10 @@ def test_off_target_stage_keeps_its_final_state_and_says_what_to_change(setup, c
     """A stage whose expected sparsity never comes within epsilon of the target still yields a
     loadable snapshot, marked on_target=false, and the warning tells the user which knobs move
     it."""
-    arm = ArmConfig(method="nash", decoder_layers=2, targets=[0.9])
+    arm = arm_config(dict(method="nash", decoder_layers=2, targets=[0.9]))
     cfg = _stage_cfg(steps=4, head_mask_init=10.0)
     cfg = cfg.model_copy(update={"sparsity_epsilon": 0.01})
-    with caplog.at_level("WARNING", logger="nash_core.prune"):
+    with caplog.at_level("WARNING", logger="nash_core.methods.structured"):
         d = _run(setup, arm, None, 0.0, 0.9, "off_target", cfg=cfg)
     meta = json.loads((d / "stage_meta.json").read_text())
     assert meta["on_target"] is False and meta["best_metrics"] is None
