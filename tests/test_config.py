@@ -86,6 +86,13 @@ def test_apply_overrides_creates_sections_and_leaves_input_alone():
         ("pruning.arms.0.decoder_layers=7", "keeps 7 decoder layers but the base model has 4"),
         ("pruning.arms=[]", "arms is empty"),
         ("selection.batch_size=2", "selection.batch_size 2 is not in benchmark.batch_sizes"),
+        # arms: one config class per method (a union discriminated by `method`)
+        ("pruning.arms.3.decoder_layers=2", "pruning.arms.3.decoder_layers: an option of method"),
+        ("pruning.arms.0.hidden=true", "pruning.arms.0.hidden: an option of method 'cofi', not"),
+        ("pruning.arms.0.method=prune", "pruning.arms.0.method: unknown method 'prune'; one of"),
+        ("pruning.arms.0={targets: [0.3]}", "pruning.arms.0.method: missing; one of nash"),
+        ("pruning.arms.0={method: nash}", "pruning.arms.0.decoder_layers: required for method"),
+        ("pruning.arms.3.typo=1", "pruning.arms.3.typo: unknown key for method 'cofi' (its"),
     ],
 )
 def test_bad_values_name_the_field(override, culprit):
