@@ -258,6 +258,11 @@ class _ArmBase(_Section):
         return None
 
     @property
+    def uses_hidden_mask(self) -> bool:
+        """Whether the arm prunes the hidden dimension (CoFi's ``hidden``)."""
+        return False
+
+    @property
     def label(self) -> str:
         if self.name:
             return self.name
@@ -333,6 +338,10 @@ class CofiArm(_ArmBase):
     @property
     def decoder_layers(self) -> None:
         return None  # decided by the masks
+
+    @property
+    def uses_hidden_mask(self) -> bool:
+        return self.hidden
 
     @model_validator(mode="after")
     def _check(self):
@@ -569,6 +578,10 @@ class BenchmarkConfig(_Section):
         return extra + list(self.variants)
 
 
+#: The keys ``selection.tie_break`` may name (``nash_core.selection.TIE_BREAKS`` defines each).
+TIE_BREAK_KEYS = ("retention_low", "rougeL", "params", "params_nonzero", "served_mb", "speedup")
+
+
 class SelectionConfig(_Section):
     """Who may replace the teacher: quality as a fraction of the teacher's ROUGE-L, twice."""
 
@@ -604,11 +617,9 @@ class SelectionConfig(_Section):
     @field_validator("tie_break")
     @classmethod
     def _known_tie_breaks(cls, keys: list[str]) -> list[str]:
-        from nash_core.selection import TIE_BREAKS  # selection imports this module
-
-        unknown = [k for k in keys if k not in TIE_BREAKS]
+        unknown = [k for k in keys if k not in TIE_BREAK_KEYS]
         if unknown:
-            raise ValueError(f"unknown tie_break key(s) {unknown}; known: {sorted(TIE_BREAKS)}")
+            raise ValueError(f"unknown tie_break key(s) {unknown}; known: {sorted(TIE_BREAK_KEYS)}")
         if len(set(keys)) != len(keys):
             raise ValueError(f"tie_break keys must not repeat (got {keys})")
         return keys
@@ -710,7 +721,7 @@ class NashConfig(_Section):
 
     def _check_runtime_variants(self) -> None:
         """A variant of another runtime (``ct2-int8``...) must run on this config's device."""
-        from nash_core.runtimes import split_variant
+        from nash_core.runtimes.base import split_variant  # the package fills the registry
 
         cuda = self.experiment.device == "cuda" or (
             self.experiment.device == "auto" and _cuda_available()

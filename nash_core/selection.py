@@ -133,7 +133,8 @@ def _params(row, _t) -> float:
     return _num(row, "params_total")
 
 
-#: The keys ``selection.tie_break`` may name (config validation checks against this dict).
+#: What each ``selection.tie_break`` key means (its names: ``nash_core.config.TIE_BREAK_KEYS``,
+#: which config validation checks against; tests/test_selection_rule.py keeps the two equal).
 TIE_BREAKS: dict[str, TieBreak] = {
     "retention_low": TieBreak(
         lambda row, t: retention_low(row.get("rougeL_delta_ci_low"), t),

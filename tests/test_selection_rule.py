@@ -146,3 +146,10 @@ def test_unknown_tie_break_key_is_named():
     raw["selection"] = {"tie_break": ["retention_low", "beauty"]}
     with pytest.raises(ConfigError, match="beauty"):
         validate_config(raw, "smoke.yaml")
+
+
+def test_the_schemas_tie_break_keys_are_the_rules():
+    from nash_core.config import TIE_BREAK_KEYS
+    from nash_core.selection import TIE_BREAKS
+
+    assert tuple(TIE_BREAKS) == TIE_BREAK_KEYS
