@@ -184,3 +184,25 @@ def test_served_model_refuses_bad_sources_and_says_when_it_truncated(store, tmp_
             if what in ("empty", "whitespace", "null"):
                 assert "empty, whitespace-only or not text" in message, (what, message)
         assert "row(s) 1" in post(port, {"dataframe_records": bad["empty"]})[1]["message"]
+
+
+def test_a_ctranslate2_champion_is_served_through_ctranslate2(store, tmp_path):
+    """A CTranslate2 variant registered as champion: the logged model carries the converted
+    directory, loads as a CT2Model and answers over HTTP as a PyTorch champion does."""
+    from nash_core.runtimes.ct2 import convert
+
+    cfg, uri, client, exp = store
+    ct2 = convert(tiny_model(tmp_path / "m", 0), tmp_path / "m.ct2-int8", "int8")
+    run = tracking.create_run(client, exp, "cand-ct2", {})
+    log_candidate_model(client, run, ct2, {**serving_config(cfg), "quantize": "ct2-int8"})
+    register_champion(client, "nash-ct2", run, "champion", {}, "key-ct2")
+
+    mlflow.set_tracking_uri(uri)
+    model = mlflow.pyfunc.load_model("models:/nash-ct2@champion")
+    assert type(model.unwrap_python_model().model).__name__ == "CT2Model"
+    out = model.predict(pd.DataFrame({"source": TEXTS}))
+    assert len(out) == 2 and all(isinstance(s, str) for s in out["summary"])
+    with serving(uri, "models:/nash-ct2@champion") as port:
+        status, answer = post(port, {"dataframe_records": [{"source": TEXTS[0]}]})
+    assert status == 200, answer
+    assert answer["predictions"] == out.to_dict(orient="records")[:1]  # same as in-process
