@@ -85,7 +85,7 @@ def main(argv=None) -> None:
             f"| {label} | {'fp32' if precision == 'none' else precision} | {p['decoder_layers']} "
             f"| {m['params_total'] / 1e6:.2f}M | {m.get('params_nonzero', 0) / 1e6:.2f}M "
             f"| {m.get('weight_zero_fraction', 0):.3f} | {m.get('weights_mb', 0):.1f} MB "
-            f"| {m.get('disk_mb', 0):.1f} MB{'' if precision == 'none' else ' (source)'} "
+            f"| {m.get('disk_mb', 0):.1f} MB{'' if not marker.exists() else ' (source)'} "
             f"| {'' if zl is None else f'{zl:.1f} MB'} | {m['rougeL']:.3f} "
             f"| {m['rougeL_retention']:.3f} ({m.get('rougeL_retention_ci_low', 1.0):.3f}) "
             f"| {m['latency_p50_ms_bs1']:.1f} ms | {m['speedup_bs1']:.2f}x "

@@ -181,15 +181,24 @@ def _place_labels(fig, ax, data: pd.DataFrame) -> None:
 #: ``benchmark.variants`` name of the config schema, each a method suffix (``magnitude-int8``).
 PRECISIONS = ("fp32", *get_args(Variant))
 #: Plot marker per precision; a variant the schema gains later gets a diamond until it has one.
-PRECISION_MARKERS = {"fp32": "o", "int8": "s", "bf16": "^", "fp16": "v"}
+PRECISION_MARKERS = {
+    "fp32": "o",
+    "int8": "s",
+    "bf16": "^",
+    "fp16": "v",
+    "ct2-int8": "X",
+    "ct2-fp32": "P",
+}
 
 
 def structure_and_precision(method: str) -> tuple[str, str]:
-    """``"nash-int8"`` -> ``("nash", "int8")``; ``"sft"`` -> ``("sft", "fp32")``."""
-    head, _, tail = str(method).rpartition("-")
-    if head and tail in PRECISIONS[1:]:
-        return head, tail
-    return str(method), "fp32"
+    """``"nash-int8"`` -> ``("nash", "int8")``; ``"nash-ct2-int8"`` -> ``("nash", "ct2-int8")``;
+    ``"sft"`` -> ``("sft", "fp32")``."""
+    method = str(method)
+    for tail in sorted(PRECISIONS[1:], key=len, reverse=True):  # "ct2-int8" before "int8"
+        if method.endswith(f"-{tail}") and len(method) > len(tail) + 1:
+            return method[: -len(tail) - 1], tail
+    return method, "fp32"
 
 
 def _col(df: pd.DataFrame, name: str) -> pd.Series:

@@ -149,6 +149,9 @@ def test_structure_and_precision_from_the_variant_suffix():
     assert structure_and_precision("magnitude-int8") == ("magnitude", "int8")
     assert structure_and_precision("teacher-bf16") == ("teacher", "bf16")
     assert structure_and_precision("sft-fp16") == ("sft", "fp16")
+    # a runtime variant is one suffix, the longest that matches
+    assert structure_and_precision("nash-ct2-int8") == ("nash", "ct2-int8")
+    assert structure_and_precision("teacher-ct2-int8-bf16") == ("teacher", "ct2-int8-bf16")
     # a hyphen that is not a precision suffix is part of the name
     assert structure_and_precision("my-arm") == ("my-arm", "fp32")
 
