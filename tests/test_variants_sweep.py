@@ -145,7 +145,7 @@ def test_sweep_with_ctranslate2_variants_serves_a_ct2_champion(tmp_path):
     inner = served.unwrap_python_model().model
     assert type(inner).__name__ == "CT2Model"
     out = served.predict(pd.DataFrame({"source": ["Anna: Dinner on monday at 7 pm?\nBen: Sure."]}))
-    assert len(out) == 1 and isinstance(out[0], str)
+    assert len(out) == 1 and isinstance(out["summary"][0], str)
 
     # `nash benchmark --sweep` (as on another machine) re-times the converted models too
     res = nash(
