@@ -79,13 +79,27 @@ def cmd_rollback(args) -> int:
 
 
 # --------------------------------------------------------------------------- serve
+def check_served_model(client, run) -> None:
+    """The version's logged weights exist and hold what was logged (fetched to a temporary
+    directory and checked: a damaged artifact is a ModelError naming the version, exit 2)."""
+    import tempfile
+
+    from nash_mlflow.model_check import check_model
+    from nash_mlflow.registry import model_weights
+
+    weights, _ = model_weights(client, run)
+    with tempfile.TemporaryDirectory(prefix="nash-serve-check-") as tmp:
+        local = client.download_artifacts(run.info.run_id, weights, tmp)
+        check_model(client, run.info.run_id, local)
+
+
 def cmd_serve(args) -> int:
     """``mlflow models serve`` from this installation, on the model an alias points at.
 
     MLflow's server starts ``uvicorn`` found on PATH; run as ``.venv/bin/mlflow`` without an
     activated venv it is not there (exit 127). This puts the interpreter's own ``bin`` first on
     PATH and replaces this process with the server (Ctrl-C / SIGTERM stop it)."""
-    from nash_mlflow.registry import alias_version, model_weights, resolve_model
+    from nash_mlflow.registry import alias_version, resolve_model
     from nash_mlflow.sweeps import SweepError
     from nash_mlflow.tracking import make_client
 
@@ -98,7 +112,7 @@ def cmd_serve(args) -> int:
             f"{model} has no alias {args.alias!r}: run a sweep, `nash promote "
             f"VERSION` or `nash select --hardware NAME` first"
         )
-    model_weights(client, client.get_run(client.get_model_version(model, version).run_id))
+    check_served_model(client, client.get_run(client.get_model_version(model, version).run_id))
     bindir = Path(sys.executable).parent
     mlflow_bin = bindir / "mlflow"
     if not mlflow_bin.is_file():

@@ -64,6 +64,13 @@ class Seq2SeqSummarizer(PythonModel):
         self.eval_cfg = EvaluationConfig(**cfg.pop("evaluation", {}))
         quantize = cfg.pop("quantize", None)
         device = cfg.pop("device", "auto")
+        files = cfg.pop("files", None)
+        if files:  # what was logged (nash_mlflow.model_check): refuse a damaged copy
+            from nash_core.integrity import damage
+
+            problem = damage(context.artifacts["model_dir"], files)
+            if problem:
+                raise ValueError(f"this model's artifact is damaged: {problem}")
         model_dir = context.artifacts["model_dir"]
         from nash_core.runtimes.ct2 import is_ct2_dir
 

@@ -48,6 +48,7 @@ from nash_core.promotion import (
     rollback_target,
 )
 from nash_mlflow import tracking
+from nash_mlflow.model_check import FILES_KEY, check_model, record
 from nash_mlflow.sweeps import SweepError, frame_of, label, load_sweep
 
 MODEL_ARTIFACT = "model"
@@ -100,7 +101,7 @@ def log_candidate_model(
             python_model=str(PYFUNC_CODE),
             artifacts={"model_dir": str(model_dir)},
             code_paths=[str(Path(nash_core.__file__).parent)],
-            model_config=model_config,
+            model_config={**model_config, FILES_KEY: record(model_dir)},
             signature=signature,
             pip_requirements=pip_requirements(),
         )
@@ -207,6 +208,7 @@ def fetch_model(client: MlflowClient, run: Run, dest: Path) -> Path:
         raise SweepError(
             f"cannot download the model of candidate run '{label(run)}' ({run.info.run_id}): {exc}"
         ) from None
+    check_model(client, run.info.run_id, path)  # a damaged artifact: ModelError naming the version
     from nash_core.runtimes.ct2 import is_ct2_dir
 
     if quantize and not is_ct2_dir(path):  # a converted runtime dir is served as it is

@@ -20,7 +20,7 @@ import torch
 from mlflow.tracking import MlflowClient
 from reliability_tiny import env as session_env
 from safetensors.torch import load_file, save_file
-from sweep_tiny import BIN, REPO, TINY, with_overrides
+from sweep_tiny import BIN, REPO, TINY, nash, with_overrides
 
 from nash_core.errors import DiskFullError
 from tasks.cache import DONE, cache_key, run_cached
@@ -294,3 +294,35 @@ def test_concurrent_sweeps_on_a_new_then_an_existing_store(lone, tmp_path):
     outs = run_all(work, env, n=2)  # the store exists now; every step is a hit
     assert [steps(out) for out in outs] == [(0, sum(steps(lone_out)))] * 2
     assert sweep_results(work) == [expected] * 4
+
+
+@pytest.mark.slow
+def test_damaged_registered_model_is_refused_naming_its_version(lone):
+    """The champion's logged weights truncated in the artifact store: `nash serve`, `nash
+    benchmark --sweep` and the next sweep's promotion gate stop with one line naming the
+    registered version, exit 2."""
+    work, env, _ = lone
+    uri = f"sqlite:///{work / 'mlflow.db'}"
+    client = store(work)
+    champion = client.get_model_version_by_alias("nash-smoke", "champion")
+    run = client.get_run(champion.run_id)
+    root = Path(run.info.artifact_uri.removeprefix("file://")) / "model" / "artifacts"
+    weights = next(root.rglob("model.safetensors"))
+    good = weights.read_bytes()
+    sweep_id = run.data.tags["mlflow.parentRunId"]
+    named = f"nash-smoke version {champion.version}"
+    try:
+        os.truncate(weights, 100)
+        for args in (
+            ["serve", "--tracking-uri", uri],
+            ["benchmark", "--sweep", sweep_id, "--tracking-uri", uri, "--hardware-name", "x"],
+        ):
+            res = nash(args, env)
+            assert res.returncode == 2, (args, res.stdout[-2000:], res.stderr[-3000:])
+            [line] = [x for x in res.stderr.splitlines() if x.startswith("nash: error:")]
+            assert named in line and "damaged" in line and "model.safetensors" in line, line
+        [out] = run_all(work, env, expect=2)  # the gate fetches the champion to compare
+        [line] = [x for x in out.splitlines() if x.startswith("nash: error:")]
+        assert named in line and "damaged" in line, line
+    finally:
+        weights.write_bytes(good)
