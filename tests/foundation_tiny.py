@@ -10,12 +10,12 @@ import json
 from pathlib import Path
 
 import torch
+from tiny_t5 import tiny_t5_config
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import (
     BartConfig,
     BartForConditionalGeneration,
     PreTrainedTokenizerFast,
-    T5Config,
     T5ForConditionalGeneration,
 )
 
@@ -77,19 +77,7 @@ def save_t5(out_dir: Path, texts: list[str], dec_layers: int = 2, seed: int = 0)
     """A tiny random T5 (relu) with the demo word-level tokenizer."""
     tok = build_demo_tokenizer(texts, out_dir)
     torch.manual_seed(seed)
-    config = T5Config(
-        vocab_size=len(tok),
-        d_model=32,
-        d_ff=64,
-        d_kv=8,
-        num_heads=4,
-        num_layers=2,
-        num_decoder_layers=dec_layers,
-        dropout_rate=0.0,
-        pad_token_id=0,
-        eos_token_id=1,
-        decoder_start_token_id=0,
-    )
+    config = tiny_t5_config(len(tok), num_decoder_layers=dec_layers, dropout_rate=0.0)
     T5ForConditionalGeneration(config).save_pretrained(str(out_dir))
     return out_dir
 

@@ -6,7 +6,8 @@ import json
 from pathlib import Path
 
 import torch
-from transformers import GenerationConfig, T5Config, T5ForConditionalGeneration
+from tiny_t5 import tiny_t5_config
+from transformers import GenerationConfig, T5ForConditionalGeneration
 
 from nash_core.base_model import build_demo_tokenizer
 
@@ -47,12 +48,10 @@ def save_tiny_t5(
 ) -> Path:
     """A random tiny T5 + the demo word-level tokenizer, saved like every model dir we write."""
     tok = build_demo_tokenizer([t for r in ROWS for t in (r["source"], r["target"])], out_dir)
-    cfg = T5Config(
-        vocab_size=len(tok),
+    cfg = tiny_t5_config(
+        len(tok),
         d_model=d_model,
         d_ff=2 * d_model,
-        d_kv=8,
-        num_heads=4,
         num_layers=enc,
         num_decoder_layers=dec,
         dropout_rate=0.0,

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import torch
+from tiny_t5 import tiny_t5_config
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import (
     BartConfig,
     BartForConditionalGeneration,
     PreTrainedTokenizerFast,
-    T5Config,
     T5ForConditionalGeneration,
 )
 
@@ -32,8 +32,8 @@ def t5(
 ) -> T5ForConditionalGeneration:
     """T5 (relu) or T5 v1.1 (gated-gelu); d_kv * heads != d_model on purpose."""
     torch.manual_seed(seed)
-    cfg = T5Config(
-        vocab_size=len(VOCAB),
+    cfg = tiny_t5_config(
+        len(VOCAB),
         d_model=d_model,
         d_ff=d_ff,
         d_kv=d_kv,

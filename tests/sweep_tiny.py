@@ -4,8 +4,11 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -53,3 +56,39 @@ def with_overrides(overrides: list[str]) -> list[str]:
     for o in overrides:
         out += ["--set", o]
     return out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_mlflow_server(
+    db: Path, port: int, log: Path, env: dict, artifacts: Path | None = None
+) -> subprocess.Popen:
+    """THE test helper for a real `mlflow server` on 127.0.0.1:port over the SQLite store ``db``
+    (artifacts proxied into ``artifacts`` when given), returned once /health answers. Started in
+    its own session, so a test can kill it and its workers at once (``os.killpg``)."""
+    cmd = [BIN / "mlflow", "server", "--backend-store-uri", f"sqlite:///{db}"]
+    if artifacts is not None:
+        cmd += ["--artifacts-destination", artifacts]
+    cmd += ["--host", "127.0.0.1", "--port", port, "--workers", "1"]
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            list(map(str, cmd)),
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=3) as r:
+                if r.status == 200:
+                    return proc
+        except OSError:
+            pass
+        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-2000:]
+        time.sleep(0.5)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from measure_tiny import FakeClock, FakeModel, save_tiny_t5, write_splits
+from tiny_t5 import tiny_t5
 
 from nash_cli.main import main as nash_main
 from nash_core import benchmark as B
@@ -390,27 +391,12 @@ def test_structural_builder_shrinks_encoder_and_decoder_and_still_generates(fami
     from transformers import (
         BartConfig,
         BartForConditionalGeneration,
-        T5Config,
-        T5ForConditionalGeneration,
     )
 
     S = _structural_script()
     torch.manual_seed(0)
     if family == "t5":
-        full = T5ForConditionalGeneration(
-            T5Config(
-                vocab_size=64,
-                d_model=32,
-                d_ff=64,
-                d_kv=8,
-                num_heads=4,
-                num_layers=2,
-                num_decoder_layers=4,
-                decoder_start_token_id=0,
-                pad_token_id=0,
-                eos_token_id=1,
-            )
-        ).eval()
+        full = tiny_t5(64, seed=None, num_decoder_layers=4).eval()
     else:
         full = BartForConditionalGeneration(
             BartConfig(

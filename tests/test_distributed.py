@@ -12,7 +12,8 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import T5Config, T5ForConditionalGeneration
+from tiny_t5 import tiny_t5_config
+from transformers import T5ForConditionalGeneration
 
 from nash_core.base_model import build_demo_tokenizer
 from nash_core.config import load_config
@@ -42,18 +43,10 @@ def setup(tmp_path_factory):
         [r["source"] + " " + r["target"] for r in rows], root / "tok", vocab_size=300
     )
     torch.manual_seed(0)
-    model_cfg = T5Config(
-        vocab_size=len(tok),
-        d_model=32,
-        d_ff=64,
-        d_kv=8,
-        num_heads=4,
-        num_layers=2,
+    model_cfg = tiny_t5_config(
+        len(tok),
         num_decoder_layers=3,
         dropout_rate=0.1,
-        decoder_start_token_id=0,
-        pad_token_id=0,
-        eos_token_id=1,
         relative_attention_num_buckets=8,
     )
     T5ForConditionalGeneration(model_cfg).save_pretrained(root / "teacher")

@@ -9,17 +9,15 @@ import errno
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 from reliability_tiny import CRASH, stage_checkpoints, wait_for
 from reliability_tiny import env as session_env
-from sweep_tiny import BIN, REPO, clean_env, with_overrides
+from sweep_tiny import BIN, REPO, clean_env, free_port, start_mlflow_server, with_overrides
 
 from tasks.cache import DONE
 
@@ -91,27 +89,7 @@ def test_disk_full_during_training_fails_in_one_line_then_resumes(small_disk, tm
 def _mlflow_server(root: Path, port: int) -> subprocess.Popen:
     """`mlflow server` on 127.0.0.1:port over ``root``'s SQLite store and artifact root."""
     log = root / f"server-{len(list(root.glob('server-*.log')))}.log"
-    cmd = [BIN / "mlflow", "server", "--backend-store-uri", f"sqlite:///{root / 'server.db'}"]
-    cmd += ["--artifacts-destination", root / "artifacts", "--host", "127.0.0.1"]
-    cmd += ["--port", port, "--workers", "1"]
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            list(map(str, cmd)),
-            env=clean_env(root),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=3) as r:
-                if r.status == 200:
-                    return proc
-        except OSError:
-            pass
-        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-2000:]
-        time.sleep(0.5)
+    return start_mlflow_server(root / "server.db", port, log, clean_env(root), root / "artifacts")
 
 
 def _kill(proc: subprocess.Popen) -> None:
@@ -124,9 +102,7 @@ def _kill(proc: subprocess.Popen) -> None:
 def test_tracking_server_restarts_during_a_sweep(tmp_path):
     """A short outage is retried through; a long one fails the sweep in one line; the same
     command after the server is back completes it without duplicate runs."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     uri = f"http://127.0.0.1:{port}"
     # MLflow retries each request (here 3 times, 1-2-4 s apart: default 7, about 4 minutes)
     env = {

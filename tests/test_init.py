@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from foundation_tiny import corpus_texts, samsum_rows, save_bart, save_t5, write_rows
-from transformers import T5Config
+from tiny_t5 import tiny_t5_config
 
 from nash_cli.main import main
 from nash_core.base_model import build_demo_tokenizer
@@ -33,19 +33,11 @@ REPO = Path(__file__).resolve().parents[1]
 def save_t5_v11(out: Path, texts: list[str], dec_layers: int = 6) -> Path:
     """A tiny T5 v1.1 / Flan-T5: gated-GELU feed-forward and an untied LM head."""
     tok = build_demo_tokenizer(texts, out)
-    config = T5Config(
-        vocab_size=len(tok),
-        d_model=32,
-        d_ff=64,
-        d_kv=8,
-        num_heads=4,
-        num_layers=2,
+    config = tiny_t5_config(
+        len(tok),
         num_decoder_layers=dec_layers,
         feed_forward_proj="gated-gelu",
         tie_word_embeddings=False,
-        pad_token_id=0,
-        eos_token_id=1,
-        decoder_start_token_id=0,
     )
     build_standin_model(config, untied_head=True).save_pretrained(str(out))
     return out

@@ -8,7 +8,8 @@ import sys
 
 import pytest
 import torch
-from transformers import T5Config, T5ForConditionalGeneration
+from tiny_t5 import tiny_t5_config
+from transformers import T5ForConditionalGeneration
 
 from nash_core import prune
 from nash_core.base_model import build_demo_tokenizer
@@ -63,18 +64,10 @@ def setup(tmp_path_factory):
         [r["source"] + " " + r["target"] for r in rows], root / "tok", vocab_size=300
     )
     torch.manual_seed(0)
-    cfg = T5Config(
-        vocab_size=len(tok),
-        d_model=32,
-        d_ff=64,
-        d_kv=8,
-        num_heads=4,
-        num_layers=2,
+    cfg = tiny_t5_config(
+        len(tok),
         num_decoder_layers=3,
         dropout_rate=0.0,
-        decoder_start_token_id=0,
-        pad_token_id=0,
-        eos_token_id=1,
         relative_attention_num_buckets=8,
     )
     T5ForConditionalGeneration(cfg).save_pretrained(root / "teacher")

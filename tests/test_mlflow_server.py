@@ -1,58 +1,20 @@
 """The sweep against an MLflow tracking server over HTTP (SQLite backend, local artifact root):
 the same code path a team with a shared server takes, only the URI changes."""
 
-import socket
-import subprocess
-import time
-import urllib.request
-
 import pytest
 from mlflow.tracking import MlflowClient
-from sweep_tiny import BIN, TINY, clean_env, nash, with_overrides
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from sweep_tiny import TINY, clean_env, free_port, nash, start_mlflow_server, with_overrides
 
 
 @pytest.mark.slow
 def test_sweep_tracks_to_an_mlflow_server(tmp_path):
-    port = _free_port()
+    port = free_port()
     uri = f"http://127.0.0.1:{port}"
     env = clean_env(tmp_path)
-    server = subprocess.Popen(
-        [
-            BIN / "mlflow",
-            "server",
-            "--backend-store-uri",
-            f"sqlite:///{tmp_path / 'server.db'}",
-            "--artifacts-destination",
-            str(tmp_path / "artifacts"),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-        ],
-        env=env,
-        stdout=open(tmp_path / "server.log", "w"),
-        stderr=subprocess.STDOUT,
+    server = start_mlflow_server(
+        tmp_path / "server.db", port, tmp_path / "server.log", env, tmp_path / "artifacts"
     )
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{uri}/health", timeout=3) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, (tmp_path / "server.log").read_text()[-2000:]
-            time.sleep(1)
-
         res = nash(
             ["run", "configs/smoke.yaml", "--workdir", tmp_path / "work", *with_overrides(TINY)],
             {**env, "MLFLOW_TRACKING_URI": uri},

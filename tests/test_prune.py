@@ -5,7 +5,8 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import T5Config, T5ForConditionalGeneration
+from tiny_t5 import tiny_t5_config
+from transformers import T5ForConditionalGeneration
 
 from nash_core import prune
 from nash_core.base_model import build_demo_tokenizer
@@ -59,18 +60,11 @@ def setup(tmp_path_factory):
         [r["source"] + " " + r["target"] for r in rows], root / "tok", vocab_size=300
     )
     torch.manual_seed(0)
-    cfg = T5Config(
-        vocab_size=len(tok),
-        d_model=32,
-        d_ff=64,
-        d_kv=8,
-        num_heads=4,
+    cfg = tiny_t5_config(
+        len(tok),
         num_layers=3,
         num_decoder_layers=3,
         dropout_rate=0.0,
-        decoder_start_token_id=0,
-        pad_token_id=0,
-        eos_token_id=1,
         relative_attention_num_buckets=8,
     )
     T5ForConditionalGeneration(cfg).save_pretrained(root / "teacher")

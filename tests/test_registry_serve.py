@@ -3,7 +3,6 @@
 import contextlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -14,8 +13,8 @@ from pathlib import Path
 import mlflow.pyfunc
 import pandas as pd
 import pytest
-import torch
-from transformers import T5Config, T5ForConditionalGeneration
+from sweep_tiny import free_port
+from tiny_t5 import tiny_t5
 
 from nash_core.base_model import build_demo_tokenizer
 from nash_core.config import load_config
@@ -30,29 +29,18 @@ TEXTS = [
 
 def tiny_model(out: Path, seed: int) -> Path:
     tok = build_demo_tokenizer(TEXTS * 3, out)
-    torch.manual_seed(seed)
-    model = T5ForConditionalGeneration(
-        T5Config(
-            vocab_size=len(tok),
-            d_model=32,
-            d_ff=64,
-            d_kv=8,
-            num_heads=2,
-            num_layers=1,
-            num_decoder_layers=1,
-            pad_token_id=tok.pad_token_id,
-            eos_token_id=tok.eos_token_id,
-            decoder_start_token_id=tok.pad_token_id,
-        )
+    model = tiny_t5(
+        len(tok),
+        seed=seed,
+        num_heads=2,
+        num_layers=1,
+        num_decoder_layers=1,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+        decoder_start_token_id=tok.pad_token_id,
     )
     model.save_pretrained(str(out))
     return out
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

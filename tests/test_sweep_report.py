@@ -6,15 +6,12 @@ from __future__ import annotations
 
 import json
 import re
-import socket
-import subprocess
-import time
 import urllib.parse
 import urllib.request
 
 import pandas as pd
 import pytest
-from sweep_tiny import BIN, TINY, clean_env, nash, with_overrides
+from sweep_tiny import TINY, clean_env, free_port, nash, start_mlflow_server, with_overrides
 
 from nash_core.selection import Decision
 from nash_core.sweep_report import (
@@ -195,12 +192,6 @@ def test_candidates_state_first_chart_is_rougeL_vs_latency():
 
 
 # --------------------------------------------------------------------------- a real sweep
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _get(url: str) -> bytes:
     with urllib.request.urlopen(url, timeout=30) as r:
         assert r.status == 200, url
@@ -221,34 +212,10 @@ def swept(tmp_path_factory):
     )
     assert res.returncode == 0, res.stderr[-3000:]
     db = tmp / "work" / "mlflow.db"
-    port = _free_port()
-    server = subprocess.Popen(
-        [
-            BIN / "mlflow",
-            "server",
-            "--backend-store-uri",
-            f"sqlite:///{db}",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-        ],
-        env=env,
-        stdout=open(tmp / "server.log", "w"),
-        stderr=subprocess.STDOUT,
-    )
+    port = free_port()
+    server = start_mlflow_server(db, port, tmp / "server.log", env)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                _get(f"{base}/health")
-                break
-            except OSError:
-                assert time.monotonic() < deadline, (tmp / "server.log").read_text()[-2000:]
-                time.sleep(1)
         yield {"tmp": tmp, "env": env, "stdout": res.stdout, "base": base, "db": db}
     finally:
         server.terminate()
