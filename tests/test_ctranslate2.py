@@ -127,6 +127,19 @@ def test_beam_search_matches_pytorch(converted):
     assert CT2Generator(fp32).generate(sources, beams) == expected
 
 
+def test_loading_a_ct2_model_leaves_torch_threads_alone(converted):
+    """CTranslate2 and torch share one OpenMP runtime: a Translator built with one thread must
+    not leave the PyTorch models timed after it in the same thread on one thread too."""
+    _, _, _, int8 = converted
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        CT2Generator(int8, intra_threads=1)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_int8_runs_and_stays_close(converted):
     model, tok, _, int8 = converted
     gen = CT2Generator(int8)

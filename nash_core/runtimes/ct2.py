@@ -467,6 +467,10 @@ class CT2Generator:
         self.compute_type = compute_type or self.meta["quantization"]
         self.tokenizer = AutoTokenizer.from_pretrained(str(self.dir / TOKENIZER_DIR))
         self.intra_threads, self.inter_threads = intra_threads, inter_threads
+        # CTranslate2 and torch share the process's OpenMP runtime: building a Translator sets
+        # the calling thread's OpenMP thread count to intra_threads, and every later torch op in
+        # that thread (a PyTorch candidate timed in the same benchmark) would run on that many.
+        torch_threads = torch.get_num_threads()
         self.translator = _ct2().Translator(
             str(self.dir),
             device=device,
@@ -474,6 +478,7 @@ class CT2Generator:
             intra_threads=intra_threads,
             inter_threads=inter_threads,
         )
+        torch.set_num_threads(torch_threads)
         ids = self.meta["token_ids"]
         bos = ids.get("forced_bos_token_id")
         self.prefix = None if bos is None else self.tokenizer.convert_ids_to_tokens(bos)
