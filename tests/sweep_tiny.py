@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -92,3 +93,34 @@ def start_mlflow_server(
             pass
         assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-2000:]
         time.sleep(0.5)
+
+
+@contextlib.contextmanager
+def model_server(argv: list, port: int, env: dict, cwd: Path | None = None, wait_s: float = 120):
+    """THE test helper for a model server (`nash serve`, `mlflow models serve`): start ``argv``,
+    yield once http://127.0.0.1:port/health answers, stop it afterwards (terminate, then kill)."""
+    server = subprocess.Popen(
+        list(map(str, argv)),
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + wait_s
+        while True:
+            assert server.poll() is None, server.stderr.read().decode()[-3000:]
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
+                    break
+            except OSError:
+                assert time.monotonic() < deadline, f"model server not healthy after {wait_s} s"
+                time.sleep(0.5)
+        yield server
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()

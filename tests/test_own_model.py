@@ -11,24 +11,16 @@ from __future__ import annotations
 
 import json
 import shlex
-import socket
 import subprocess
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
 from foundation_tiny import corpus_texts, samsum_rows, save_t5, write_rows
-from sweep_tiny import BIN, REPO, clean_env
+from sweep_tiny import BIN, REPO, clean_env, free_port, model_server
 
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def readme_commands() -> list[str]:
@@ -68,36 +60,13 @@ def ask(port: int, records: list[dict]) -> tuple[int, dict]:
 def serve_and_ask(cmd: str, cwd: Path, env: dict) -> None:
     port = free_port()
     argv = shlex.split(cmd)
-    server = subprocess.Popen(
-        [str(BIN / "nash"), *argv[1:], "--port", str(port)],
-        cwd=cwd,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert server.poll() is None, server.stderr.read().decode()[-3000:]
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
-                    break
-            except OSError:
-                assert time.monotonic() < deadline, "model server not healthy after 120 s"
-                time.sleep(0.5)
+    with model_server([BIN / "nash", *argv[1:], "--port", port], port, env, cwd=cwd):
         status, answer = ask(port, [{"source": "anna: lunch at noon? ben: yes, at the cafe."}])
         assert status == 200, answer
         (row,) = answer["predictions"]
         assert isinstance(row["summary"], str) and row["source_truncated"] is False
         status, answer = ask(port, [{"source": "  "}])
         assert status == 400 and "whitespace-only" in answer["message"]
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
 
 
 def test_readme_own_model_commands(tmp_path):

@@ -3,9 +3,7 @@
 import contextlib
 import json
 import os
-import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -13,7 +11,7 @@ from pathlib import Path
 import mlflow.pyfunc
 import pandas as pd
 import pytest
-from sweep_tiny import free_port
+from sweep_tiny import free_port, model_server
 from tiny_t5 import tiny_t5
 
 from nash_core.base_model import build_demo_tokenizer
@@ -97,31 +95,9 @@ def serving(uri: str, model_uri: str):
         "MLFLOW_TRACKING_URI": uri,
         "PATH": f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}",
     }
-    server = subprocess.Popen(
-        [str(venv_bin / "mlflow"), "models", "serve", "-m", model_uri, "--env-manager", "local"]
-        + ["-p", str(port), "-h", "127.0.0.1"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert server.poll() is None, server.stderr.read().decode()[-2000:]
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
-                    break
-            except OSError:
-                assert time.monotonic() < deadline, "model server not healthy after 90 s"
-                time.sleep(0.5)
+    argv = [venv_bin / "mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local"]
+    with model_server([*argv, "-p", port, "-h", "127.0.0.1"], port, env, wait_s=90):
         yield port
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
 
 
 def post(port: int, payload) -> tuple[int, dict]:

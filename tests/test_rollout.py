@@ -6,9 +6,6 @@ One module-scoped sweep is shared; the gate test runs two more sweeps on the sam
 
 import json
 import os
-import socket
-import subprocess
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -18,7 +15,7 @@ import mlflow.pyfunc
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
-from sweep_tiny import BIN, REPO, TINY, clean_env, nash, with_overrides
+from sweep_tiny import BIN, REPO, TINY, clean_env, free_port, model_server, nash, with_overrides
 
 from nash_cli.main import main
 
@@ -186,12 +183,6 @@ def test_bad_inputs_exit_2_with_one_line_and_write_nothing(store, capsys):
     assert snapshot(s) == before
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _post(port: int, records: list[dict]):
     body = json.dumps({"dataframe_records": records}).encode()
     req = urllib.request.Request(
@@ -283,36 +274,14 @@ def test_challenger_gate_rollback_and_serving(store, capsys):
     expected = mlflow.pyfunc.load_model(f"models:/{NAME}/{v1}").predict(
         pd.DataFrame({"source": texts})
     )
-    port = _free_port()
+    port = free_port()
     path = os.pathsep.join(
         p for p in s.env.get("PATH", "").split(os.pathsep) if Path(p).resolve() != BIN.resolve()
     )
-    server = subprocess.Popen(
-        [str(BIN / "nash"), "serve", "--workdir", str(s.work), "--port", str(port)],
-        cwd=REPO,
-        env={**s.env, "PATH": path},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert server.poll() is None, server.stderr.read().decode()[-2000:]
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
-                    break
-            except OSError:
-                assert time.monotonic() < deadline, "model server not healthy after 120 s"
-                time.sleep(0.5)
+    argv = [BIN / "nash", "serve", "--workdir", s.work, "--port", port]
+    with model_server(argv, port, {**s.env, "PATH": path}, cwd=REPO):
         answer = _post(port, [{"source": texts[0]}])["predictions"]
         assert answer == expected.to_dict(orient="records")
         with pytest.raises(urllib.error.HTTPError) as bad:  # the signature names the column
             _post(port, [{"text": texts[0]}])
         assert bad.value.code == 400 and "source" in bad.value.read().decode()
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
