@@ -584,15 +584,17 @@ def _teacher_section(plan: Plan) -> list[str]:
     ]
 
 
+#: The comment ``nash init`` writes beside each proposed arm, by method.
+ARM_COMMENTS = {
+    "nash": "NASH: {k} of {depth} decoder layers (uniform), encoder heads and FFN units pruned "
+    "to 0.3",
+    "sft": "SFT: the same {k} decoder layer(s), no masks: the control",
+    "cofi": "CoFi: masks on heads, FFN units, sub-layers and the hidden dimension, target 0.3",
+}
+
+
 def _arm_comment(arm: dict, depth: int) -> str:
-    if arm["method"] == "nash":
-        return (
-            f"NASH: {arm['decoder_layers']} of {depth} decoder layers (uniform), encoder "
-            "heads and FFN units pruned to 0.3"
-        )
-    if arm["method"] == "sft":
-        return f"SFT: the same {arm['decoder_layers']} decoder layer(s), no masks: the control"
-    return "CoFi: masks on heads, FFN units, sub-layers and the hidden dimension, target 0.3"
+    return ARM_COMMENTS[arm["method"]].format(k=arm.get("decoder_layers"), depth=depth)
 
 
 def _pruning_section(plan: Plan) -> list[str]:
