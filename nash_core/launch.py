@@ -82,6 +82,11 @@ def run_step(
             callback=callback,
             work_dir=Path(args.out_dir).parent,
         )
+    from nash_core.runtime import set_threads
+
+    # torch's intra-op thread count is per OS thread (OpenMP): a step run by a task runner's
+    # worker thread gets experiment.torch_threads here, whichever thread ran what before it
+    set_threads(cfg.experiment.torch_threads)
     return STEPS[step](cfg, args, callback, device)
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from nash_core.runtime import pick_device
+from nash_core.runtime import pick_device, set_threads
 from tasks.cache import StepResult, cache_key, run_cached
 from tasks.context import GPU_TAG, SweepContext
 
@@ -32,6 +32,7 @@ def evaluate(
     from nash_core.evaluate import evaluate_model
 
     cfg = ctx.cfg
+    set_threads(cfg.experiment.torch_threads)  # per OS thread: this worker's, whatever ran here
     key = cache_key(
         "eval",
         ("nash_core.evaluate",),
@@ -80,6 +81,7 @@ def benchmark(
     from nash_core.io import atomic_write_json
 
     cfg = ctx.cfg
+    set_threads(cfg.experiment.torch_threads)  # per OS thread: this worker's, whatever ran here
     device = pick_device(cfg.experiment.device)
     hardware = hardware_fingerprint(device, cfg.benchmark.dtype, name=cfg.benchmark.hardware_name)
     key = cache_key(
