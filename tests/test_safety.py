@@ -204,6 +204,6 @@ def test_servers_bind_to_localhost_by_default():
     from nash_cli.main import build_parser
 
     assert build_parser().parse_args(["ui"]).host == "127.0.0.1"
-    deploy = (REPO / "flows" / "deploy.py").read_text()
+    deploy = (REPO / "nash_cli" / "deploy.py").read_text()
     # ruff format may put each argument of the command list on its own line
     assert re.search(r'"--host",\s*"127\.0\.0\.1"', deploy)
