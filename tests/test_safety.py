@@ -20,7 +20,9 @@ from foundation_tiny import corpus_texts, save_t5
 
 REPO = Path(__file__).resolve().parent.parent
 SOURCES = [
-    p for d in ("nash_core", "tasks", "flows", "benchmarks") for p in (REPO / d).rglob("*.py")
+    p
+    for d in ("nash_core", "nash_mlflow", "tasks", "flows", "nash_cli", "benchmarks")
+    for p in (REPO / d).rglob("*.py")
 ]
 
 
