@@ -212,6 +212,26 @@ def test_plain_mt5_converts_exactly(tmp_path):
     )
 
 
+def test_bart_with_an_embedding_larger_than_its_tokenizer_converts(tmp_path):
+    # CTranslate2's own BART loader refuses a vocabulary shorter than the embedding (the
+    # bart-base stand-in's, a BART fine-tuned with a trimmed tokenizer); the rows past the
+    # tokenizer get placeholder names and the conversion is exact.
+    model = pt.bart()
+    model.resize_token_embeddings(len(pt.VOCAB) + 7)
+    model.save_pretrained(tmp_path / "bart")
+    pt.tokenizer().save_pretrained(tmp_path / "bart")
+    out = convert(tmp_path / "bart", tmp_path / "ct2", "float32")
+    gen = CT2Generator(out)
+    assert gen.meta["check_max_abs_logprob_diff"] < 1e-4
+    vocab = (out / "shared_vocabulary.json").read_text()
+    assert "<nash_unused_6>" in vocab and "<nash_unused_7>" not in vocab
+    src, tgt = [5, 6, 7, 8, 2], [9, 10, 11]
+    assert (
+        max(abs(a - b) for a, b in zip(gen.log_probs(src, tgt), torch_log_probs(model, src, tgt)))
+        < 1e-4
+    )
+
+
 def test_runtimes_are_registered_by_name():
     assert {"pytorch", "ctranslate2"} <= set(runtime_names())
     assert "int8" in get_runtime("ctranslate2").compute_types("cpu")

@@ -239,6 +239,7 @@ def _spec(model: nn.Module, tokenizer):
         raise NotExpressible(RUNTIME, f"no CTranslate2 loader for {config_name}")
     if config_name == "BartConfig" and not hasattr(model.config, "normalize_before"):
         model.config.normalize_before = False  # BART is post-norm; transformers 5 dropped it
+    loader = _vocabulary_filling_embedding(loader)
     try:
         with torch.no_grad():
             spec = loader(model, tokenizer)
@@ -254,6 +255,27 @@ def _spec(model: nn.Module, tokenizer):
             RUNTIME, f"the converter failed ({type(exc).__name__}: {exc})"
         ) from exc
     return spec
+
+
+UNUSED_TOKEN = "<nash_unused_{}>"
+
+
+def _vocabulary_filling_embedding(loader):
+    """``loader`` with a vocabulary as long as the embedding.
+
+    An embedding can have more rows than the tokenizer has tokens (t5-base: 32,128 rows, 32,100
+    tokens; a BART fine-tuned with a trimmed tokenizer). CTranslate2's T5 loader pads such a
+    vocabulary itself, its BART loader refuses it; the rows past the tokenizer are given
+    placeholder names (``<nash_unused_N>``), which no text encodes to and which decode to
+    ``<unk>``, exactly as those ids do in PyTorch."""
+
+    class Filled(type(loader)):
+        def get_vocabulary(self, model, tokenizer):
+            tokens = list(super().get_vocabulary(model, tokenizer))
+            rows = model.get_input_embeddings().num_embeddings
+            return tokens + [UNUSED_TOKEN.format(i) for i in range(rows - len(tokens))]
+
+    return Filled()
 
 
 def _fill_special_tokens(config, model: nn.Module, tokenizer) -> None:
