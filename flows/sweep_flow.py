@@ -1,7 +1,7 @@
 """The sweep as a Prefect flow; it reads like the pipeline diagram.
 
     data -> base -> teacher -> evaluate(teacher)
-                       \\-> for each arm (method x k), through the task runner:
+                       \\-> for each arm (method x k, x experiment.seeds), on the task runner:
                             stage(t1) -> stage(t2) -> ...        (each continues the previous)
                                |            |
                            materialise  materialise -> fine-tune -> evaluate(vs teacher)
@@ -34,10 +34,16 @@ from nash_core.runtime import request_stop, set_threads
 from nash_core.runtimes import refused_variants
 from nash_mlflow.registry import serving_config
 from tasks.cache import StepResult
-from tasks.candidates import log_candidate
+from tasks.candidates import log_candidate, log_replicate
 from tasks.champion import register, select_champion
 from tasks.context import CandidateSpec
-from tasks.measure import benchmark, compare_with_sft, evaluate, quality_eligible
+from tasks.measure import (
+    aggregate_seeds,
+    benchmark,
+    compare_with_sft,
+    evaluate,
+    quality_eligible,
+)
 from tasks.preflight import preflight
 from tasks.prepare import get_teacher, prepare_base, prepare_data
 from tasks.promotion import promote_challenger
@@ -186,22 +192,26 @@ def sweep_flow(
         teacher_eval = evaluate(ctx, data, teacher)
 
         runs = []
-        previous = {}  # arm index -> that arm's last stage (the next stage continues from it)
-        last_final = {}  # arm label -> its last candidate's final model (for arms.from_arm)
+        # keyed with the seed (experiment.seeds: each seed's replicate of an arm is a chain)
+        previous = {}  # (arm index, seed) -> that arm's last stage (the next one continues it)
+        last_final = {}  # (arm label, seed) -> its last candidate's final model (arms.from_arm)
         for spec in candidates:
             arm = cfg.pruning.arms[spec.arm_index]
-            start = previous.get(spec.arm_index) or last_final.get(arm.start_arm)
+            start = previous.get((spec.arm_index, spec.seed)) or last_final.get(
+                (arm.start_arm, spec.seed)
+            )
             stage = prune_stage.submit(ctx, spec, data, teacher, start)
-            previous[spec.arm_index] = stage
+            previous[spec.arm_index, spec.seed] = stage
             export = materialize.submit(ctx, spec, stage)
             final = finetune.submit(ctx, spec, data, teacher, export)
-            last_final[arm.label] = final
+            last_final[arm.label, spec.seed] = final
             runs.append(
                 Candidate(
                     spec, stage, export, final, evaluate.submit(ctx, data, final, teacher_eval)
                 )
             )
         finals = {teacher_spec.label: teacher, **{c.spec.label: c.final for c in runs}}
+        # (a replicate has no variants: candidate_specs makes them of the primaries only)
         prepared = [(s, quantize.submit(ctx, s, finals[s.source_label], data)) for s in variants]
         for spec, q in prepared:
             if q.result().meta.get("not_expressible"):  # logged; stays a PyTorch candidate
@@ -210,14 +220,24 @@ def sweep_flow(
             runs.append(Candidate(spec, None, None, q, evaluate.submit(ctx, data, q, teacher_eval)))
         wait([c.evaluation for c in runs])
         runs = [Candidate(c.spec, *(f if f is None else f.result() for f in c[1:])) for c in runs]
+        replicates = [c for c in runs if c.spec.is_replicate]  # quality only: not timed/served
+        runs = [c for c in runs if not c.spec.is_replicate]
         compare_with_sft(ctx, {c.spec.label: (c.spec, c.evaluation) for c in runs})
+        over_seeds = aggregate_seeds(
+            ctx, teacher_eval, {c.spec.label: (c.spec, c.evaluation) for c in runs + replicates}
+        )
 
         bench = benchmark(
             ctx,
             data,
             [teacher] + [c.final for c in runs],
             [teacher_spec.label] + [c.spec.label for c in runs],
-            quality_eligible(ctx, teacher_eval, {c.spec.label: c.evaluation for c in runs}),
+            quality_eligible(
+                ctx,
+                teacher_eval,
+                {c.spec.label: c.evaluation for c in runs},
+                {c.spec.label: over_seeds.get(c.spec.source_label, {}) for c in runs},
+            ),
         )
         serving = serving_config(cfg)
         logged = [
@@ -228,6 +248,10 @@ def sweep_flow(
         logged += [
             log_candidate.submit(ctx, c.spec, c.final, c.evaluation, bench, c.trained(), serving)
             for c in runs
+        ]
+        logged += [
+            log_replicate.submit(ctx, c.spec, c.final, c.evaluation, c.trained())
+            for c in replicates
         ]
         for f in logged:
             f.result()
@@ -248,7 +272,8 @@ def sweep_flow(
             request_stop(type(exc).__name__)
         close_sweep(ctx, specs, ok=False)
         raise
-    steps = [data, base, teacher, teacher_eval, bench] + [s for c in runs for s in c.steps()]
+    steps = [data, base, teacher, teacher_eval, bench]
+    steps += [s for c in runs + replicates for s in c.steps()]
     return {
         "sweep_run_id": ctx.sweep_run_id,
         "experiment_id": ctx.experiment_id,

@@ -42,6 +42,13 @@ class ExperimentConfig(_Section):
         description="MLflow tracking URI; default MLFLOW_TRACKING_URI or SQLite in the workdir.",
     )
     seed: int = Field(0, ge=0)
+    seeds: list[int] = Field(
+        default_factory=list,
+        description="Train every arm under each of these seeds (experiment.seed among them: "
+        "it also seeds data and teacher, and its models are the ones served); quality is "
+        "reported per seed and aggregated, and the selection requires the aggregate too. "
+        "Empty: experiment.seed alone.",
+    )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     torch_threads: int | None = Field(
         None, ge=1, description="torch.set_num_threads; default torch's."
@@ -64,6 +71,23 @@ class ExperimentConfig(_Section):
         description="Data-parallel processes (one per GPU) for each training step "
         "(teacher, pruning stage, fine-tune); > 1 runs it under torchrun.",
     )
+
+    @model_validator(mode="after")
+    def _seeds(self):
+        if self.seeds:
+            if len(set(self.seeds)) != len(self.seeds) or min(self.seeds) < 0:
+                raise ValueError(f"seeds must be distinct non-negative integers (got {self.seeds})")
+            if self.seed not in self.seeds:
+                raise ValueError(
+                    f"seeds {self.seeds} must include experiment.seed ({self.seed}): its models "
+                    f"are the ones served; add it, or set experiment.seed to one of them"
+                )
+        return self
+
+    @property
+    def replicate_seeds(self) -> list[int]:
+        """The arms' training seeds besides ``seed`` (the replicates of every candidate)."""
+        return [s for s in self.seeds if s != self.seed]
 
 
 # --------------------------------------------------------------------------- data

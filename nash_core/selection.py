@@ -137,7 +137,7 @@ def _params(row, _t) -> float:
 #: which config validation checks against; tests/test_selection_rule.py keeps the two equal).
 TIE_BREAKS: dict[str, TieBreak] = {
     "retention_low": TieBreak(
-        lambda row, t: retention_low(row.get("rougeL_delta_ci_low"), t),
+        lambda row, t: _retention_low(row, t),
         True,
         "higher retention lower bound",
     ),
@@ -177,19 +177,48 @@ def break_tie(rows: list[pd.Series], keys: list[str], teacher_q: float) -> tuple
 
 
 # --------------------------------------------------------------------------- the two halves
+#: The quality columns of the served model, and of the recipe over experiment.seeds (present
+#: only in a sweep with several seeds): (what, retention column, delta CI low column).
+QUALITY_CHECKS = (
+    ("", "rougeL_retention", "rougeL_delta_ci_low"),
+    (" over seeds", "rougeL_retention_seeds", "rougeL_delta_seeds_ci_low"),
+)
+
+
+def _has(row, col: str) -> bool:
+    return not math.isnan(_num(row, col))
+
+
 def quality_reasons(row, t_quality: float, sel: SelectionConfig) -> list[str]:
-    """Why ``row`` is not non-inferior in quality (empty when it is)."""
-    ret, low = _num(row, "rougeL_retention"), _num(row, "rougeL_delta_ci_low")
+    """Why ``row`` is not non-inferior in quality (empty when it is).
+
+    The served model's own evaluation must pass; in a sweep with several seeds its aggregate
+    over seeds (the recipe, trained again) must pass too."""
     why = []
-    if not ret >= sel.min_retention:  # NaN fails too
-        why.append(f"rougeL_retention {_fmt(ret)} < {sel.min_retention}")
-    ret_low = retention_low(low, t_quality)
-    if not ret_low >= sel.min_retention_low:
-        why.append(
-            f"retention lower bound {_fmt(ret_low)} < {sel.min_retention_low} "
-            f"(rougeL_delta_ci_low {_fmt(low)} on a teacher at {_fmt(t_quality)})"
-        )
+    for what, ret_col, low_col in QUALITY_CHECKS:
+        if what and not _has(row, ret_col):
+            continue
+        ret, low = _num(row, ret_col), _num(row, low_col)
+        if not ret >= sel.min_retention:  # NaN fails too
+            why.append(f"{ret_col} {_fmt(ret)} < {sel.min_retention}")
+        ret_low = retention_low(low, t_quality)
+        if not ret_low >= sel.min_retention_low:
+            why.append(
+                f"retention lower bound{what} {_fmt(ret_low)} < {sel.min_retention_low} "
+                f"({low_col} {_fmt(low)} on a teacher at {_fmt(t_quality)})"
+            )
     return why
+
+
+def _retention_low(row, t_quality: float) -> float:
+    """The retention lower bound a tie is broken by: the served model's, or the lower of it
+    and the aggregate's over seeds."""
+    lows = [
+        retention_low(row.get(low_col), t_quality)
+        for what, ret_col, low_col in QUALITY_CHECKS
+        if not what or _has(row, ret_col)
+    ]
+    return min(lows) if not any(math.isnan(x) for x in lows) else math.nan
 
 
 def speed_interval(row, sel: SelectionConfig) -> Interval | None:

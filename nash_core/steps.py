@@ -48,6 +48,7 @@ class StageArgs(_StepArgs):
     arm_index: int
     prev_target: float
     target: float
+    seed: int | None = None  # None: experiment.seed (a replicate of experiment.seeds: its own)
 
 
 class FinetuneArgs(_StepArgs):
@@ -57,6 +58,7 @@ class FinetuneArgs(_StepArgs):
     export_dir: str
     teacher_dir: str
     arm_index: int | None = None  # None: cfg.finetune as it is (no per-arm override)
+    seed: int | None = None  # None: experiment.seed
 
 
 StepArgs = TeacherArgs | StageArgs | FinetuneArgs
@@ -108,7 +110,7 @@ class StageJob:
             out_dir=args.out_dir,
             splits_dir=args.splits_dir,
             data=cfg.data,
-            seed=cfg.experiment.seed,
+            seed=cfg.experiment.seed if args.seed is None else args.seed,
         )
 
 
@@ -135,5 +137,5 @@ class FinetuneJob:
             out_dir=args.out_dir,
             splits_dir=args.splits_dir,
             data=cfg.data,
-            seed=cfg.experiment.seed,
+            seed=cfg.experiment.seed if args.seed is None else args.seed,
         )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import html
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -64,6 +65,28 @@ def _interval(row: pd.Series, column: str, digits: int) -> str:
     return "" if lo is None or hi is None else f"[{lo:.{digits}f}, {hi:.{digits}f}]"
 
 
+def _over_seeds(row: pd.Series) -> str:
+    """``mean ± sd (n seeds)`` of ROUGE-L over experiment.seeds, empty for one seed."""
+    mean, sd, n = (_num(row.get(c)) for c in ("rougeL_seeds", "rougeL_seeds_std", "seeds"))
+    if mean is None or row.get("method") == TEACHER:
+        return ""
+    return f"{mean:.3f} ± {sd or 0:.3f} ({int(n or 0)})"
+
+
+def _retention_seeds(row: pd.Series) -> str:
+    ret, lo, hi = (
+        _num(row.get(c))
+        for c in (
+            "rougeL_retention_seeds",
+            "rougeL_retention_seeds_ci_low",
+            "rougeL_retention_seeds_ci_high",
+        )
+    )
+    if ret is None or lo is None or hi is None or row.get("method") == TEACHER:
+        return ""
+    return f"{ret:.3f} [{lo:.3f}, {hi:.3f}]"
+
+
 #: Cells computed from several columns: key -> (row, batch size) -> text. The interval cells
 #: are shown when some row has the interval (sweeps logged before intervals existed have none).
 COMPUTED: dict[str, Callable[[pd.Series, int], str]] = {
@@ -72,8 +95,15 @@ COMPUTED: dict[str, Callable[[pd.Series, int], str]] = {
     "_speed_iv": lambda r, bs: (
         "" if r.get("method") == TEACHER else _interval(r, f"speedup_bs{bs}", 2)
     ),
+    "_seeds": lambda r, bs: _over_seeds(r),
+    "_seeds_ret": lambda r, bs: _retention_seeds(r),
 }
-_SHOWN_IF = {"_p50_iv": "latency_p50_ms_bs{bs}_low", "_speed_iv": "speedup_bs{bs}_low"}
+_SHOWN_IF = {
+    "_p50_iv": "latency_p50_ms_bs{bs}_low",
+    "_speed_iv": "speedup_bs{bs}_low",
+    "_seeds": "rougeL_seeds",
+    "_seeds_ret": "rougeL_retention_seeds_ci_low",
+}
 
 #: (header, column of the trade-off table or a COMPUTED key, formatter). ``{bs}`` is the
 #: selection batch size.
@@ -85,6 +115,8 @@ COLUMNS: list[tuple[str, str, Callable | None]] = [
     ("ROUGE-L", "rougeL", _f(3)),
     ("retention", "rougeL_retention", _f(3)),
     ("95% CI of ROUGE-L delta", "_ci", None),
+    ("ROUGE-L over seeds (mean ± sd)", "_seeds", None),
+    ("retention over seeds [95% CI]", "_seeds_ret", None),
     ("p50 ms (bs {bs})", "latency_p50_ms", _f(1)),
     ("p50 95% interval", "_p50_iv", None),
     ("p90 ms (bs {bs})", "latency_p90_ms", _f(1)),
@@ -237,6 +269,37 @@ class SweepReport:
     def hardware_line(self) -> str:
         return hardware_summary(self.hardware)
 
+    def seed_lines(self) -> list[str]:
+        """A sweep with experiment.seeds: each trained candidate's ROUGE-L per seed, and what
+        the narrow encoder costs against SFT at the same depth, paired over seeds."""
+        t = self.table
+        seed_cols = sorted(
+            (c for c in t.columns if re.fullmatch(r"rougeL_seed\d+", c)),
+            key=lambda c: int(c.removeprefix("rougeL_seed")),
+        )
+        if not seed_cols:
+            return []
+        lines = []
+        for _, r in t.iterrows():
+            vals = [(c.removeprefix("rougeL_"), _num(r.get(c))) for c in seed_cols]
+            if r.get("method") == TEACHER or any(v is None for _, v in vals):
+                continue
+            per = ", ".join(f"{name} {v:.3f}" for name, v in vals)
+            line = f"{r['label']}: ROUGE-L {per}; {_over_seeds(r)}"
+            delta = _num(r.get("rougeL_vs_sft_seeds_delta"))
+            if delta is not None:
+                lo, hi = (
+                    _num(r.get("rougeL_vs_sft_seeds_ci_low")),
+                    _num(r.get("rougeL_vs_sft_seeds_ci_high")),
+                )
+                better = _int(r.get("rougeL_vs_sft_seeds_better"))
+                line += (
+                    f"; vs SFT at the same depth {delta:+.3f} [{lo:+.3f}, {hi:+.3f}] over "
+                    f"seeds and examples, better in {better} of {len(vals)} seeds"
+                )
+            lines.append(line)
+        return lines
+
 
 def hardware_summary(hw: dict) -> str:
     """One line from a benchmark's hardware fingerprint (``benchmark.hardware_fingerprint``)."""
@@ -290,6 +353,10 @@ def to_text(rep: SweepReport) -> str:
     lines += [fmt_row(r) for r in rows]
     lines.append("* champion" + ("; ~ tied on speed with it (see the reason)" if rep.tied else ""))
     lines += [f"rejected {name}: {why}" for name, why in rep.rejected.items()]
+    seeds = rep.seed_lines()
+    if seeds:
+        lines += ["", "quality over seeds (the served model is experiment.seed's):"]
+        lines += [f"  {x}" for x in seeds]
     lines += ["", f"hardware: {rep.hardware_line()}"]
     if rep.base_fingerprint:
         lines.append(f"base model fingerprint: {rep.base_fingerprint}")
@@ -342,6 +409,8 @@ def to_markdown(rep: SweepReport, image: str | None = None) -> str:
         out.append(f"- **Champion** ({_md_escape(rep.champion)}): {rep.key_numbers(rep.champion)}")
     for name, why in rep.rejected.items():
         out.append(f"- not chosen: {_md_escape(name)}: {_md_escape(why)}")
+    for line in rep.seed_lines():
+        out.append(f"- over seeds: {_md_escape(line)}")
     out.append(f"- **Hardware**: {_md_escape(rep.hardware_line())}")
     if rep.base_fingerprint:
         out.append(f"- **Base model fingerprint**: `{rep.base_fingerprint}`")
@@ -396,6 +465,7 @@ def to_html(rep: SweepReport, image_png: bytes | None = None) -> str:
     if not rep.champion_is_teacher():
         items.append(f"<b>Champion</b> ({e(rep.champion)}): {e(rep.key_numbers(rep.champion))}")
     items += [f"not chosen: {e(n)}: {e(w)}" for n, w in rep.rejected.items()]
+    items += [f"over seeds: {e(line)}" for line in rep.seed_lines()]
     items.append(f"<b>Hardware</b>: {e(rep.hardware_line())}")
     if rep.base_fingerprint:
         items.append(f"<b>Base model fingerprint</b>: <code>{e(rep.base_fingerprint)}</code>")

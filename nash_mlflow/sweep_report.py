@@ -166,8 +166,15 @@ def publish(
     if chart_latency is None:
         bs1 = "latency_p50_ms_bs1"
         chart_latency = bs1 if bs1 in rep.table else f"latency_p50_ms_bs{rep.batch_size}"
+    seeds = "rougeL_seeds" in rep.table and rep.table["rougeL_seeds"].notna().any()
     views.write_views(
-        client, run.info.experiment_id, sweep_run_id, rep.run_name, rep.batch_size, chart_latency
+        client,
+        run.info.experiment_id,
+        sweep_run_id,
+        rep.run_name,
+        rep.batch_size,
+        chart_latency,
+        bool(seeds),
     )
     has_plot = any(f.path == PARETO for f in client.list_artifacts(sweep_run_id))
     rep.links = relative_links(run.info.experiment_id, sweep_run_id)

@@ -91,7 +91,11 @@ def _width(column: str) -> int:
     return _WIDTHS.get(column, _WIDTHS.get(re.sub(r"_bs\d+(?=$|_low$|_high$)", "", name), 100))
 
 
-def candidate_columns(batch_size: int) -> list[str]:
+#: The aggregate over experiment.seeds, shown in the view of a sweep that has it.
+SEED_COLUMNS = ("rougeL_seeds", "rougeL_seeds_std", "rougeL_retention_seeds_ci_low")
+
+
+def candidate_columns(batch_size: int, seeds: bool = False) -> list[str]:
     """The trade-off columns, the answer first: quality and speed with the speed's intervals,
     the confidence interval of the quality loss, then what the candidate is (its run name
     already says method, depth and target: ``nash-k2@0.3``), its size and cost."""
@@ -109,6 +113,8 @@ def candidate_columns(batch_size: int) -> list[str]:
         col("metrics", f"latency_p90_ms{bs}"),
         col("metrics", "rougeL_delta_ci_low"),
         col("metrics", "rougeL_delta_ci_high"),
+        # experiment.seeds: the recipe trained again (only where the sweep has several seeds)
+        *(col("metrics", c) for c in (SEED_COLUMNS if seeds else ())),
         col("params", "decoder_layers"),
         col("metrics", "encoder_sparsity"),
         col("metrics", "params_total"),
@@ -163,8 +169,11 @@ def _section(uuid: str, name: str, columns: int = 3, height: int = 360) -> dict:
     }
 
 
-def candidates_state(sweep_run_id: str, batch_size: int, chart_latency: str) -> dict:
-    """The saved state of one sweep's candidate view (see the module docstring)."""
+def candidates_state(
+    sweep_run_id: str, batch_size: int, chart_latency: str, seeds: bool = False
+) -> dict:
+    """The saved state of one sweep's candidate view (see the module docstring); ``seeds``:
+    the sweep's candidates carry an aggregate over experiment.seeds."""
     main, more = "nash-tradeoff", "nash-tradeoff-more"
     charts = [
         _scatter("nash-rougeL-vs-latency", main, chart_latency, "rougeL"),
@@ -173,7 +182,7 @@ def candidates_state(sweep_run_id: str, batch_size: int, chart_latency: str) -> 
         _bar("nash-speedup", more, f"speedup_bs{batch_size}"),
         _bar("nash-retention", more, "rougeL_retention"),
     ]
-    columns = candidate_columns(batch_size)
+    columns = candidate_columns(batch_size, seeds)
     order = [CREATED, RUN_NAME, *columns]  # MLflow pins these two on the left anyway
     return {
         "searchFilter": (
@@ -245,12 +254,13 @@ def write_views(
     sweep_name: str,
     batch_size: int,
     chart_latency: str,
+    seeds: bool = False,
 ) -> dict[str, str]:
     """Write (or refresh) both saved views on the experiment; returns ``{name: key}``."""
     views = {
         f"NASH sweep {sweep_name}: candidates": (
             sweep_view_key(sweep_run_id),
-            candidates_state(sweep_run_id, batch_size, chart_latency),
+            candidates_state(sweep_run_id, batch_size, chart_latency, seeds),
         ),
         "NASH sweeps: champion per sweep": (SWEEPS_KEY, sweeps_state()),
     }

@@ -155,3 +155,36 @@ def _served_dir(spec: CandidateSpec, model: StepResult) -> Path:
     if spec.quantized and split_variant(spec.precision)[0].self_contained:
         return Path(model.meta["model_dir"])
     return Path(model.meta.get("source_dir", model.meta["model_dir"]))
+
+
+@task(name="log-replicate", cache_policy=NO_CACHE, **transient_retries())
+def log_replicate(
+    ctx: SweepContext,
+    spec: CandidateSpec,
+    model: StepResult,
+    evaluation: StepResult,
+    trained: dict[str, StepResult],
+) -> str:
+    """Fill a seed replicate's run (``experiment.seeds``): its quality, shape and training
+    curves -- no benchmark, no served model (its primary is the one timed and served)."""
+    client = tracking.make_client(ctx.tracking_uri)
+    config = model_config(model.meta["model_dir"])
+    metrics = {
+        **evaluation.meta["metrics"],
+        "encoder_sparsity": float(config.get("nash", {}).get("encoder_sparsity", 0.0)),
+    }
+    tracking.log_metrics(client, spec.run_id, metrics)
+    tracking.log_params(client, spec.run_id, {"model_dir": model.meta["model_dir"]})
+    for phase, step in trained.items():
+        curve = step.meta.get("curves", {}).get(phase)
+        if step.cached and curve:
+            tracking.replay_curve(client, spec.run_id, phase, Path(step.path) / curve)
+    eval_dir = Path(evaluation.meta["eval_dir"])
+    tracking.log_files(client, spec.run_id, [eval_dir / "metrics.json"])
+    tracking.set_tags(
+        client,
+        spec.run_id,
+        {"nash.result_key": model.key, "nash.replicate_of": spec.primary_label},
+    )
+    tracking.finish_run(client, spec.run_id)
+    return spec.run_id

@@ -19,6 +19,8 @@ INT8 = "-int8"
 #: Tag of the tasks that use the accelerator (training, evaluation, benchmark): a Prefect
 #: concurrency limit on it (`prefect concurrency-limit create nash-gpu N`) caps them per GPU.
 GPU_TAG = "nash-gpu"
+#: Between a candidate's label and the seed of its replicate: ``nash-k2@0.3~seed1``.
+SEED_MARK = "~seed"
 
 
 class CandidateSpec(BaseModel):
@@ -32,7 +34,24 @@ class CandidateSpec(BaseModel):
     decoder_layers: int | None = None  # None: all (teacher) or decided by masks (CoFi)
     quantized: bool = False  # a precision variant of the candidate labelled ``source_label``
     variant: str | None = None  # int8 / bf16 / fp16 (None with quantized: int8, older specs)
+    seed: int | None = None  # a replicate trained under experiment.seeds' other seed; None: primary
     run_id: str | None = None
+
+    @property
+    def is_replicate(self) -> bool:
+        """A copy of a candidate trained under another seed: measured for quality only (the
+        primary, trained under experiment.seed, is the one benchmarked, selected and served)."""
+        return self.seed is not None
+
+    @property
+    def primary_label(self) -> str:
+        """The label of the candidate this one replicates (its own label for a primary)."""
+        return self.label.split(SEED_MARK)[0]
+
+    @property
+    def arm_label(self) -> str:
+        """The arm's label (``nash-k2`` of ``nash-k2@0.3-ct2-int8`` or ``nash-k2@0.3~seed1``)."""
+        return self.source_label.split(SEED_MARK)[0].split("@")[0]
 
     @property
     def is_teacher(self) -> bool:
@@ -65,18 +84,21 @@ class CandidateSpec(BaseModel):
         )
 
 
-def arm_candidates(arm: ArmConfig, index: int) -> list[CandidateSpec]:
+def arm_candidates(arm: ArmConfig, index: int, seed: int | None = None) -> list[CandidateSpec]:
     """Candidates of one arm in stage order: one per target (each continues the previous)
-    or, for an arm without targets (SFT), the single shallow-decoder model."""
+    or, for an arm without targets (SFT), the single shallow-decoder model. ``seed``: the
+    replicates trained under that seed (labels ``<label>~seed<N>``)."""
     targets = list(arm.targets) or [None]
+    mark = "" if seed is None else f"{SEED_MARK}{seed}"
     return [
         CandidateSpec(
-            label=arm.label if t is None else f"{arm.label}@{t:g}",
+            label=(arm.label if t is None else f"{arm.label}@{t:g}") + mark,
             arm_index=index,
             method=arm.method,
             stage=i + 1 if t is not None else 0,
             target=t,
             decoder_layers=arm.decoder_layers,
+            seed=seed,
         )
         for i, t in enumerate(targets)
     ]

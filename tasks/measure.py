@@ -137,16 +137,26 @@ def log_benchmark_inputs(ctx: SweepContext, texts: list[str]) -> None:
     )
 
 
-def quality_eligible(ctx: SweepContext, teacher_eval: StepResult, evaluations: dict) -> list[str]:
+def quality_eligible(
+    ctx: SweepContext,
+    teacher_eval: StepResult,
+    evaluations: dict,
+    over_seeds: dict | None = None,
+) -> list[str]:
     """The candidates non-inferior in quality under the selection policy (``evaluations`` maps a
-    label to its evaluation StepResult): the only ones the adaptive rounds may spend time on."""
+    label to its evaluation StepResult; ``over_seeds`` a label to its aggregate over
+    experiment.seeds, :func:`aggregate_seeds`): the only ones the adaptive rounds may spend
+    time on."""
     from nash_core.selection import quality_reasons
 
     teacher_q = float(teacher_eval.meta["metrics"]["rougeL"])
+    over_seeds = over_seeds or {}
     return [
         label
         for label, ev in evaluations.items()
-        if not quality_reasons(ev.meta["metrics"], teacher_q, ctx.cfg.selection)
+        if not quality_reasons(
+            {**ev.meta["metrics"], **over_seeds.get(label, {})}, teacher_q, ctx.cfg.selection
+        )
     ]
 
 
@@ -167,7 +177,7 @@ def compare_with_sft(ctx: SweepContext, evaluations: dict[str, tuple]) -> dict[s
     trained = {
         label: (spec, ev, get_method(spec.method))
         for label, (spec, ev) in evaluations.items()
-        if not spec.quantized and not spec.is_teacher
+        if not spec.quantized and not spec.is_teacher and not spec.is_replicate
     }
     sft = {
         spec.decoder_layers: (spec, ev)
@@ -187,3 +197,92 @@ def compare_with_sft(ctx: SweepContext, evaluations: dict[str, tuple]) -> dict[s
         tracking.log_metrics(client, spec.run_id, {f"rougeL_vs_sft_{k}": v for k, v in cmp.items()})
         tracking.set_tags(client, spec.run_id, {"nash.vs_sft": base_spec.label})
     return out
+
+
+def _by_seed(evaluations: dict[str, tuple]) -> dict[str, list[tuple]]:
+    """Primary trained label -> [(spec, evaluation)] in seed order (the primary first)."""
+    groups: dict[str, list[tuple]] = {}
+    for spec, ev in evaluations.values():
+        if not spec.quantized and not spec.is_teacher:
+            groups.setdefault(spec.primary_label, []).append((spec, ev))
+    return {k: sorted(v, key=lambda p: p[0].is_replicate) for k, v in groups.items()}
+
+
+@task(name="aggregate-seeds", cache_policy=NO_CACHE)
+def aggregate_seeds(
+    ctx: SweepContext, teacher_eval: StepResult, evaluations: dict[str, tuple]
+) -> dict[str, dict]:
+    """Quality over ``experiment.seeds`` (nash_core/seeds.py), logged where the selection and
+    the views read it. No-op without replicate seeds.
+
+    ``evaluations`` maps a label to ``(spec, evaluation StepResult)``, replicates included. For
+    every trained candidate: per-seed ROUGE-L (``rougeL_seed<N>``) and the aggregate against the
+    teacher (``rougeL_seeds``, ``_std``, ``rougeL_retention_seeds`` and its two-level interval)
+    on its run and on its serving variants' runs (a variant is the primary seed's model served
+    another way: it answers for the recipe's aggregate too); for a NASH candidate, NASH - SFT at
+    the same depth paired over seeds and examples (``rougeL_vs_sft_seeds_*``). The whole
+    summary is written as ``seeds.json`` on the sweep run."""
+    from nash_core import seeds
+    from nash_core.io import atomic_write_json
+    from nash_core.methods import get_method
+    from nash_mlflow import tracking
+
+    cfg = ctx.cfg
+    if not cfg.experiment.replicate_seeds:
+        return {}
+    ev_cfg, client = cfg.evaluation, tracking.make_client(ctx.tracking_uri)
+    groups = _by_seed(evaluations)
+    summary: dict[str, dict] = {}
+    for label, members in groups.items():
+        dirs = [ev.meta["eval_dir"] for _, ev in members]
+        agg = seeds.vs_teacher(
+            dirs, teacher_eval.meta["eval_dir"], ev_cfg.bootstrap_samples, ev_cfg.confidence
+        )
+        per_seed = {
+            f"rougeL_seed{cfg.experiment.seed if s.seed is None else s.seed}": float(
+                ev.meta["metrics"]["rougeL"]
+            )
+            for s, ev in members
+        }
+        summary[label] = {**agg, **per_seed}
+        runs = [members[0][0].run_id] + [
+            s.run_id for s, _ in evaluations.values() if s.quantized and s.source_label == label
+        ]
+        tracking.log_metrics(client, runs[0], per_seed)  # the trained model's run only
+        for run_id in runs:
+            tracking.log_metrics(client, run_id, agg)
+    depth_baseline = {
+        s.decoder_layers: label
+        for label, ((s, _), *_) in groups.items()
+        if get_method(s.method).depth_baseline
+    }
+    for label, members in groups.items():
+        spec = members[0][0]
+        base = depth_baseline.get(spec.decoder_layers)
+        if base is None or not get_method(spec.method).compare_with_depth_baseline:
+            continue
+        if len(groups[base]) != len(members):
+            continue
+        cmp = seeds.paired_over_seeds(
+            [ev.meta["eval_dir"] for _, ev in members],
+            [ev.meta["eval_dir"] for _, ev in groups[base]],
+            ev_cfg.bootstrap_samples,
+            ev_cfg.confidence,
+        )
+        summary[label]["vs_sft"] = {"vs": base, **cmp}
+        tracking.log_metrics(
+            client,
+            spec.run_id,
+            {
+                "rougeL_vs_sft_seeds_delta": cmp["delta"],
+                "rougeL_vs_sft_seeds_ci_low": cmp["ci_low"],
+                "rougeL_vs_sft_seeds_ci_high": cmp["ci_high"],
+                "rougeL_vs_sft_seeds_better": float(cmp["seeds_better"]),
+            },
+        )
+    path = atomic_write_json(
+        Path(ctx.workdir) / "sweeps" / ctx.sweep_run_id / "seeds.json",
+        {"seeds": [cfg.experiment.seed, *cfg.experiment.replicate_seeds], "candidates": summary},
+    )
+    client.log_artifact(ctx.sweep_run_id, str(path))
+    return summary

@@ -227,8 +227,10 @@ def fp32_model_bytes(model_config, path: str | Path | None = None) -> int:
 
 
 def num_candidates(cfg: NashConfig) -> int:
-    """Candidates besides the teacher: one per sparsity target, one per target-less arm."""
-    return sum(max(1, len(arm.targets)) for arm in cfg.pruning.arms)
+    """Trained candidates besides the teacher: one per sparsity target, one per target-less
+    arm, once per seed of ``experiment.seeds``."""
+    per_seed = sum(max(1, len(arm.targets)) for arm in cfg.pruning.arms)
+    return per_seed * max(1, len(cfg.experiment.seeds))
 
 
 def check_disk(workdir: str | Path, model_bytes: int, candidates: int) -> tuple[int, int]:

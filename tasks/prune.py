@@ -37,6 +37,11 @@ def step_code(method: str) -> tuple[str, str]:
     return (RUNNER, get_method(method).module)
 
 
+def _seed(spec: CandidateSpec) -> dict:
+    """A replicate's seed in its cache key (a primary's key is as it was without seeds)."""
+    return {} if spec.seed is None else {"seed": spec.seed}
+
+
 def _curve(ctx: SweepContext, spec: CandidateSpec, phase: str, rdir: Path):
     return tracking.CurveLogger(
         tracking.make_client(ctx.tracking_uri), spec.run_id, phase, rdir / f"{phase}.jsonl"
@@ -66,6 +71,7 @@ def prune_stage(
         target=target,
         data=data.meta["fingerprint"],
         sections=cfg.section_hash("pruning.stage", *_TRAINING),
+        **_seed(spec),
     )
 
     def compute(rdir: Path) -> dict:
@@ -80,6 +86,7 @@ def prune_stage(
                 target=target,
                 out_dir=str(rdir / "stage"),
                 splits_dir=data.meta["splits"],
+                seed=spec.seed,
             ),
             callback=_curve(ctx, spec, "stage", rdir),
             device=pick_device(cfg.experiment.device),
@@ -123,6 +130,7 @@ def finetune(
         data=data.meta["fingerprint"],
         sections=cfg.section_hash("finetune", *_TRAINING),
         **({"steps": steps} if steps is not None else {}),
+        **_seed(spec),
     )
 
     def compute(rdir: Path) -> dict:
@@ -135,6 +143,7 @@ def finetune(
                 arm_index=spec.arm_index,
                 out_dir=str(rdir / "model"),
                 splits_dir=data.meta["splits"],
+                seed=spec.seed,
             ),
             callback=_curve(ctx, spec, "finetune", rdir),
             device=pick_device(cfg.experiment.device),

@@ -32,7 +32,8 @@ def sweep_dir(ctx: SweepContext) -> Path:
 
 
 def candidate_specs(cfg: NashConfig) -> list[CandidateSpec]:
-    """The teacher, every arm's candidates in stage order, then for each of
+    """The teacher, every arm's candidates in stage order, their replicates under
+    ``experiment.seeds``' other seeds, then for each of
     ``benchmark.variants`` (int8 with ``quantize_int8``) a variant of each of them, the
     teacher's included (what the precision alone buys)."""
     teacher = CandidateSpec(label=TEACHER_LABEL, method="teacher")
@@ -40,6 +41,12 @@ def candidate_specs(cfg: NashConfig) -> list[CandidateSpec]:
         c for i, arm in enumerate(cfg.pruning.arms) for c in arm_candidates(arm, i)
     ]
     trained = list(specs)
+    specs += [  # experiment.seeds: every arm again under each other seed, for quality only
+        c
+        for seed in cfg.experiment.replicate_seeds
+        for i, arm in enumerate(cfg.pruning.arms)
+        for c in arm_candidates(arm, i, seed)
+    ]
     refused = refused_variants(cfg)  # said once before training (sweep_flow)
     for variant in cfg.benchmark.all_variants:
         specs += [
@@ -107,7 +114,8 @@ def open_sweep(
             exp_id,
             spec.label,
             {
-                tracking.KIND: "candidate",
+                # a replicate is not a candidate: no table, selection or registry sees it
+                tracking.KIND: "replicate" if spec.is_replicate else "candidate",
                 tracking.METHOD: spec.method,
                 tracking.LABEL: spec.label,
                 "nash.config_name": cfg.experiment.name,
@@ -117,7 +125,8 @@ def open_sweep(
             params={
                 "stage": spec.stage,
                 "target_sparsity": spec.target or 0.0,
-                "arm": spec.source_label.split("@")[0],
+                "arm": spec.arm_label,
+                **({"seed": spec.seed} if spec.is_replicate else {}),
                 "quantization": QUANTIZATION.get(spec.precision, spec.precision or "none"),
             },
             parent_run_id=parent,
