@@ -212,6 +212,41 @@ def test_plain_mt5_converts_exactly(tmp_path):
     )
 
 
+def test_pruned_mt5_export_converts_exactly(tmp_path):
+    # mT5: T5 v1.1's blocks (gated-gelu, untied head) under its own config class; a NASH export
+    # with encoder heads and FFN units pruned, two of three decoder layers kept
+    from transformers import MT5Config, MT5ForConditionalGeneration
+
+    torch.manual_seed(0)
+    cfg = MT5Config(
+        vocab_size=len(pt.VOCAB),
+        d_model=32,
+        d_ff=48,
+        d_kv=6,
+        num_heads=4,
+        num_layers=2,
+        num_decoder_layers=3,
+        relative_attention_num_buckets=8,
+        decoder_start_token_id=0,
+        pad_token_id=0,
+        eos_token_id=1,
+    )
+    model = MT5ForConditionalGeneration(cfg).eval()
+    keep_decoder_layers(model, [0, 2])
+    model = materialize_heads_only(model)
+    heads = [layer["self"] for layer in model.config.nash["shapes"]["encoder"]]
+    assert any(h is not None and len(h) < 4 for h in heads), "no head pruned: padding untested"
+    export = save_exported(model, pt.tokenizer(), tmp_path / "export", {"method": "nash"})
+    reloaded, tok = load_exported(export)
+    gen = CT2Generator(convert(export, tmp_path / "ct2", "float32"))
+    assert gen.meta["padded"] is True and gen.meta["check_max_abs_logprob_diff"] < 1e-4
+    src, tgt = [5, 6, 7, 8, 1], [9, 10, 11]
+    got, want = gen.log_probs(src, tgt), torch_log_probs(reloaded, src, tgt)
+    assert max(abs(a - b) for a, b in zip(got, want)) < 1e-4
+    sources = _sentences(4, seed=9)
+    assert gen.generate(sources, GREEDY) == generate(reloaded, tok, sources, GREEDY)
+
+
 def test_bart_with_an_embedding_larger_than_its_tokenizer_converts(tmp_path):
     # CTranslate2's own BART loader refuses a vocabulary shorter than the embedding (the
     # bart-base stand-in's, a BART fine-tuned with a trimmed tokenizer); the rows past the
