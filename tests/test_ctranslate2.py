@@ -182,7 +182,7 @@ def test_cofi_hidden_dimension_is_not_expressible(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]
 
 
-def test_plain_mt5_converts_exactly(tmp_path):
+def _tiny_mt5(d_kv: int, decoder_layers: int):
     from transformers import MT5Config, MT5ForConditionalGeneration
 
     torch.manual_seed(0)
@@ -190,16 +190,20 @@ def test_plain_mt5_converts_exactly(tmp_path):
         vocab_size=len(pt.VOCAB),
         d_model=32,
         d_ff=48,
-        d_kv=8,
+        d_kv=d_kv,
         num_heads=4,
         num_layers=2,
-        num_decoder_layers=2,
+        num_decoder_layers=decoder_layers,
         relative_attention_num_buckets=8,
         decoder_start_token_id=0,
         pad_token_id=0,
         eos_token_id=1,
     )
-    model = MT5ForConditionalGeneration(cfg).eval()
+    return MT5ForConditionalGeneration(cfg).eval()
+
+
+def test_plain_mt5_converts_exactly(tmp_path):
+    model = _tiny_mt5(d_kv=8, decoder_layers=2)
     model.save_pretrained(tmp_path / "mt5")
     pt.tokenizer().save_pretrained(tmp_path / "mt5")
     out = convert(tmp_path / "mt5", tmp_path / "ct2", "float32")
@@ -215,23 +219,7 @@ def test_plain_mt5_converts_exactly(tmp_path):
 def test_pruned_mt5_export_converts_exactly(tmp_path):
     # mT5: T5 v1.1's blocks (gated-gelu, untied head) under its own config class; a NASH export
     # with encoder heads and FFN units pruned, two of three decoder layers kept
-    from transformers import MT5Config, MT5ForConditionalGeneration
-
-    torch.manual_seed(0)
-    cfg = MT5Config(
-        vocab_size=len(pt.VOCAB),
-        d_model=32,
-        d_ff=48,
-        d_kv=6,
-        num_heads=4,
-        num_layers=2,
-        num_decoder_layers=3,
-        relative_attention_num_buckets=8,
-        decoder_start_token_id=0,
-        pad_token_id=0,
-        eos_token_id=1,
-    )
-    model = MT5ForConditionalGeneration(cfg).eval()
+    model = _tiny_mt5(d_kv=6, decoder_layers=3)
     keep_decoder_layers(model, [0, 2])
     model = materialize_heads_only(model)
     heads = [layer["self"] for layer in model.config.nash["shapes"]["encoder"]]
